@@ -1,0 +1,49 @@
+"""Shared plumbing for the Typer commands: error handling, consoles, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from edgeprune.errors import EdgepruneError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line on stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command so that bad input ends as one line on stderr and exit code 2.
+
+    EdgepruneError carries its own exit code; a few OS errors that always mean bad
+    input (a missing file, a directory given for a file) are mapped to exit code 2.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgepruneError as e:
+            fail(str(e), e.exit_code)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            fail(f"{e.strerror}: {e.filename}", 2)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    """Print JSON on stdout, bypassing rich markup so machines can parse it."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
