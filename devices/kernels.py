@@ -1,0 +1,52 @@
+"""Kernel classes and per-kernel features of the latency model.
+
+A *kernel* is what the runtime actually executes: a convolution with its folded batch
+norm, fused activation and fused residual add is one kernel, as in nn-Meter's kernel
+detection. Every kernel gets a class (``KINDS``) and a few work features (``FEATURES``);
+a device's latency model holds, per class, the microseconds one unit of each feature
+costs. This module defines that vocabulary; ``predictor`` builds kernels from a graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError
+
+#: kernel classes, with what falls into each
+KINDS: dict[str, str] = {
+    "conv1x1": "dense (group=1) or grouped convolution with a 1x1 kernel",
+    "conv3x3": "dense or grouped convolution with a 3x3 kernel",
+    "convkxk": "dense or grouped convolution with any other kernel size (5x5, 7x7, ...)",
+    "dwconv": "depthwise convolution (one group per input channel)",
+    "gemm": "fully connected layer: Gemm, MatMul",
+    "pool": "max/average pooling, global pooling, ReduceMean",
+    "eltwise": "element-wise and activation nodes that are not fused into a kernel",
+    "memory": "data movement: Concat, Split, Transpose, Pad, Slice, Gather, Resize",
+    "reorder": "layout conversion the runtime inserts (onnxruntime NCHWc on x86)",
+    "view": "shape-only nodes: Reshape, Flatten, Squeeze, Unsqueeze, Identity, Shape",
+    "other": "any other operator",
+}
+
+#: per-kernel work features; coefficients are microseconds per unit
+FEATURES: dict[str, str] = {
+    "node": "one kernel launch (fixed overhead per kernel)",
+    "mmac": "one million multiply-accumulates",
+    "mb_in": "one MB (1e6 bytes) of activation input read",
+    "mb_out": "one MB of activation output written",
+    "mb_w": "one MB of weights read",
+}
+
+
+def validate_coefficients(coeffs: dict[str, dict[str, float]], where: Path | str) -> None:
+    """Raise a one-line error for an unknown kernel class or feature name."""
+    for kind, feats in coeffs.items():
+        if kind not in KINDS:
+            raise EdgepruneError(
+                f"device profile {where}: unknown kernel class '{kind}' in latency_model."
+                f"coefficients; known: {', '.join(KINDS)}")
+        for feat in feats:
+            if feat not in FEATURES:
+                raise EdgepruneError(
+                    f"device profile {where}: unknown feature '{feat}' in latency_model."
+                    f"coefficients.{kind}; known: {', '.join(FEATURES)}")
