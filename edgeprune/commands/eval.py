@@ -1,0 +1,50 @@
+"""`edgeprune eval`: top-1 accuracy and loss of a model on a dataset split."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from edgeprune import options as o
+from edgeprune.cli_util import console, print_json, user_errors
+from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.evaluate import evaluate, resolve_device
+from edgeprune.pipeline.models import load_model
+from edgeprune.progress import set_enabled
+
+ORDER = 10
+
+
+@user_errors
+def eval_command(
+    model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
+    in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
+    resize: o.Resize = "auto",
+    split: Annotated[str, typer.Option(help="train or val.")] = "val",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    accelerator: o.Accelerator = "cpu",
+    json: o.Json = False,
+) -> None:
+    """Print top-1 accuracy and loss of a model on a dataset split."""
+    if json:
+        set_enabled(False)
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
+    bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
+    x, _ = bundle.split(split)
+    import torch
+    indices = torch.arange(min(limit, len(x)) if limit else len(x))
+    result = evaluate(loaded.model, bundle.batches(split, batch_size, indices=indices),
+                      resolve_device(accelerator), progress=f"eval {split}")
+    out = {"model": model, "data": data, "split": split, **result.to_dict()}
+    if json:
+        print_json(out)
+    else:
+        console.print(f"{model} on {data} [{split}]: top-1 [bold]{result.top1:.2%}[/] "
+                      f"loss {result.loss:.4f} ({result.images} images)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,281 @@
+"""Model input: the bundled default, torchvision architectures, ``module:factory``, prune records.
+
+``load_model(ModelSpec(...))`` resolves a model spec through a small registry of families
+and returns a :class:`LoadedModel` in eval mode together with everything later stages need
+(input shape, number of classes, a description of the source for the manifest).
+
+Weights always load with ``torch.load(weights_only=True)``. A checkpoint that holds a
+pickled ``nn.Module`` is refused unless ``trust_checkpoint`` is set, because unpickling
+runs code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline import resnet_cifar
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_WEIGHTS = ASSETS / "resnet56_fmnist.pt"
+# sha256 of the bundled weights; load_model refuses a file that does not match.
+DEFAULT_WEIGHTS_SHA256 = "PENDING_TRAINING"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@dataclass
+class ModelSpec:
+    """What the user asked for with ``--model`` and its companion flags."""
+
+    name: str = "default"
+    weights: str | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    input_size: int | None = None
+    trust_checkpoint: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    input_shape: tuple[int, int, int, int]     # (1, C, H, W)
+    num_classes: int
+    source: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None           # class labels the weights were trained on, if known
+
+
+@dataclass
+class Family:
+    """One way of building an nn.Module from a name."""
+
+    build: Callable[[ModelSpec], nn.Module]
+    input_size: int
+    classes: list[str] | None = None
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the family registry
+
+def _cifar(depth: int) -> Callable[[ModelSpec], nn.Module]:
+    def build(spec: ModelSpec) -> nn.Module:
+        return resnet_cifar.CifarResNet(depth, spec.num_classes or 10, spec.in_channels or 1)
+    return build
+
+
+def _torchvision(name: str) -> Callable[[ModelSpec], nn.Module]:
+    def build(spec: ModelSpec) -> nn.Module:
+        import torchvision
+
+        kwargs = {"num_classes": spec.num_classes} if spec.num_classes else {}
+        if name in ("inception_v3", "googlenet"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = True
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        if spec.in_channels:
+            _set_in_channels(model, spec.in_channels)
+        return model
+    return build
+
+
+def _registry() -> dict[str, Family]:
+    import torchvision
+
+    fams: dict[str, Family] = {
+        "default": Family(_cifar(56), 32, FASHION_MNIST_CLASSES),
+        "cifar_resnet20": Family(_cifar(20), 32),
+        "cifar_resnet56": Family(_cifar(56), 32),
+    }
+    for name in torchvision.models.list_models(module=torchvision.models):
+        fams[name] = Family(_torchvision(name), 299 if name == "inception_v3" else 224)
+    return fams
+
+
+def known_models() -> list[str]:
+    return sorted(_registry())
+
+
+def _set_in_channels(model: nn.Module, in_channels: int) -> None:
+    """Replace the first Conv2d so the stem accepts ``in_channels`` channels."""
+    for qual, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            if mod.in_channels == in_channels:
+                return
+            if mod.groups != 1:
+                raise EdgepruneError(f"cannot change input channels: first conv {qual} is grouped")
+            new = nn.Conv2d(in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                            mod.dilation, 1, mod.bias is not None, mod.padding_mode)
+            model.set_submodule(qual, new)
+            return
+    raise EdgepruneError("cannot change input channels: the model has no Conv2d")
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            return mod.in_channels
+    return None
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor] | nn.Module:
+    """Read a state_dict (or, only when trusted, a pickled nn.Module) from ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepruneError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust:
+            raise EdgepruneError(
+                f"{path} is a pickled Python object, not a plain state_dict; unpickling it can run "
+                "arbitrary code: pass --trust-checkpoint only if you trust where it came from") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any failure here means an unreadable file
+            raise EdgepruneError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgepruneError(f"cannot read weights {path}: corrupted or truncated file ({first})") from None
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            if all(k.startswith("module.") for k in tensors):  # saved from DataParallel/DDP
+                tensors = {k[len("module."):]: v for k, v in tensors.items()}
+            return tensors
+    raise EdgepruneError(f"{path} holds no state_dict (found {type(obj).__name__})")
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``sd`` into ``model``, or name the first mismatched keys and shapes."""
+    own = model.state_dict()
+    problems = []
+    for k, v in sd.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            problems.append(f"{k}: weights {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    if problems or missing or unexpected:
+        parts = []
+        if problems:
+            parts.append("shape mismatch " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
+        if missing:
+            parts.append("missing " + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else ""))
+        hint = " (try --num-classes / --in-channels)" if problems else ""
+        raise EdgepruneError(f"weights do not fit {what}: " + " | ".join(parts) + hint)
+    model.load_state_dict(sd, strict=False)
+
+
+# ---------------------------------------------------------------- load_model
+
+def _from_factory(spec: ModelSpec) -> nn.Module:
+    mod_name, _, attr = spec.name.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise EdgepruneError(f"cannot import {mod_name!r} for --model {spec.name}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise EdgepruneError(f"{mod_name} has no callable {attr!r} (from --model {spec.name})")
+    kwargs = {k: v for k, v in (("num_classes", spec.num_classes), ("in_channels", spec.in_channels)) if v}
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise EdgepruneError(f"calling {spec.name}({', '.join(f'{k}=' for k in kwargs)}) failed: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise EdgepruneError(f"{spec.name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _output_classes(model: nn.Module, shape: tuple[int, ...]) -> int:
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(shape))
+    except Exception as e:  # noqa: BLE001 - report any failure of the forward pass as bad input
+        raise EdgepruneError(
+            f"the model does not run on an input of shape {tuple(shape)}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''} (check --input-size / --in-channels)") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise EdgepruneError(f"the model must return logits of shape (N, classes), got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+    return int(out.shape[1])
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Build the model ``spec`` names, load its weights, and describe it."""
+    if spec.name.endswith(".json"):
+        from edgeprune.pipeline.record import load_prune_record
+        return load_prune_record(spec)
+    source: dict[str, Any] = {"model": spec.name}
+    classes = None
+    fams = _registry()
+    if ":" in spec.name:
+        model, input_size = _from_factory(spec), spec.input_size or 224
+    elif spec.name in fams:
+        fam = fams[spec.name]
+        model, input_size = fam.build(spec), fam.input_size
+        classes = fam.classes
+    else:
+        raise EdgepruneError(
+            f"unknown model {spec.name!r}; known: {', '.join(known_models())}; "
+            "or pass module.path:factory, or a prune record .json")
+
+    weights = spec.weights
+    if spec.name == "default" and weights is None:
+        weights = str(DEFAULT_WEIGHTS)
+        if not DEFAULT_WEIGHTS.is_file():
+            raise EdgepruneError(f"bundled weights missing: {DEFAULT_WEIGHTS} (reinstall edgeprune)")
+        digest = sha256_file(DEFAULT_WEIGHTS)
+        if digest != DEFAULT_WEIGHTS_SHA256:
+            raise EdgepruneError(f"bundled weights {DEFAULT_WEIGHTS} fail their checksum "
+                                 f"(sha256 {digest[:12]}..., expected {DEFAULT_WEIGHTS_SHA256[:12]}...): "
+                                 "reinstall edgeprune")
+        source["weights_sha256"] = digest
+    if weights is not None:
+        ckpt = read_checkpoint(weights, spec.trust_checkpoint)
+        if isinstance(ckpt, nn.Module):
+            model = ckpt
+        else:
+            load_state_dict_strict(model, ckpt, spec.name)
+        source["weights"] = str(weights)
+        source.setdefault("weights_sha256", sha256_file(weights))
+    elif spec.name != "default":
+        source["weights"] = None  # random initialisation: fine for latency-only work
+    model.eval()
+    channels = spec.in_channels or _first_conv_channels(model) or 3
+    size = spec.input_size or input_size
+    shape = (1, channels, size, size)
+    num_classes = _output_classes(model, shape)
+    if classes is not None and len(classes) != num_classes:
+        classes = None
+    return LoadedModel(model, spec, shape, num_classes, source, classes)

@@ -1,0 +1,126 @@
+"""Model input: registry names, module:factory, weights loading and its refusals."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline import models
+from edgeprune.pipeline.data import DataSpec, load_data
+from edgeprune.pipeline.evaluate import evaluate
+from edgeprune.pipeline.models import ModelSpec, load_model
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        def tiny(num_classes=10, in_channels=1):
+            return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+        def fixed(num_classes=10):
+            return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16 * 16, num_classes))
+        NOT_CALLABLE = 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_nets"
+
+
+def test_torchvision_by_name_with_new_head_and_stem():
+    m = load_model(ModelSpec("resnet18", num_classes=7, in_channels=1, input_size=32))
+    assert m.input_shape == (1, 1, 32, 32) and m.num_classes == 7
+    assert m.model.conv1.in_channels == 1 and not m.model.training
+
+
+def test_cifar_family_and_default_input_size():
+    m = load_model(ModelSpec("cifar_resnet20"))
+    assert m.input_shape == (1, 1, 32, 32) and m.num_classes == 10
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(EdgepruneError, match="known: .*resnet18"):
+        load_model(ModelSpec("resnet9000"))
+
+
+def test_factory_with_weights(factory_module, tmp_path):
+    ref = load_model(ModelSpec(f"{factory_module}:tiny", input_size=16)).model
+    torch.save(ref.state_dict(), tmp_path / "w.pt")
+    m = load_model(ModelSpec(f"{factory_module}:tiny", weights=str(tmp_path / "w.pt"), input_size=16))
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(m.model(x), ref(x))
+    assert m.source["weights_sha256"] == models.sha256_file(tmp_path / "w.pt")
+
+
+def test_factory_errors(factory_module):
+    with pytest.raises(EdgepruneError, match="no callable 'NOT_CALLABLE'"):
+        load_model(ModelSpec(f"{factory_module}:NOT_CALLABLE"))
+    with pytest.raises(EdgepruneError, match="cannot import"):
+        load_model(ModelSpec("no_such_module_xyz:f"))
+
+
+def test_weights_that_do_not_fit_name_keys_and_shapes(tmp_path):
+    sd = load_model(ModelSpec("cifar_resnet20", num_classes=5)).model.state_dict()
+    torch.save(sd, tmp_path / "w.pt")
+    with pytest.raises(EdgepruneError, match=r"fc.weight: weights \(5, 64\) vs model \(10, 64\)"):
+        load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "w.pt")))
+    del sd["fc.bias"]
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "w2.pt")
+    with pytest.raises(EdgepruneError, match="missing fc.bias.*unexpected extra.weight"):
+        load_model(ModelSpec("cifar_resnet20", num_classes=5, weights=str(tmp_path / "w2.pt")))
+
+
+def test_pickled_model_needs_trust_flag(tmp_path):
+    net = models.resnet_cifar.resnet20()
+    torch.save(net, tmp_path / "full.pt")
+    with pytest.raises(EdgepruneError, match="--trust-checkpoint"):
+        load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "full.pt")))
+    m = load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "full.pt"), trust_checkpoint=True))
+    x = torch.randn(1, 1, 32, 32)
+    assert torch.equal(m.model(x), net.eval()(x))
+
+
+def test_truncated_and_missing_weights(tmp_path):
+    torch.save(load_model(ModelSpec("cifar_resnet20")).model.state_dict(), tmp_path / "w.pt")
+    raw = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "w.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(EdgepruneError, match="corrupted or truncated"):
+        load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "w.pt")))
+    with pytest.raises(EdgepruneError, match="not found"):
+        load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "nope.pt")))
+
+
+def test_bundled_weights_checksum_is_enforced(tmp_path, monkeypatch):
+    tampered = tmp_path / "resnet56_fmnist.pt"
+    shutil.copy(models.DEFAULT_WEIGHTS, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(-10, 2)
+        f.write(b"0123456789")
+    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tampered)
+    with pytest.raises(EdgepruneError, match="fail their checksum"):
+        load_model(ModelSpec("default"))
+
+
+def test_bundled_model_accuracy_on_bundled_test_subset():
+    m = load_model(ModelSpec("default"))
+    assert m.classes[9] == "Ankle boot"
+    bundle = load_data(DataSpec("default"), m.input_shape, m.num_classes)
+    result = evaluate(m.model, bundle.batches("val", 500))
+    assert result.images == 2000
+    assert result.top1 >= 0.92, result
+
+
+def test_model_that_does_not_run_at_input_size(factory_module):
+    assert load_model(ModelSpec(f"{factory_module}:fixed", input_size=16)).num_classes == 10
+    with pytest.raises(EdgepruneError, match=r"does not run on an input of shape \(1, 1, 8, 8\)"):
+        load_model(ModelSpec(f"{factory_module}:fixed", input_size=8))
+
+
+def test_in_channels_on_model_without_conv():
+    with pytest.raises(EdgepruneError, match="no Conv2d"):
+        models._set_in_channels(nn.Sequential(nn.Linear(2, 2)), 3)
