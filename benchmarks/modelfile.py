@@ -1,0 +1,64 @@
+"""Identity and size of an ONNX model on disk, external-data files included.
+
+A model exported with external data (``model.onnx`` + ``model.onnx.data``) is one model;
+its sha256 and size must cover both, or a baseline would not notice changed weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+from edgeprune.errors import EdgepruneError
+
+
+@dataclass
+class ModelFile:
+    path: str
+    sha256: str                   # over the .onnx file then each external-data file, sorted
+    file_bytes: int               # the .onnx file alone
+    total_bytes: int              # .onnx plus external data
+    external_files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _external_locations(path: Path) -> list[str]:
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise EdgepruneError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    locations = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return sorted(locations)
+
+
+def inspect_model(path: str | os.PathLike[str]) -> ModelFile:
+    """Hash and size an ONNX model; one clear error line if it is missing or unreadable."""
+    p = Path(path)
+    if not p.exists():
+        raise EdgepruneError(f"model file not found: {p}")
+    if not p.is_file():
+        raise EdgepruneError(f"not a file: {p}")
+    externals = _external_locations(p)
+    h = hashlib.sha256()
+    total = 0
+    for f in [p] + [p.parent / loc for loc in externals]:
+        if not f.is_file():
+            raise EdgepruneError(f"{p} refers to external data {f.name} which is missing")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        total += f.stat().st_size
+    return ModelFile(str(p), h.hexdigest(), p.stat().st_size, total, externals)
