@@ -247,13 +247,13 @@ def core_from_profile(device: str) -> str:
     return match.group(1).lower()
 
 
-def resolve_cpu(device: str | None, cpu: str | None, known: list[str]) -> str:
-    name = (cpu or (core_from_profile(device) if device else "")).lower()
-    if not name:
+def wanted_core(device: str | None, cpu: str | None) -> str:
+    """The qemu -cpu model: ``cpu`` if given, else the core of the device profile."""
+    if cpu:
+        return cpu.lower()
+    if not device:
         raise EdgepruneError("give --device (e.g. rpi4) or --cpu (e.g. cortex-a72)")
-    if name not in known:
-        raise EdgepruneError(f"this qemu cannot emulate '{name}'; it knows: {', '.join(known)}")
-    return name
+    return core_from_profile(device)
 
 
 def fake_cpuinfo(qemu_cpu: str, n_cpus: int) -> str | None:
@@ -410,8 +410,8 @@ def prepare_arm_env(ort_version: str = DEFAULT_ORT_VERSION, cache_dir: Path | No
     tmp = Path(tempfile.mkdtemp(prefix=f".{ort_version}.", suffix=".tmp", dir=target.parent))
     try:
         work = tmp / "work"
-        debs = _debian_userland(work, tmp / "root", log)
         wheels = _wheels(work, tmp / "site", ort_version, log)
+        debs = _debian_userland(work, tmp / "root", log)
         shutil.rmtree(work)
         log("checking that onnxruntime imports under the emulator")
         versions = _smoke_test(tmp, emulator)
@@ -690,37 +690,6 @@ def _resolve_target(path: Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-# -- the manifest ---------------------------------------------------------------------------
-
-def _update_manifest(artifact: Path, key: str, value: dict[str, Any]) -> None:
-    try:
-        from edgeprune.exporters.artifact import update_manifest
-    except ImportError:
-        update_manifest = _update_manifest_atomically
-    update_manifest(artifact, key, value)
-
-
-def _update_manifest_atomically(artifact: Path, key: str, value: dict[str, Any]) -> None:
-    """Set one top-level section of manifest.json: temp file beside it, then rename."""
-    path = Path(artifact) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError:
-        raise EdgepruneError(f"{path} is not valid JSON") from None
-    if not isinstance(manifest, dict):
-        raise EdgepruneError(f"{path} is not a JSON object")
-    manifest[key] = value
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- the whole check ------------------------------------------------------------------------
 
 def verify_arm(model_or_artifact: str | Path, config: ArmVerifyConfig | None = None,
@@ -736,11 +705,14 @@ def verify_arm(model_or_artifact: str | Path, config: ArmVerifyConfig | None = N
         raise EdgepruneError(f"--samples must be at least 1, got {cfg.samples}")
     if cfg.threads < 1:
         raise EdgepruneError(f"threads must be at least 1, got {cfg.threads}")
+    _check_version(cfg.ort_version)
     model, artifact = _resolve_target(Path(model_or_artifact))
+    device = cfg.device or (None if cfg.cpu else DEFAULT_DEVICE)
+    cpu = wanted_core(device, cfg.cpu)
     qemu = find_qemu(cfg.qemu)
     emulator, known = qemu_facts(qemu)
-    device = cfg.device or (None if cfg.cpu else DEFAULT_DEVICE)
-    cpu = resolve_cpu(device, cfg.cpu, known)
+    if cpu not in known:
+        raise EdgepruneError(f"this qemu cannot emulate '{cpu}'; it knows: {', '.join(known)}")
     specs = model_inputs(model)
     golden = artifact / "golden.npz" if artifact else None
     if golden is not None and golden.is_file():
@@ -769,6 +741,8 @@ def verify_arm(model_or_artifact: str | Path, config: ArmVerifyConfig | None = N
         env_from_cache=env.from_cache, env_prepare_s=env.prepare_s,
         checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if artifact is not None and cfg.write_manifest and (artifact / "manifest.json").is_file():
-        _update_manifest(artifact, "verify_arm", result.manifest_section())
+        from edgeprune.exporters.artifact import update_manifest
+
+        update_manifest(artifact, "verify_arm", result.manifest_section())
         result.manifest_updated = True
     return result

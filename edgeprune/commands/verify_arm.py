@@ -18,13 +18,16 @@ def _say(text: str, to=console, **kw) -> None:
     to.print(text, highlight=False, soft_wrap=True, **kw)
 
 
-def _print(r: ArmVerifyResult) -> None:
+def _print(r: ArmVerifyResult, default_version: bool) -> None:
     colour = "green" if r.verdict == "pass" else "red"
     _say(f"verify-arm [bold {colour}]{r.verdict.upper()}[/]: {r.reason}")
     _say(f"  model        {r.model}")
     _say(f"  board core   {f'{r.device} ({r.qemu_cpu})' if r.device else r.qemu_cpu}, emulated by {r.emulator}")
     _say(f"  onnxruntime  aarch64 {r.onnxruntime_aarch64} (numpy {r.numpy_aarch64}) vs x86 {r.onnxruntime_x86}, "
-         "CPUExecutionProvider, {r.threads} thread(s) each")
+         f"CPUExecutionProvider, {r.threads} thread(s) each")
+    if default_version:
+        _say(f"               aarch64 {r.onnxruntime_aarch64} is the default: the newest release, checked to run "
+             "under Debian's qemu 7.2; pass --onnxruntime to match your board's")
     _say(f"  inputs       {r.samples} from {r.inputs}")
     if r.max_abs_diff is not None:
         _say(f"  max |diff|   {r.max_abs_diff:.3g} (tolerance {r.tolerance:.3g})")
@@ -66,15 +69,12 @@ def verify_arm_command(
     config = ArmVerifyConfig(device=device, cpu=cpu, ort_version=onnxruntime, samples=samples, seed=seed,
                              atol=atol, rtol=rtol, min_top1_agreement=min_top1, qemu=qemu, cache_dir=cache_dir,
                              timeout_s=timeout, write_manifest=not no_manifest)
-    if onnxruntime == DEFAULT_ORT_VERSION and not json:
-        _say(f"aarch64 onnxruntime {DEFAULT_ORT_VERSION} (the default: newest release that runs under the "
-             "emulator; --onnxruntime picks your board's)", to=err_console)
     log = (lambda _msg: None) if json else (lambda msg: _say(msg, to=err_console))
     result = verify_arm(path, config, log=log)
     if json:
         print_json(result.to_dict())
     else:
-        _print(result)
+        _print(result, default_version=onnxruntime == DEFAULT_ORT_VERSION)
     if result.verdict != "pass":
         raise typer.Exit(1)
 

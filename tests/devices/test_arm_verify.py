@@ -1,0 +1,244 @@
+"""verify-arm: the aarch64 onnxruntime under qemu user-mode emulation, compared with x86.
+
+Every test that emulates uses the real emulator, the real Debian arm64 packages and the
+real PyPI aarch64 wheels; the environment is prepared once per test session (cold, into a
+fresh cache) and reused. Where qemu-aarch64 is missing and cannot be installed (not root,
+no apt-get), those tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+from edgeprune.devices import arm_verify as av
+from edgeprune.errors import EdgepruneError
+
+runner = CliRunner()
+FMNIST = Path(__file__).resolve().parents[2] / "pipeline" / "assets" / "fmnist_subset.npz"
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+def _install_qemu() -> str | None:
+    """Install Debian's qemu-user-static when it is missing; the reason if it cannot be."""
+    if shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64"):
+        return None
+    if not shutil.which("apt-get"):
+        return "qemu-aarch64-static is missing and there is no apt-get to install qemu-user-static"
+    if os.geteuid() != 0:
+        return "qemu-aarch64-static is missing and installing qemu-user-static needs root"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "-q", "update"], ["apt-get", "-q", "-y", "install", "qemu-user-static"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            return f"could not install qemu-user-static: {(proc.stderr or proc.stdout).strip()[-200:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def qemu() -> Path:
+    reason = _install_qemu()
+    if reason:
+        pytest.skip(reason)
+    return av.find_qemu()
+
+
+@pytest.fixture(scope="session")
+def arm_cache(tmp_path_factory, qemu) -> Path:
+    return tmp_path_factory.mktemp("arm-cache")
+
+
+@pytest.fixture(scope="session")
+def arm_env(arm_cache, qemu) -> av.ArmEnv:
+    env = av.prepare_arm_env(av.DEFAULT_ORT_VERSION, arm_cache, str(qemu))
+    assert not env.from_cache
+    return env
+
+
+def _tiny_cnn(seed: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def _export(model, path: Path) -> Path:
+    import torch
+
+    torch.onnx.export(model, (torch.randn(1, 1, 28, 28),), str(path), dynamo=True,
+                      input_names=["input"], output_names=["logits"], external_data=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    return _export(_tiny_cnn(0), tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def other_onnx(tmp_path_factory) -> Path:
+    return _export(_tiny_cnn(1), tmp_path_factory.mktemp("models") / "other.onnx")
+
+
+@pytest.fixture()
+def artifact(tmp_path) -> Path:
+    """A real artifact of the exporter, with Fashion-MNIST validation images as golden vectors."""
+    from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
+
+    data = np.load(FMNIST)
+    x = ((data["x_val"][:8].astype(np.float32) / 255 - 0.286) / 0.353)[:, None]
+    out = tmp_path / "artifact"
+    build_artifact(_tiny_cnn(0), [1, 1, 28, 28], out, ArtifactConfig(ort_format=False, golden_count=4),
+                   images=x, labels=data["y_val"][:8], preprocess={"mean": [0.286], "std": [0.353]})
+    return out
+
+
+# -- with the emulator --------------------------------------------------------------------------
+
+def test_artifact_passes_and_manifest_gets_verify_arm(artifact, arm_env, arm_cache):
+    from edgeprune.exporters.artifact import checksum_problems
+
+    res = runner.invoke(app, ["verify-arm", str(artifact), "--device", "rpi4", "--cache-dir", str(arm_cache)])
+    assert res.exit_code == 0, res.output
+    assert "PASS" in res.output and " ms" not in res.output      # never an emulated latency
+    section = json.loads((artifact / "manifest.json").read_text())["verify_arm"]
+    assert section["verdict"] == "pass"
+    assert section["qemu_cpu"] == "cortex-a72" and section["device"] == "rpi4"
+    assert section["onnxruntime_aarch64"] == arm_env.ort_version
+    assert section["inputs"].startswith("golden.npz") and section["samples"] == 4
+    assert section["top1_agreement"] == 1.0
+    assert section["max_abs_diff"] <= section["tolerance"]
+    assert "asimd" in section["hwcaps"]
+    assert not any(k in section for k in ("env_path", "env_prepare_s", "latency_ms"))
+    assert checksum_problems(artifact) == []
+
+
+def test_bare_onnx_in_a_subprocess_on_cortex_a53(tiny_onnx, arm_env, arm_cache):
+    cmd = [sys.executable, "-c", "from edgeprune.cli import main; main()", "verify-arm", str(tiny_onnx),
+           "--cpu", "cortex-a53", "--samples", "3", "--cache-dir", str(arm_cache), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["verdict"] == "pass" and out["qemu_cpu"] == "cortex-a53" and out["device"] is None
+    assert out["inputs"].startswith("random") and out["samples"] == 3
+    assert out["env_from_cache"] is True
+    assert out["outputs"]["logits"]["shape"] == [1, 10]
+
+
+def test_a_different_model_on_the_arm_side_is_reported(tiny_onnx, other_onnx, arm_env, qemu):
+    feeds = av.random_feeds(av.model_inputs(tiny_onnx), 3, seed=0)
+    x86 = av.run_on_host(tiny_onnx, feeds)
+    arm = av.run_on_arm(arm_env, qemu, "cortex-a72", other_onnx, feeds)
+    assert arm.ok, arm.error
+    same = av.compare_outputs(x86, av.run_on_arm(arm_env, qemu, "cortex-a72", tiny_onnx, feeds).outputs)
+    assert same.verdict == "pass"
+    cmp = av.compare_outputs(x86, arm.outputs)
+    assert cmp.verdict == "fail"
+    assert cmp.max_abs_diff > cmp.tolerance
+    assert "differs by" in cmp.reason
+
+
+def test_a_model_the_arm_side_cannot_load_fails_the_verdict(tiny_onnx, arm_env, qemu, tmp_path):
+    feeds = av.random_feeds(av.model_inputs(tiny_onnx), 1, seed=0)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    run = av.run_on_arm(arm_env, qemu, "cortex-a72", broken, feeds)
+    assert not run.ok and run.error
+    assert run.info["machine"] == "aarch64"
+
+
+def test_second_preparation_comes_from_the_cache(arm_env, arm_cache, qemu):
+    again = av.prepare_arm_env(av.DEFAULT_ORT_VERSION, arm_cache, str(qemu))
+    assert again.from_cache and again.path == arm_env.path
+    assert again.info["wheels_sha256"] == arm_env.info["wheels_sha256"]
+
+
+def test_failed_preparation_leaves_nothing_in_the_cache(tmp_path, qemu):
+    with pytest.raises(EdgepruneError, match="0.0.1"):
+        av.prepare_arm_env("0.0.1", tmp_path, str(qemu))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_core_is_one_line_exit_2(tiny_onnx, qemu):
+    res = runner.invoke(app, ["verify-arm", str(tiny_onnx), "--cpu", "pentium"])
+    assert res.exit_code == 2
+    assert "cannot emulate 'pentium'" in res.output and "Traceback" not in res.output
+
+
+# -- without the emulator -------------------------------------------------------------------
+
+def test_missing_emulator_is_one_line_exit_2(tiny_onnx, tmp_path):
+    res = runner.invoke(app, ["verify-arm", str(tiny_onnx), "--qemu", str(tmp_path / "qemu-aarch64-static")])
+    assert res.exit_code == 2
+    assert "emulator not found" in res.output and "Traceback" not in res.output
+
+
+def test_no_emulator_on_path_in_a_subprocess(tiny_onnx, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPRUNE_QEMU"}
+    env["PATH"] = str(tmp_path)           # nothing to find there
+    cmd = [sys.executable, "-c", "from edgeprune.cli import main; main()", "verify-arm", str(tiny_onnx)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "qemu-aarch64-static not found" in lines[0]
+    assert "apt-get install qemu-user-static" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/no/such/model.onnx"], "no such file"),
+    (["{tmp}"], "no model.onnx"),
+    (["{model}", "--onnxruntime", "latest"], "release number"),
+    (["{model}", "--samples", "0"], "at least 1"),
+    (["{model}", "--device", "host"], "not an ARM core"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, tiny_onnx, tmp_path):
+    args = [a.format(tmp=tmp_path, model=tiny_onnx) for a in args]
+    res = runner.invoke(app, ["verify-arm", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+# -- the pieces -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, core", [("rpi3", "cortex-a53"), ("rpi4", "cortex-a72"),
+                                          ("rpi5", "cortex-a76"), ("jetson-nano", "cortex-a57")])
+def test_profiles_map_to_qemu_cores(device, core):
+    assert av.core_from_profile(device) == core
+    assert core in av.CORES
+
+
+def test_fake_cpuinfo_names_the_emulated_core():
+    text = av.fake_cpuinfo("cortex-a72", 2)
+    assert text.count("processor\t:") == 2
+    assert "CPU part\t: 0xd08" in text and "CPU implementer\t: 0x41" in text
+    assert av.fake_cpuinfo("unknown-core", 2) is None
+
+
+def test_golden_vectors_are_cut_into_model_batches(tmp_path):
+    spec = [av._InputSpec("input", [1, 1, 4, 4], np.dtype(np.float32))]
+    np.savez(tmp_path / "g.npz", input=np.zeros((5, 1, 4, 4), np.float64), logits=np.zeros((5, 3)))
+    feeds = av.golden_feeds(tmp_path / "g.npz", spec, samples=3)
+    assert len(feeds) == 3 and feeds[0]["input"].shape == (1, 1, 4, 4) and feeds[0]["input"].dtype == np.float32
+    np.savez(tmp_path / "bad.npz", input=np.zeros((5, 1, 8, 8), np.float32))
+    with pytest.raises(EdgepruneError, match="the model takes"):
+        av.golden_feeds(tmp_path / "bad.npz", spec, samples=3)
+
+
+def test_compare_reports_shape_and_top1_disagreement():
+    a = [{"y": np.array([[0.0, 1.0]], np.float32)}]
+    assert av.compare_outputs(a, [{"y": np.array([[0.0, 1.0, 2.0]], np.float32)}]).verdict == "fail"
+    flipped = av.compare_outputs(a, [{"y": np.array([[1.0, 0.0]], np.float32)}], atol=10)
+    assert flipped.verdict == "fail" and flipped.top1_agreement == 0.0 and "top-1" in flipped.reason
