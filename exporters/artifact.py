@@ -116,6 +116,14 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     return data
 
 
+def _as_json(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as it reads back from JSON (tuples become lists), or a one-line error."""
+    try:
+        return json.loads(json.dumps(data, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise EdgepruneError(f"the manifest cannot hold this value: {e}") from e
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -336,6 +344,7 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
             "versions": versions(),
         }
         shutil.rmtree(work)
+        manifest = _as_json(manifest)
         manifest["files"] = file_table(stage)
         _write_json_atomic(stage / MANIFEST, manifest)
         final = Path(out_dir).absolute()
