@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import onnx
 import torch
@@ -73,6 +76,30 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """Silence Python and C++ writes to stdout/stderr (the exporters print progress, IR graphs
+    and warnings there), so that ``--json`` output stays parseable. Python warnings are ignored."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, cfg: ExportConfig) -> None:
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if cfg.dynamic_batch else None
     program = torch.onnx.export(
@@ -121,11 +148,8 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path,
     try:
         for name in order:
             try:
-                # Both exporters print progress and warnings; the CLI owns the terminal.
-                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    with torch.no_grad():
-                        _EXPORTERS[name](model, example, path, cfg)
+                with quiet_output(), torch.no_grad():
+                    _EXPORTERS[name](model, example, path, cfg)
                 break
             except Exception as e:  # noqa: BLE001 - any exporter failure is recorded, then judged below
                 failures[name] = one_line(e)

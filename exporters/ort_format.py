@@ -8,8 +8,6 @@ onnxruntime build takes with ``--include_ops_by_config``.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import re
 import shutil
@@ -21,7 +19,7 @@ from typing import Any
 from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.onnx_export import one_line
+from edgeprune.exporters.onnx_export import one_line, quiet_output
 
 CONFIG_NAME = "required_operators.config"
 logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # it logs every config at INFO
@@ -49,7 +47,7 @@ def convert_to_ort(onnx_path: str | Path, out_dir: str | Path, target_platform: 
         shutil.copy2(onnx_path, src)   # the tool converts every .onnx beside the one it is given
         work = Path(tmp) / "out"
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with quiet_output():
                 convert_onnx_models_to_ort(src, output_dir=work, optimization_styles=[OptimizationStyle.Fixed],
                                            target_platform=target_platform)
         except Exception as e:  # noqa: BLE001 - reported as one line

@@ -6,8 +6,6 @@ each node); it is copied back onto every surviving node of the same name and ope
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ import onnxsim
 
 from edgeprune.exporters import runtime
 from edgeprune.exporters.graph import copy_node_metadata
-from edgeprune.exporters.onnx_export import one_line
+from edgeprune.exporters.onnx_export import one_line, quiet_output
 from edgeprune.exporters.verify import compare
 
 
@@ -68,7 +66,7 @@ def _simplify_checked(original: onnx.ModelProto, check_inputs: np.ndarray, atol:
     """(onnxsim's graph or None, why it must not be kept or None, max abs output difference)."""
     simplified, reason, diff = None, None, None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_output():
             candidate, ok = onnxsim.simplify(onnx.ModelProto.FromString(original.SerializeToString()),
                                              check_n=0, certify=False)
         if not ok:

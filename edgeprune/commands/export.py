@@ -91,6 +91,8 @@ def export_command(
 
     if not 0 <= min_agreement <= 1:
         raise EdgepruneError(f"--min-agreement is a fraction between 0 and 1, got {min_agreement}")
+    if atol < 0 or rtol < 0:
+        raise EdgepruneError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
     if val_images < 0:
         raise EdgepruneError(f"--val-images must be >= 0, got {val_images}")
     chosen_opset, opset_from = resolve_opset(opset, device)
