@@ -156,6 +156,12 @@ class Comparison:
     top1_agreement: float | None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def max_abs_x86(self) -> float | None:
+        """The largest |output| on the x86 side: the scale the difference is read against."""
+        scales = [o["max_abs_x86"] for o in self.outputs.values() if "max_abs_x86" in o]
+        return max(scales) if scales else None
+
 
 @dataclass
 class ArmVerifyResult:
@@ -174,6 +180,7 @@ class ArmVerifyResult:
     threads: int                      # intra-op threads on each side (CPU execution provider)
     max_abs_diff: float | None
     tolerance: float | None
+    max_abs_x86: float | None         # largest |output| on x86, to read the difference against
     top1_agreement: float | None
     outputs: dict[str, dict[str, Any]]
     hwcaps: list[str]                 # features the emulated core advertises (AT_HWCAP)
@@ -561,7 +568,8 @@ def compare_outputs(x86: list[dict[str, np.ndarray]], arm: list[dict[str, np.nda
                    for r, g in zip(r64, g64))
         scale = max(float(np.max(np.abs(np.nan_to_num(r, posinf=0, neginf=0)), initial=0.0)) for r in r64)
         tol = atol + rtol * scale
-        per_output[name] = {"shape": list(ref[0].shape), "max_abs_diff": diff, "tolerance": tol}
+        per_output[name] = {"shape": list(ref[0].shape), "max_abs_diff": diff, "tolerance": tol,
+                            "max_abs_x86": scale}
         if diff >= worst:
             worst, worst_tol = diff, tol
         if finite_mismatch:
@@ -736,6 +744,7 @@ def verify_arm(model_or_artifact: str | Path, config: ArmVerifyConfig | None = N
         device=device, qemu_cpu=cpu, emulator=emulator,
         onnxruntime_aarch64=env.ort_version, onnxruntime_x86=ort.__version__, numpy_aarch64=env.numpy_version,
         inputs=described, samples=len(feeds), threads=cfg.threads, max_abs_diff=cmp.max_abs_diff, tolerance=cmp.tolerance,
+        max_abs_x86=cmp.max_abs_x86,
         top1_agreement=cmp.top1_agreement, outputs=cmp.outputs, hwcaps=arm.info.get("hwcaps", []),
         model_sha256=hashlib.sha256(model.read_bytes()).hexdigest(), env_path=str(env.path),
         env_from_cache=env.from_cache, env_prepare_s=env.prepare_s,

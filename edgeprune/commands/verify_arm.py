@@ -30,7 +30,8 @@ def _print(r: ArmVerifyResult, default_version: bool) -> None:
              "under Debian's qemu 7.2; pass --onnxruntime to match your board's")
     _say(f"  inputs       {r.samples} from {r.inputs}")
     if r.max_abs_diff is not None:
-        _say(f"  max |diff|   {r.max_abs_diff:.3g} (tolerance {r.tolerance:.3g})")
+        _say(f"  max |diff|   {r.max_abs_diff:.3g} (tolerance {r.tolerance:.3g}; largest |x86 output| "
+             f"{r.max_abs_x86:.3g})")
     if r.top1_agreement is not None:
         _say(f"  top-1        {r.top1_agreement:.1%} agreement")
     if r.hwcaps:
