@@ -242,3 +242,11 @@ def test_compare_reports_shape_and_top1_disagreement():
     assert av.compare_outputs(a, [{"y": np.array([[0.0, 1.0, 2.0]], np.float32)}]).verdict == "fail"
     flipped = av.compare_outputs(a, [{"y": np.array([[1.0, 0.0]], np.float32)}], atol=10)
     assert flipped.verdict == "fail" and flipped.top1_agreement == 0.0 and "top-1" in flipped.reason
+
+
+def test_guest_sees_the_emulated_core_in_proc_cpuinfo(arm_env, qemu, tmp_path):
+    """The per-run /proc/cpuinfo that keeps onnxruntime >= 1.28 alive under qemu 7.2."""
+    proc = av._emulate(qemu, "cortex-a53", arm_env.root, tmp_path,
+                       ["-c", "print(open('/proc/cpuinfo').read())"], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU part\t: 0xd03" in proc.stdout and "CPU implementer\t: 0x41" in proc.stdout
