@@ -15,9 +15,10 @@ from edgeprune.errors import EdgepruneError
 
 #: kernel classes, with what falls into each
 KINDS: dict[str, str] = {
-    "conv1x1": "dense (group=1) or grouped convolution with a 1x1 kernel",
-    "conv3x3": "dense or grouped convolution with a 3x3 kernel",
-    "convkxk": "dense or grouped convolution with any other kernel size (5x5, 7x7, ...)",
+    "conv1x1": "dense (group=1) convolution with a 1x1 kernel",
+    "conv3x3": "dense convolution with a 3x3 kernel",
+    "convkxk": "dense convolution with any other kernel size (5x5, 7x7, ...)",
+    "gconv": "grouped convolution that is not depthwise (ResNeXt, RegNet), any kernel size",
     "dwconv": "depthwise convolution (one group per input channel)",
     "gemm": "fully connected layer: Gemm, MatMul",
     "pool": "max/average pooling, global pooling, ReduceMean",
@@ -35,6 +36,8 @@ FEATURES: dict[str, str] = {
     "mb_in": "one MB (1e6 bytes) of activation input read",
     "mb_out": "one MB of activation output written",
     "mb_w": "one MB of weights read",
+    "mb_w_spill": ("one MB of weights read from beyond the cache: weight bytes x "
+                   "max(0, 1 - cache_mb / the model's total weight MB)"),
 }
 
 

@@ -49,6 +49,8 @@ class LatencyModel:
     coefficients: dict[str, dict[str, float]]
     run_overhead_us: float = 0.0
     runtime_factor: float = 1.0
+    nchwc_block: int = 0           # onnxruntime x86 NCHWc block size to replay (0 = none)
+    cache_mb: float = 0.0          # weights beyond this many MB pay the mb_w_spill cost
     fitted_on: str = ""            # what the constants were fitted to, in words
     fit: dict[str, Any] = field(default_factory=dict)   # fit statistics (residuals, n)
 
@@ -169,10 +171,16 @@ def _latency_model_from_dict(d: dict, where: Path | str) -> LatencyModel:
         coefficients=coeffs,
         run_overhead_us=_get(d, "run_overhead_us", float, where, 0.0),
         runtime_factor=_get(d, "runtime_factor", float, where, 1.0),
+        nchwc_block=_get(d, "nchwc_block", int, where, 0),
+        cache_mb=_get(d, "cache_mb", float, where, 0.0),
         fitted_on=_get(d, "fitted_on", str, where, ""),
         fit=_get(d, "fit", dict, where, {}),
     )
     _positive(model.runtime_factor, "latency_model.runtime_factor", where)
+    if model.nchwc_block not in (0, 4, 8, 16):
+        raise EdgepruneError(f"device profile {where}: latency_model.nchwc_block must be 0, 4, 8 or 16")
+    if model.cache_mb < 0:
+        raise EdgepruneError(f"device profile {where}: latency_model.cache_mb must be >= 0")
     if model.run_overhead_us < 0:
         raise EdgepruneError(f"device profile {where}: latency_model.run_overhead_us must be >= 0")
     validate_coefficients(coeffs, where)
@@ -275,6 +283,7 @@ def profile_to_dict(p: DeviceProfile) -> dict[str, Any]:
         lm = p.latency_model
         d["latency_model"] = {
             "run_overhead_us": lm.run_overhead_us, "runtime_factor": lm.runtime_factor,
+            "nchwc_block": lm.nchwc_block, "cache_mb": lm.cache_mb,
             "fitted_on": lm.fitted_on, "fit": dict(lm.fit),
             "coefficients": {k: dict(v) for k, v in lm.coefficients.items()},
         }

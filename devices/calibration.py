@@ -1,0 +1,345 @@
+"""Fit a device's latency-model constants from measurements.
+
+Two kinds of measurement feed the same linear model (cost of a kernel = sum over its
+features of coefficient x feature, per kernel class; see ``predictor``):
+
+* per-node onnxruntime profiles (``profile_model``): one row per executed node, the
+  node's median time across profiled runs; this is how ``host`` is fitted;
+* whole-model latencies (``ModelTiming``): one row per model, its features summed over the
+  model's kernels; this is all an SSH-reachable board gives (``ort_runner.py`` reports
+  medians, not per-node times) and what the published ARM figures are.
+
+Coefficients are fitted by non-negative least squares on relative errors, so that small
+and large kernels count alike and no constant can go negative (a negative cost would make
+removing a kernel slow a model down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import onnx
+
+from edgeprune.benchmarks import ort_runner
+from edgeprune.devices.graph import Kernel, detect_kernels, kernel_from_profile_event
+from edgeprune.devices.kernels import FEATURES, KINDS
+from edgeprune.devices.profiles import LatencyModel
+from edgeprune.errors import EdgepruneError
+
+FEATURE_NAMES = list(FEATURES)
+#: features fitted per kernel class (the others stay 0): classes without arithmetic have no
+#: MAC term, and classes with no weights no weight term
+FITTED_FEATURES: dict[str, list[str]] = {
+    "conv1x1": ["node", "mmac", "mb_in", "mb_out", "mb_w", "mb_w_spill"],
+    "conv3x3": ["node", "mmac", "mb_in", "mb_out", "mb_w", "mb_w_spill"],
+    "convkxk": ["node", "mmac", "mb_in", "mb_out", "mb_w", "mb_w_spill"],
+    "gconv": ["node", "mmac", "mb_in", "mb_out", "mb_w"],
+    "dwconv": ["node", "mmac", "mb_in", "mb_out", "mb_w"],
+    "gemm": ["node", "mmac", "mb_in", "mb_w", "mb_w_spill"],
+    "pool": ["node", "mmac", "mb_out"],
+    "eltwise": ["node", "mb_in", "mb_out"],
+    "memory": ["node", "mb_in", "mb_out"],
+    "reorder": ["node", "mb_in", "mb_out"],
+    "view": ["node", "mb_in"],
+    "other": ["node", "mb_in", "mb_out"],
+}
+
+
+# -- measurement -----------------------------------------------------------------------
+
+@dataclass
+class ProfiledModel:
+    """One calibration model measured on this machine."""
+
+    name: str
+    kernels: list[tuple[Kernel, float]]   # (kernel from the profiler, burst-median microseconds)
+    total_ms: float          # median run time of an unprofiled session (CPU time with 1 thread)
+    samples_ms: list[float] = field(default_factory=list)   # wall-clock samples
+    wall_ms: float = 0.0     # median wall-clock run time
+
+
+def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
+                  warmup: int = 5, rounds: int = 12, burst: int = 5) -> ProfiledModel:
+    """Per-node times from onnxruntime's profiler, plus the unprofiled latency.
+
+    Both use :func:`burst_median` over ``rounds`` bursts of ``burst`` runs. The profiled
+    and the timed sessions are separate: profiling adds a little time per node, so the
+    model-level figure comes from a clean session.
+    """
+    path = str(path)
+    with tempfile.TemporaryDirectory(prefix="edgeprune_prof_") as tmp:
+        spec = ort_runner.SessionSpec(path, threads, list(providers),
+                                      profile_prefix=os.path.join(tmp, "p"))
+        try:
+            sess, _ = ort_runner.open_session(spec)
+        except ort_runner.RunnerError as e:
+            raise EdgepruneError(str(e)) from None
+        feeds = ort_runner.make_feeds(sess)
+        for _ in range(warmup):      # profiled too: their events are skipped below
+            sess.run(None, feeds)
+        for _ in range(rounds * burst):
+            sess.run(None, feeds)
+        with open(sess.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+    durs: dict[str, list[float]] = defaultdict(list)
+    args: dict[str, dict] = {}
+    order: list[str] = []
+    for ev in events:
+        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        name = ev["name"][: -len("_kernel_time")]
+        if name not in args:
+            order.append(name)
+            args[name] = ev.get("args", {})
+        durs[name].append(float(ev.get("dur", 0)))
+    def node_us(d: list[float]) -> float:
+        d = d[warmup:] or d
+        return burst_median([d[i:i + burst] for i in range(0, len(d), burst)])
+
+    kernels = [(kernel_from_profile_event(n, args[n]), node_us(durs[n])) for n in order]
+    sess2, _ = ort_runner.open_session(ort_runner.SessionSpec(path, threads, list(providers)))
+    ort_runner.warm(sess2, feeds, warmup)
+    wall, cpu = timed_runs(sess2, feeds, rounds * burst)
+    return ProfiledModel(Path(path).stem, kernels, float(np.median(cpu) if threads == 1 else np.median(wall)),
+                         wall, float(np.median(wall)))
+
+
+def timed_runs(sess: Any, feeds: dict, runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds of each ``session.run``.
+
+    With one intra-op thread onnxruntime computes on the calling thread, so the thread's
+    CPU time is the run's cost without the time the process spent descheduled; on a
+    machine shared with other jobs that is the undisturbed latency, while wall-clock
+    time of runs longer than a scheduler slice includes whoever else ran meanwhile.
+    """
+    wall, cpu = [], []
+    for _ in range(runs):
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        sess.run(None, feeds)
+        c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
+        wall.append((t1 - t0) / 1e6)
+        cpu.append((c1 - c0) / 1e6)
+    return wall, cpu
+
+
+def burst_median(bursts: Sequence[Sequence[float]]) -> float:
+    """Median over bursts of each burst's fastest run.
+
+    On a shared machine a run that is preempted takes several times longer, and when
+    more than half the runs are hit the plain median measures the other jobs, not the
+    model. Each short burst's minimum is the model's time when it ran undisturbed; the
+    median over bursts spread in time keeps one lucky burst from deciding the figure.
+    """
+    return float(np.median([min(b) for b in bursts if b]))
+
+
+@dataclass
+class ModelTiming:
+    """A whole-model latency and the kernels the predictor sees in that model."""
+
+    name: str
+    kernels: list[Kernel]
+    latency_ms: float
+
+
+# -- fitting ---------------------------------------------------------------------------
+
+def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None, tol: float = 1e-10) -> np.ndarray:
+    """Non-negative least squares, min ||Ax - b|| subject to x >= 0 (Lawson & Hanson)."""
+    m, n = a.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = a.T @ (b - a @ x)
+    max_iter = max_iter or 3 * n
+    it = 0
+    while (~passive).any() and (w[~passive] > tol).any() and it < max_iter:
+        it += 1
+        j = np.argmax(np.where(~passive, w, -np.inf))
+        passive[j] = True
+        while True:
+            s = np.zeros(n)
+            s[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (s[passive] > tol).all():
+                break
+            mask = passive & (s <= tol)
+            alpha = np.min(x[mask] / (x[mask] - s[mask]))
+            x = x + alpha * (s - x)
+            passive &= x > tol
+        x = s
+        w = a.T @ (b - a @ x)
+    return x
+
+
+def _columns() -> list[tuple[str, str]]:
+    return [(k, f) for k, feats in FITTED_FEATURES.items() for f in feats]
+
+
+def _row(kernels: Iterable[Kernel], cols: list[tuple[str, str]], spill: float = 0.0) -> np.ndarray:
+    index = {c: i for i, c in enumerate(cols)}
+    row = np.zeros(len(cols))
+    for k in kernels:
+        feats = k.features(spill)
+        for f in FITTED_FEATURES.get(k.kind, []):
+            if (k.kind, f) in index:
+                row[index[(k.kind, f)]] += feats[f]
+    return row
+
+
+def _solve(rows: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """NNLS on column-scaled, row-weighted data (scaling keeps the solver well conditioned)."""
+    scale = np.abs(rows).max(axis=0)
+    scale[scale == 0] = 1.0
+    a = rows / scale * weights[:, None]
+    x = nnls(a, y * weights)
+    return x / scale
+
+
+def _to_coefficients(x: np.ndarray, cols: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    coeffs: dict[str, dict[str, float]] = {}
+    for (kind, feat), v in zip(cols, x):
+        coeffs.setdefault(kind, {})[feat] = float(f"{v:.6g}")
+    return coeffs
+
+
+#: cache sizes tried for the weight-spill term (MB); 0 = no spill term
+CACHE_GRID_MB = (0.0, 16.0, 32.0, 48.0, 64.0, 80.0, 96.0, 128.0)
+
+
+def fit_from_profiles(models: Sequence[ProfiledModel], fitted_on: str, nchwc_block: int = 0,
+                      cache_mb: float | None = None) -> LatencyModel:
+    """Host fit: per-node rows give the per-kernel constants, whole-model times the rest.
+
+    Stage 1 fits every kernel class on the profiled nodes (relative error, NNLS). Stage 2
+    fits, on whole-model times of unprofiled sessions, a per-run overhead, a per-kernel
+    correction (the profiler's own cost per node is inside the stage-1 constants) and a
+    common scale: ``total = run + scale * sum(kernel costs) + per_kernel * n_kernels``.
+    The cache size of the weight-spill term is chosen from ``CACHE_GRID_MB`` by the
+    whole-model error unless ``cache_mb`` is given.
+    """
+    if not models:
+        raise EdgepruneError("no calibration measurements to fit")
+    best: tuple[float, LatencyModel] | None = None
+    for cm in ([cache_mb] if cache_mb is not None else CACHE_GRID_MB):
+        lm = _fit_profiles_at(models, fitted_on, nchwc_block, cm)
+        err = _model_level_error(models, lm)
+        if best is None or err < best[0] - 1e-4:
+            best = (err, lm)
+    assert best is not None
+    return best[1]
+
+
+def _model_level_error(models: Sequence[ProfiledModel], lm: LatencyModel) -> float:
+    from edgeprune.devices.predictor import kernels_cost_us
+    pred = [lm.run_overhead_us + kernels_cost_us([k for k, _ in pm.kernels], lm) for pm in models]
+    return float(np.mean(np.abs(relative_errors(pred, [pm.total_ms * 1e3 for pm in models]))))
+
+
+def _fit_profiles_at(models: Sequence[ProfiledModel], fitted_on: str, nchwc_block: int,
+                     cache_mb: float) -> LatencyModel:
+    from edgeprune.devices.graph import spill_fraction
+    from edgeprune.devices.predictor import kernels_cost_us
+    cols = [(k, f) for k, f in _columns() if cache_mb > 0 or f != "mb_w_spill"]
+    rows, y = [], []
+    for pm in models:
+        spill = spill_fraction(sum(k.w_bytes for k, _ in pm.kernels), cache_mb)
+        for k, us in pm.kernels:
+            if k.kind in FITTED_FEATURES:
+                rows.append(_row([k], cols, spill))
+                y.append(us)
+    rows_a, y_a = np.array(rows), np.array(y)
+    # relative error, floored so that 1-2 us nodes do not dominate through timer noise
+    weights = 1.0 / np.maximum(y_a, 5.0)
+    x = _solve(rows_a, y_a, weights)
+    coeffs = _to_coefficients(x, cols)
+    lm = LatencyModel(coefficients=coeffs, fitted_on=fitted_on, nchwc_block=nchwc_block,
+                      cache_mb=cache_mb)
+    a2, y2 = [], []
+    for pm in models:
+        ks = [k for k, _ in pm.kernels]
+        a2.append([1.0, kernels_cost_us(ks, lm), float(len(ks))])
+        y2.append(pm.total_ms * 1e3)
+    a2, y2 = np.array(a2), np.array(y2)
+    # Plain least squares: the per-kernel term may be negative; clipped below so that no
+    # launch cost goes below zero.
+    w2 = 1.0 / y2
+    run, scale, per_kernel = np.linalg.lstsq(a2 * w2[:, None], y2 * w2, rcond=None)[0]
+    for feats in coeffs.values():
+        for f in feats:
+            feats[f] = float(f"{feats[f] * scale:.6g}")
+        feats["node"] = float(f"{max(0.0, feats.get('node', 0.0) + per_kernel):.6g}")
+    lm.run_overhead_us = float(f"{max(0.0, run):.6g}")
+    lm.fit.update({"stage2_scale": round(float(scale), 4),
+                   "stage2_per_kernel_us": round(float(per_kernel), 3)})
+    return lm
+
+
+def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,
+                     base: LatencyModel | None = None) -> LatencyModel:
+    """Fit from whole-model latencies only (an SSH device, or published figures).
+
+    With few models the full per-class model is under-determined, so when ``base`` is
+    given only one scale per group of classes (convolutions, depthwise, the rest) and a
+    per-run overhead are fitted on top of ``base``'s constants; without ``base`` every
+    class coefficient is fitted (needs many more models than columns).
+    """
+    if not timings:
+        raise EdgepruneError("no calibration measurements to fit")
+    y = np.array([t.latency_ms * 1e3 for t in timings])
+    if base is None:
+        cols = _columns()
+        rows = np.array([_row(t.kernels, cols) for t in timings])
+        rows = np.hstack([np.ones((len(timings), 1)), rows])
+        x = _solve(rows, y, 1.0 / y)
+        return LatencyModel(coefficients=_to_coefficients(x[1:], cols),
+                            run_overhead_us=float(f"{x[0]:.6g}"), fitted_on=fitted_on)
+    from edgeprune.devices.predictor import kernels_cost_us
+    groups = {"conv": ("conv1x1", "conv3x3", "convkxk", "gconv"), "dwconv": ("dwconv",)}
+    rest = tuple(k for k in KINDS if not any(k in g for g in groups.values()))
+    groups["rest"] = rest
+    from edgeprune.devices.predictor import model_spill
+    rows = []
+    for t in timings:
+        spill = model_spill(t.kernels, base)
+        rows.append([1.0] + [kernels_cost_us([k for k in t.kernels if k.kind in kinds], base, spill)
+                             for kinds in groups.values()])
+    rows_a = np.array(rows)
+    used = rows_a.any(axis=0)
+    x = np.zeros(rows_a.shape[1])
+    x[used] = _solve(rows_a[:, used], y, 1.0 / y)
+    coeffs = {}
+    for gi, kinds in enumerate(groups.values(), start=1):
+        s = x[gi] if used[gi] else 1.0
+        for kind in kinds:
+            if kind in base.coefficients:
+                coeffs[kind] = {f: float(f"{v * s:.6g}") for f, v in base.coefficients[kind].items()}
+    return LatencyModel(coefficients=coeffs, run_overhead_us=float(f"{x[0]:.6g}"),
+                        runtime_factor=1.0, nchwc_block=base.nchwc_block,
+                        cache_mb=base.cache_mb, fitted_on=fitted_on,
+                        fit={"group_scales": {g: float(f"{x[i]:.4g}") for i, g in enumerate(groups, start=1)}})
+
+
+def relative_errors(pred: Sequence[float], meas: Sequence[float]) -> np.ndarray:
+    p, m = np.asarray(pred, float), np.asarray(meas, float)
+    return (p - m) / m
+
+
+def error_summary(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
+    e = relative_errors(pred, meas)
+    a = np.abs(e)
+    return {
+        "n": int(e.size),
+        "within_5pct": float(np.mean(a <= 0.05)),
+        "within_10pct": float(np.mean(a <= 0.10)),
+        "median_abs_rel_err": float(np.median(a)),
+        "p90_abs_rel_err": float(np.percentile(a, 90)),
+        "max_abs_rel_err": float(a.max()),
+        "mean_rel_err": float(e.mean()),
+    }
