@@ -39,7 +39,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import runtime
 from edgeprune.exporters.graph import count_macs, io_spec, node_module_paths, operator_counts, parameter_count
 from edgeprune.exporters.memory import static_memory
-from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+from edgeprune.exporters.onnx_export import ExportConfig, export_onnx, model_device
 from edgeprune.exporters.ort_format import convert_to_ort
 from edgeprune.exporters.simplify import simplify_onnx
 from edgeprune.exporters.verify import VERIFY_FAILED_EXIT, VerifyConfig, as_numpy, compare, random_inputs, verify_onnx
@@ -226,15 +226,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _golden(sess, inputs: np.ndarray, labels: np.ndarray | None, source: str,
-            in_name: str, out_names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _golden(sess, inputs: np.ndarray, labels: np.ndarray | None, source: str, in_name: str,
+            out_names: Sequence[str], vcfg: VerifyConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     outputs = runtime.run(sess, inputs)
     arrays = {in_name: inputs, **dict(zip(out_names, outputs))}
     if labels is not None:
         arrays["label"] = labels.astype(np.int64)
     info = {"file": GOLDEN, "count": int(len(inputs)), "inputs": source,
             "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in arrays.items()},
-            "reference": "onnxruntime CPU outputs of model.onnx; compare with atol 1e-4 + rtol 1e-4"}
+            "reference": "outputs of model.onnx in onnxruntime (CPUExecutionProvider)",
+            "tolerance": f"|got - reference| <= {vcfg.atol:g} + {vcfg.rtol:g} * max|reference|"}
     return arrays, info
 
 
@@ -278,6 +279,8 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
         verification = verify_onnx(model, onnx_path, shape, x_real, y_real, cfg.verify)
         verification.raise_for_failure()
         verified = verification.to_dict()
+        verified["torch_device"] = str(cfg.verify.device or model_device(model))
+        verified["onnxruntime"] = {"provider": "CPUExecutionProvider", "threads": cfg.verify.threads}
 
         sess = runtime.session(onnx_path, cfg.verify.threads)
         in_name = sess.get_inputs()[0].name
@@ -289,7 +292,7 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
         else:
             g_in, g_lab, g_src = random_inputs(shape, n_gold, cfg.verify.seed + 1), None, \
                 "random standard-normal inputs (no validation images were given)"
-        arrays, golden_info = _golden(sess, g_in, g_lab, g_src, in_name, out_names)
+        arrays, golden_info = _golden(sess, g_in, g_lab, g_src, in_name, out_names, cfg.verify)
         np.savez_compressed(stage / GOLDEN, **arrays)
 
         ort_info = None
