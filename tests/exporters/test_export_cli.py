@@ -83,3 +83,12 @@ def test_subprocess_operation_onnx_cannot_express_exits_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: the model cannot be exported to ONNX"), p.stderr
     assert "aten::histc" in lines[0] and "Traceback" not in p.stderr and p.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["histnet.py"]
+
+
+def test_opset_comes_from_the_flag_then_the_device_profile_then_the_default():
+    from edgeprune.commands.export import DEFAULT_OPSET, resolve_opset
+
+    assert resolve_opset(17, "rpi4") == (17, "--opset")
+    assert resolve_opset(None, None) == (DEFAULT_OPSET, "default")
+    opset, origin = resolve_opset(None, "rpi4")
+    assert opset == DEFAULT_OPSET and "rpi4" in origin
