@@ -123,6 +123,10 @@ def export_command(
                                 preprocess=preprocess, classes=classes, source=source,
                                 progress=lambda msg: status.update(msg))
     console.print(_summary(result.manifest, result.path))
+    scale = result.manifest["verification"]["random"]["max_abs_reference"]
+    if scale < 1e-6:
+        console.print(f"note: the model's outputs are near zero (max |output| {scale:.1e} on random inputs), "
+                      "so the comparison with PyTorch says little; are the weights trained?", style="yellow")
     if images is None:
         console.print("note: no --data given; verified on random inputs only, and the manifest has no "
                       "preprocessing or accuracy", style="yellow")
