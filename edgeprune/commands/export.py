@@ -113,14 +113,16 @@ def export_command(
         simplify=simplify, force=force,
     )
     source = {**loaded.source, "opset_from": opset_from}
+    # a prune record may know the accuracy before and after pruning
+    accuracy = source.get("accuracy") if isinstance(source.get("accuracy"), dict) else None
     if json:
         result = build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, images=images, labels=labels,
-                                preprocess=preprocess, classes=classes, source=source)
+                                preprocess=preprocess, classes=classes, source=source, accuracy=accuracy)
         print_json(result.manifest)
         return
     with err_console.status("exporting") as status:
         result = build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, images=images, labels=labels,
-                                preprocess=preprocess, classes=classes, source=source,
+                                preprocess=preprocess, classes=classes, source=source, accuracy=accuracy,
                                 progress=lambda msg: status.update(msg))
     console.print(_summary(result.manifest, result.path))
     scale = result.manifest["verification"]["random"]["max_abs_reference"]
