@@ -243,7 +243,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         model, input_size = _from_factory(spec), spec.input_size or 224
     elif spec.name in fams:
         fam = fams[spec.name]
-        model, input_size = fam.build(spec), fam.input_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-weight models are the same in every run
+            model, input_size = fam.build(spec), fam.input_size
         classes = fam.classes
     else:
         raise EdgepruneError(

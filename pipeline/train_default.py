@@ -1,12 +1,14 @@
 """The committed recipe that trains the bundled default model (ResNet-56 on Fashion-MNIST).
 
     python -m edgeprune.pipeline.train_default --data /usr/share/datasets/fashion-mnist \
-        --epochs 15 --workdir runs/default
+        --epochs 16 --workdir runs/default
 
 Recipe: 28x28 images zero-padded to 32x32, scaled to [0, 1], normalised with the
 Fashion-MNIST training mean/std; augmentation = random crop (pad 2) + horizontal flip;
 SGD (Nesterov, momentum 0.9, weight decay 5e-4), batch 128, peak LR 0.1 reached by a
-linear warm-up over the first epoch, cosine decay to zero; seed 0. A checkpoint is written
+linear warm-up over the first epoch, cosine decay to zero; seed 0; 16 epochs; bfloat16
+autocast for the forward pass (fp32 master weights; halves the step time on CPUs with
+AMX), evaluation in float32. A checkpoint is written
 after every epoch and the run resumes from it. The final weights (eval mode, float32) are
 written as a plain state_dict, which is what the package bundles.
 """
@@ -68,7 +70,8 @@ def evaluate(model, x, y, bs=500):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--amp", choices=["bf16", "none"], default="bf16")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--wd", type=float, default=5e-4)
@@ -115,7 +118,8 @@ def main() -> None:
                 g["lr"] = lr_at(step)
             idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
             xb = augment(xtr[idx], gen).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), ytr[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+                loss = F.cross_entropy(model(xb), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,196 @@
+"""`edgeprune blocks`, `edgeprune score`, `edgeprune prune`: the block engine on the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from edgeprune import options as o
+from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.errors import EdgepruneError
+from edgeprune.progress import set_enabled
+
+ORDER = 20
+
+ReplaceProjection = Annotated[bool, typer.Option("--replace-projection",
+                              help="Also remove projection blocks, replacing each by its shortcut path alone.")]
+ScoreImages = Annotated[int, typer.Option(help="Held-out validation images used to score blocks.")]
+Criterion = Annotated[str, typer.Option(help="direct (remove and measure), norm-ratio, bn-gamma, l1, random.")]
+Mode = Annotated[str, typer.Option(help="oneshot (score once) or iterative (remove the weakest, re-score, repeat).")]
+
+
+@user_errors
+def blocks_command(
+    model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
+    in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    json: o.Json = False,
+) -> None:
+    """List the residual blocks of a model: name, stage, kind, parameters, MACs."""
+    from edgeprune.pipeline.blocks import discover
+    from edgeprune.pipeline.models import load_model
+
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
+    found = discover(loaded.model, loaded.input_shape)
+    total_macs = _total_macs(loaded)
+    if json:
+        print_json({"model": model, "input_shape": list(loaded.input_shape), "total_macs": total_macs,
+                    "total_params": sum(p.numel() for p in loaded.model.parameters()),
+                    "blocks": [b.to_dict() for b in found]})
+        return
+    if not found:
+        raise EdgepruneError(f"{model} has no residual block that torch.fx can find")
+    table = Table(title=f"{model}: {len(found)} residual blocks at input {tuple(loaded.input_shape)}")
+    for col in ("block", "stage", "kind", "params", "MMACs", "% of model"):
+        table.add_column(col, justify="right" if col not in ("block", "kind") else "left")
+    for b in found:
+        table.add_row(b.name, str(b.stage), b.kind, f"{b.params:,}", f"{b.macs / 1e6:.2f}",
+                      f"{100 * b.macs / total_macs:.1f}" if total_macs else "-")
+    console.print(table)
+
+
+def _total_macs(loaded) -> int:
+    from edgeprune.pipeline.blocks import _macs_by_module
+    macs, _ = _macs_by_module(loaded.model, loaded.input_shape)
+    return sum(v for k, v in macs.items() if k and "." not in k)
+
+
+def _setup(model, weights, num_classes, in_channels, input_size, trust, data, mean, std, channels, resize):
+    from edgeprune.pipeline.blocks import discover
+    from edgeprune.pipeline.data import load_data
+    from edgeprune.pipeline.models import load_model
+
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust))
+    bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
+    return loaded, bundle, discover(loaded.model, loaded.input_shape)
+
+
+@user_errors
+def score_command(
+    model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
+    in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
+    resize: o.Resize = "auto",
+    criterion: Criterion = "direct", mode: Mode = "oneshot", score_images: ScoreImages = 1000,
+    replace_projection: ReplaceProjection = False, seed: int = 0, batch_size: int = 250,
+    accelerator: o.Accelerator = "cpu", json: o.Json = False,
+) -> None:
+    """Score every removable block by a criterion (default: direct removal) and rank them."""
+    from edgeprune.pipeline.evaluate import resolve_device
+    from edgeprune.pipeline.importance import ScoreContext
+    from edgeprune.pipeline.prune import candidates, rank_blocks, split_val
+
+    if json:
+        set_enabled(False)
+    loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
+                                   data, mean, std, channels, resize)
+    cands = candidates(found, replace_projection)
+    held = split_val(bundle, score_images)
+    batches = list(bundle.batches("val", batch_size, indices=held.score))
+    ctx = ScoreContext(resolve_device(accelerator), seed, replace_projection, progress=f"scoring ({criterion})")
+    ranking = rank_blocks(loaded.model, cands, batches, ctx, criterion, mode)
+    if json:
+        print_json({"model": model, "data": data, "images": len(held.score), **ranking.to_dict()})
+        return
+    table = Table(title=f"{criterion} importance ({mode}) on {len(held.score)} held-out images; "
+                        "least important first")
+    for col in ("rank", "block", "importance", "top1 without", "loss without"):
+        table.add_column(col, justify="left" if col == "block" else "right")
+    step_of = {s["removed"]: s for s in ranking.steps}
+    for i, name in enumerate(ranking.order, 1):
+        s = ranking.scores.get(name)
+        step = step_of.get(name)
+        top1 = step["top1"] if step else (s.top1 if s else None)
+        imp = step["importance"] if step else s.importance
+        table.add_row(str(i), name, f"{imp:.4f}", f"{top1:.2%}" if top1 is not None else "-",
+                      f"{s.loss:.4f}" if s and s.loss is not None and not step else "-")
+    console.print(table)
+
+
+@user_errors
+def prune_command(
+    out: Annotated[str, typer.Option("--out", "-o", help="Pruned weights file (a .json record is written beside it).")],
+    remove: Annotated[Optional[int], typer.Option(help="Remove the K least important blocks.")] = None,
+    blocks: Annotated[Optional[str], typer.Option(help="Remove exactly these blocks (comma-separated names).")] = None,
+    model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
+    in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
+    resize: o.Resize = "auto",
+    criterion: Criterion = "direct", mode: Mode = "iterative", score_images: ScoreImages = 1000,
+    replace_projection: ReplaceProjection = False,
+    finetune_epochs: Annotated[float, typer.Option(help="Fine-tune epochs after removal (0: none).")] = 0.0,
+    finetune_steps: Annotated[Optional[int], typer.Option(help="Fine-tune for exactly N steps instead.")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.01,
+    kd: Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model while fine-tuning.")] = False,
+    temperature: float = 4.0, alpha: float = 0.9, batch_size: int = 128, seed: int = 0,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    accelerator: o.Accelerator = "cpu", json: o.Json = False,
+) -> None:
+    """Remove blocks (the K least important, or named ones), optionally fine-tune, write weights + record."""
+    from pathlib import Path
+
+    from edgeprune.pipeline.evaluate import evaluate, resolve_device
+    from edgeprune.pipeline.finetune import FinetuneConfig, finetune
+    from edgeprune.pipeline.importance import ScoreContext
+    from edgeprune.pipeline.prune import PrunePlan, candidates, plan_remove_k, rank_blocks, split_val
+    from edgeprune.pipeline.record import save_prune_record
+
+    if (remove is None) == (blocks is None):
+        raise EdgepruneError("pass exactly one of --remove K or --blocks NAMES")
+    out_path = Path(out)
+    if not force and (out_path.exists() or out_path.with_suffix(".json").exists()):
+        raise EdgepruneError(f"{out_path} or its record exists; pass --force to overwrite")
+    if json:
+        set_enabled(False)
+    device = resolve_device(accelerator)
+    loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
+                                   data, mean, std, channels, resize)
+    held = split_val(bundle, score_images)
+    final_batches = bundle.batches("val", 250, indices=held.final)
+    ranking = None
+    if blocks is not None:
+        plan = PrunePlan([b.strip() for b in blocks.split(",") if b.strip()], replace_projection)
+    else:
+        cands = candidates(found, replace_projection)
+        ctx = ScoreContext(device, seed, replace_projection, progress=f"scoring ({criterion})")
+        score_batches = list(bundle.batches("val", 250, indices=held.score))
+        ranking = rank_blocks(loaded.model, cands, score_batches, ctx, criterion, mode, k=remove)
+        plan = plan_remove_k(ranking, remove, replace_projection)
+    pruned = plan.apply(loaded.model, found)
+    before = evaluate(loaded.model, final_batches, device, "eval (original)")
+    after = evaluate(pruned, final_batches, device, "eval (pruned)")
+    accuracy = {"images": after.images, "shared_with_scoring": held.shared, "before": before.top1,
+                "after_removal": after.top1}
+    ft_cfg = None
+    if finetune_epochs > 0 or finetune_steps:
+        ft_cfg = FinetuneConfig(epochs=finetune_epochs, steps=finetune_steps, optimizer=optimizer, lr=lr, kd=kd,
+                                temperature=temperature, alpha=alpha, batch_size=batch_size, seed=seed)
+        pruned = finetune(pruned, lambda ep: bundle.batches("train", batch_size, shuffle=True, seed=seed + ep),
+                          len(bundle.y_train), ft_cfg, teacher=loaded.model if kd else None, device=device)
+        accuracy["after_finetune"] = evaluate(pruned, final_batches, device, "eval (fine-tuned)").top1
+    wpath, rpath = save_prune_record(
+        out_path, pruned, loaded.spec.to_dict(), plan.removed, plan.replace_projection,
+        {"input_shape": list(loaded.input_shape), "data": bundle.describe() | {"classes": bundle.classes},
+         "ranking": ranking.to_dict() if ranking else None, "finetune": ft_cfg.to_dict() if ft_cfg else None,
+         "accuracy": accuracy,
+         "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
+                    "after": sum(p.numel() for p in pruned.parameters())}})
+    if json:
+        print_json({"weights": str(wpath), "record": str(rpath), "removed": plan.removed, "accuracy": accuracy})
+        return
+    console.print(f"removed {len(plan.removed)} blocks: {', '.join(plan.removed) or '(none)'}")
+    line = f"top-1 on {accuracy['images']} held-out images: {before.top1:.2%} -> {after.top1:.2%} after removal"
+    if "after_finetune" in accuracy:
+        line += f" -> {accuracy['after_finetune']:.2%} after fine-tune"
+    console.print(line)
+    if held.shared:
+        err_console.print("warning: the validation split is small; scoring and the final figure share images")
+    console.print(f"wrote {wpath} and {rpath}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("blocks")(blocks_command)
+    app.command("score")(score_command)
+    app.command("prune")(prune_command)

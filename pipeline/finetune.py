@@ -1,0 +1,139 @@
+"""Fine-tuning after block removal, optionally distilling from the unpruned model (Hinton et al. 2015).
+
+``finetune(model, train_batches, config, teacher=None) -> model`` trains in place and
+returns the model. SGD or AdamW, cosine schedule over epochs or a fixed step count,
+seeded; a checkpoint after every epoch lets an interrupted run resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.progress import track
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: float = 1.0               # may be fractional; ignored when steps is set
+    steps: int | None = None
+    optimizer: str = "sgd"            # sgd | adamw
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    batch_size: int = 128
+    seed: int = 0
+    kd: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.9                # weight of the soft (distillation) loss
+    augment: str = "crop"             # none | crop | crop+flip
+    checkpoint: str | None = None     # file for per-epoch checkpoints (resume)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student, labels)
+
+
+def _augment(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    pad = max(1, h // 16)
+    padded = F.pad(x, (pad,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (torch.arange(h)[None] + dy[:, None]).to(x.device)
+    cols = (torch.arange(w)[None] + dx[:, None]).to(x.device)
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    if mode == "crop+flip":
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise EdgepruneError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+
+
+def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images: int, cfg: FinetuneConfig,
+             teacher: nn.Module | None = None, device: torch.device | str = "cpu",
+             progress: str | None = "fine-tune") -> nn.Module:
+    """Train ``model`` for ``cfg.epochs`` (or ``cfg.steps``); ``make_batches(epoch)`` yields (x, y)."""
+    if cfg.kd and teacher is None:
+        raise EdgepruneError("knowledge distillation needs the unpruned teacher model")
+    if cfg.augment not in ("none", "crop", "crop+flip"):
+        raise EdgepruneError(f"unknown augmentation {cfg.augment!r}; use none, crop or crop+flip")
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    opt = _optimizer(model, cfg)
+    per_epoch = max(1, math.ceil(num_images / cfg.batch_size))
+    total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * per_epoch))
+    if total <= 0:
+        return model.eval()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    step, epoch = 0, 0
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, epoch = int(state["step"]), int(state["epoch"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = iter(track(range(step, total), progress, total=total - step))
+    while step < total:
+        gen.manual_seed(cfg.seed * 7919 + epoch)
+        for x, y in make_batches(epoch):
+            if step >= total:
+                break
+            x = _augment(x.to(device), cfg.augment, gen)
+            y = y.to(device)
+            out = model(x)
+            if cfg.kd:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = kd_loss(out, t_out, y, cfg.temperature, cfg.alpha)
+            else:
+                loss = F.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            next(bar, None)
+        epoch += 1
+        if ckpt is not None:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": step, "epoch": epoch}, tmp)
+            tmp.replace(ckpt)
+    for _ in bar:
+        pass
+    return model.eval()

@@ -1,0 +1,264 @@
+"""Block importance: direct removal (the seed method) and proxy criteria, one signature each.
+
+Every criterion is ``fn(model, blocks, batches, ctx) -> dict[block name, Score]``; a higher
+``importance`` means the block matters more, so plans remove the lowest first. Direct
+removal measures accuracy and loss with the block removed. It reuses the network up to
+each block: the model is traced once with the blocks as leaves, one full pass caches every
+node's value, and candidate k then runs only the graph from block k on. The scores are the
+same numbers the naive computation (remove, evaluate the whole model) gives.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.blocks import Block, _analyse, remove_blocks, shortcut_module
+from edgeprune.progress import track
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Score:
+    block: str
+    importance: float
+    top1: float | None = None       # accuracy with the block removed (direct removal only)
+    loss: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ScoreContext:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    replace_projection: bool = False
+    reuse_prefix: bool = True
+    progress: str | None = None
+
+
+Criterion = Callable[[nn.Module, Sequence[Block], Sequence[Batch], ScoreContext], dict[str, Score]]
+
+
+# ---------------------------------------------------------------- direct removal
+
+class _BlockLeafTracer(fx.Tracer):
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def trace_with_blocks_as_leaves(model: nn.Module, names: Iterable[str]) -> fx.GraphModule:
+    leaves = set(names)
+    try:
+        graph = _BlockLeafTracer(leaves).trace(model)
+    except Exception as e:  # noqa: BLE001
+        raise EdgepruneError(f"torch.fx cannot trace the model: {type(e).__name__}: {e}") from None
+    return fx.GraphModule(model, graph)
+
+
+def _replacement(model: nn.Module, block: Block) -> nn.Module:
+    return nn.Identity() if block.kind == "identity" else shortcut_module(model.get_submodule(block.name))
+
+
+def _accumulate(stats: dict[str, list[float]], name: str, out: torch.Tensor, y: torch.Tensor) -> None:
+    s = stats.setdefault(name, [0.0, 0.0, 0])
+    s[0] += (out.argmax(1) == y).sum().item()
+    s[1] += F.cross_entropy(out.float(), y, reduction="sum").item()
+    s[2] += len(y)
+
+
+@torch.no_grad()
+def removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
+                     ctx: ScoreContext) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
+    """(top1, loss) of the full model and of the model with each block removed alone."""
+    model = model.eval().to(ctx.device)
+    names = [b.name for b in blocks]
+    stats: dict[str, list[float]] = {}
+    if not ctx.reuse_prefix:
+        for b in track(blocks, ctx.progress):
+            pruned = remove_blocks(model, [b.name], list(blocks), replace_projection=True).eval()
+            for x, y in batches:
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                _accumulate(stats, b.name, pruned(x), y)
+        for x, y in batches:
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            _accumulate(stats, "", model(x), y)
+    else:
+        gm = trace_with_blocks_as_leaves(model, names)
+        nodes = list(gm.graph.nodes)
+        position = {n.target: i for i, n in enumerate(nodes) if n.op == "call_module" and n.target in names}
+        missing = [n for n in names if n not in position]
+        if missing:
+            raise EdgepruneError(f"blocks not called directly in the traced graph: {', '.join(missing[:3])}")
+        replacements = {b.name: _replacement(model, b).to(ctx.device).eval() for b in blocks}
+        for x, y in track(batches, ctx.progress):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            interp = fx.Interpreter(gm)
+            env = _run_from(interp, nodes, 0, {}, x)
+            _accumulate(stats, "", env[nodes[-1]], y)
+            for name in names:
+                p = position[name]
+                prefix = {n: env[n] for n in nodes[:p]}
+                node = nodes[p]
+                prefix[node] = replacements[name](*interp.map_nodes_to_values(node.args, node))
+                out = _run_from(fx.Interpreter(gm), nodes, p + 1, prefix, x)
+                _accumulate(stats, name, out[nodes[-1]], y)
+    full = stats.pop("")
+    per = {k: (v[0] / v[2], v[1] / v[2]) for k, v in stats.items()}
+    return (full[0] / full[2], full[1] / full[2]), per
+
+
+def _run_from(interp: fx.Interpreter, nodes: list[fx.Node], start: int, env: dict, x: torch.Tensor) -> dict:
+    """Run ``nodes[start:]`` with ``env`` holding every earlier value; the output value ends in env."""
+    interp.env = dict(env)
+    interp.args_iter = iter([x])
+    for node in nodes[start:]:
+        if node.op == "output":
+            interp.env[node] = interp.map_nodes_to_values(node.args[0], node)
+        else:
+            interp.env[node] = interp.run_node(node)
+    return interp.env
+
+
+def direct_removal(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
+                   ctx: ScoreContext) -> dict[str, Score]:
+    (base_top1, base_loss), per = removal_accuracy(model, blocks, batches, ctx)
+    # importance = accuracy lost by removing the block; the loss increase breaks ties.
+    return {n: Score(n, (base_top1 - t) + 1e-6 * (l - base_loss), t, l) for n, (t, l) in per.items()}
+
+
+# ---------------------------------------------------------------- proxies
+
+@torch.no_grad()
+def _block_inputs(model: nn.Module, names: Sequence[str], batches: Sequence[Batch], device) -> dict[str, list]:
+    inputs: dict[str, list] = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: inputs[n].append(i[0].detach())) for n in names]
+    try:
+        for x, _ in batches:
+            model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+@torch.no_grad()
+def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
+                        ctx: ScoreContext) -> dict[str, Score]:
+    """Mean over images of ||f(x)|| / ||shortcut(x)||: how much the block changes its input."""
+    model = model.eval().to(ctx.device)
+    inputs = _block_inputs(model, [b.name for b in blocks], batches, ctx.device)
+    out = {}
+    for b in blocks:
+        res = _analyse(model.get_submodule(b.name))
+        interp = fx.Interpreter(res.graph, garbage_collect_values=False)
+        ratios = []
+        for x in inputs[b.name]:
+            interp.run(x)
+            fx_ = interp.env[res.branch].flatten(1).norm(dim=1)
+            sx = interp.env[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12)
+            ratios.append(fx_ / sx)
+        out[b.name] = Score(b.name, torch.cat(ratios).mean().item())
+    return out
+
+
+def _branch_modules(model: nn.Module, block: Block) -> list[nn.Module]:
+    """Leaf modules on the residual branch (not on the shortcut) of a block."""
+    res = _analyse(model.get_submodule(block.name))
+    from edgeprune.pipeline.blocks import _ancestors
+    shortcut_nodes = _ancestors(res.shortcut) | {res.shortcut}
+    mods = []
+    for n in _ancestors(res.branch) | {res.branch}:
+        if n.op == "call_module" and n not in shortcut_nodes:
+            mods.append(res.graph.get_submodule(n.target))
+    return mods
+
+
+def bn_gamma(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch], ctx: ScoreContext) -> dict[str, Score]:
+    """Mean |gamma| of the BatchNorm layers on the residual branch."""
+    out = {}
+    for b in blocks:
+        gammas = [m.weight.detach().abs().flatten() for m in _branch_modules(model, b)
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        out[b.name] = Score(b.name, torch.cat(gammas).mean().item() if gammas else 0.0)
+    return out
+
+
+def weight_l1(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch], ctx: ScoreContext) -> dict[str, Score]:
+    """L1 norm of the conv/linear weights of the block."""
+    out = {}
+    for b in blocks:
+        mod = model.get_submodule(b.name)
+        total = sum(m.weight.detach().abs().sum().item() for m in mod.modules()
+                    if isinstance(m, (nn.Conv2d, nn.Linear)))
+        out[b.name] = Score(b.name, float(total))
+    return out
+
+
+def random_importance(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
+                      ctx: ScoreContext) -> dict[str, Score]:
+    rng = random.Random(ctx.seed)
+    return {b.name: Score(b.name, rng.random()) for b in blocks}
+
+
+CRITERIA: dict[str, Criterion] = {
+    "direct": direct_removal,
+    "norm-ratio": residual_norm_ratio,
+    "bn-gamma": bn_gamma,
+    "l1": weight_l1,
+    "random": random_importance,
+}
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise EdgepruneError(f"unknown criterion {name!r}; choose from {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+# ---------------------------------------------------------------- modes
+
+@dataclass
+class RankStep:
+    removed: str
+    scores: dict[str, Score]        # the scores of every remaining block at this step
+
+
+def rank_iterative(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch], ctx: ScoreContext,
+                   criterion: str = "direct", k: int | None = None) -> list[RankStep]:
+    """Remove the least important block, re-score the rest on the pruned model, repeat k times."""
+    fn = get_criterion(criterion)
+    candidates = list(blocks)
+    current, removed, steps = model, [], []
+    k = len(candidates) if k is None else min(k, len(candidates))
+    for _ in track(range(k), ctx.progress and f"{ctx.progress} (iterative)", total=k):
+        quiet = ScoreContext(ctx.device, ctx.seed + len(removed), ctx.replace_projection, ctx.reuse_prefix, None)
+        scores = fn(current, candidates, batches, quiet)
+        worst = min(candidates, key=lambda b: (scores[b.name].importance, b.name))
+        steps.append(RankStep(worst.name, scores))
+        removed.append(worst.name)
+        candidates = [b for b in candidates if b.name != worst.name]
+        current = remove_blocks(model, removed, list(blocks), replace_projection=True)
+    return steps
+
+
+def candidates_for(blocks: Sequence[Block], replace_projection: bool) -> list[Block]:
+    chosen = [b for b in blocks if b.kind == "identity" or replace_projection]
+    if not chosen:
+        raise EdgepruneError("the model has no removable block (no identity-shortcut residual block"
+                             + ("" if replace_projection else "; --replace-projection allows projection blocks") + ")")
+    return chosen
