@@ -9,9 +9,9 @@ features of coefficient x feature, per kernel class; see ``predictor``):
   model's kernels; this is all an SSH-reachable board gives (``ort_runner.py`` reports
   medians, not per-node times) and what the published ARM figures are.
 
-Coefficients are fitted by non-negative least squares on relative errors, so that small
-and large kernels count alike and no constant can go negative (a negative cost would make
-removing a kernel slow a model down).
+Coefficients are fitted by non-negative least squares, each node's error weighted by its
+model's latency (so the fit minimises models' relative errors), and no constant can go
+negative (a negative cost would make removing a kernel slow a model down).
 """
 
 from __future__ import annotations
@@ -154,6 +154,10 @@ class ModelTiming:
 
 def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None, tol: float = 1e-10) -> np.ndarray:
     """Non-negative least squares, min ||Ax - b|| subject to x >= 0 (Lawson & Hanson)."""
+    if a.shape[0] > a.shape[1]:
+        # same minimiser on the n x n triangle of a QR factorisation: much faster
+        q, r = np.linalg.qr(a, mode="reduced")
+        a, b = r, q.T @ b
     m, n = a.shape
     x = np.zeros(n)
     passive = np.zeros(n, dtype=bool)
@@ -247,16 +251,19 @@ def _fit_profiles_at(models: Sequence[ProfiledModel], fitted_on: str, nchwc_bloc
     from edgeprune.devices.graph import spill_fraction
     from edgeprune.devices.predictor import kernels_cost_us
     cols = [(k, f) for k, f in _columns() if cache_mb > 0 or f != "mb_w_spill"]
-    rows, y = [], []
+    rows, y, totals = [], [], []
     for pm in models:
         spill = spill_fraction(sum(k.w_bytes for k, _ in pm.kernels), cache_mb)
+        total = sum(us for _, us in pm.kernels)
         for k, us in pm.kernels:
             if k.kind in FITTED_FEATURES:
                 rows.append(_row([k], cols, spill))
                 y.append(us)
+                totals.append(total)
     rows_a, y_a = np.array(rows), np.array(y)
-    # relative error, floored so that 1-2 us nodes do not dominate through timer noise
-    weights = 1.0 / np.maximum(y_a, 5.0)
+    # A node's error counts as its share of its model's latency: this minimises the
+    # models' relative errors while still using every node as a data point.
+    weights = 1.0 / np.array(totals)
     x = _solve(rows_a, y_a, weights)
     coeffs = _to_coefficients(x, cols)
     lm = LatencyModel(coefficients=coeffs, fitted_on=fitted_on, nchwc_block=nchwc_block,
@@ -282,24 +289,16 @@ def _fit_profiles_at(models: Sequence[ProfiledModel], fitted_on: str, nchwc_bloc
 
 
 def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,
-                     base: LatencyModel | None = None) -> LatencyModel:
+                     base: LatencyModel, fit_run_overhead: bool = True) -> LatencyModel:
     """Fit from whole-model latencies only (an SSH device, or published figures).
 
-    With few models the full per-class model is under-determined, so when ``base`` is
-    given only one scale per group of classes (convolutions, depthwise, the rest) and a
-    per-run overhead are fitted on top of ``base``'s constants; without ``base`` every
-    class coefficient is fitted (needs many more models than columns).
+    With few models the full per-class model is under-determined, so ``base``'s constants
+    keep their shape and only one scale per group of classes (convolutions, depthwise,
+    the rest) and, optionally, a per-run overhead are fitted.
     """
     if not timings:
         raise EdgepruneError("no calibration measurements to fit")
     y = np.array([t.latency_ms * 1e3 for t in timings])
-    if base is None:
-        cols = _columns()
-        rows = np.array([_row(t.kernels, cols) for t in timings])
-        rows = np.hstack([np.ones((len(timings), 1)), rows])
-        x = _solve(rows, y, 1.0 / y)
-        return LatencyModel(coefficients=_to_coefficients(x[1:], cols),
-                            run_overhead_us=float(f"{x[0]:.6g}"), fitted_on=fitted_on)
     from edgeprune.devices.predictor import kernels_cost_us
     groups = {"conv": ("conv1x1", "conv3x3", "convkxk", "gconv"), "dwconv": ("dwconv",)}
     rest = tuple(k for k in KINDS if not any(k in g for g in groups.values()))
@@ -312,6 +311,7 @@ def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,
                              for kinds in groups.values()])
     rows_a = np.array(rows)
     used = rows_a.any(axis=0)
+    used[0] = fit_run_overhead
     x = np.zeros(rows_a.shape[1])
     x[used] = _solve(rows_a[:, used], y, 1.0 / y)
     coeffs = {}

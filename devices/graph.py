@@ -69,6 +69,7 @@ class Kernel:
     act: str | None = None       # fused activation
     has_sum: bool = False        # residual Add fused into the convolution
     nchwc: bool = False          # runs in onnxruntime's blocked layout
+    geometry: tuple[int, ...] = ()   # convolutions: (cin_per_group, cout, ho, wo, kh, kw)
 
     def features(self, spill: float = 0.0) -> dict[str, float]:
         """Work features; ``spill`` is the share of the model's weights beyond the cache."""
@@ -438,7 +439,7 @@ class _Detector:
             k = Kernel(node.name or "Conv", "Conv", conv_kind(kh, kw, depthwise, group), macs=macs,
                        in_bytes=in_bytes, out_bytes=out_elems * 4.0,
                        w_bytes=w_bytes + (cout_p * 4 if len(ins) > 2 and ins[2] else 0),
-                       nchwc=True)
+                       nchwc=True, geometry=(cin_p, cout_p, od[2], od[3], kh, kw))
             self.add(k, node, outs)
             self.mark_nchwc(outs[0], cout)
             return True
@@ -449,7 +450,8 @@ class _Detector:
         w_bytes = self.const_bytes(ins[1:2]) * weight_share(xd, od, kh, kw, *geo)
         k = Kernel(node.name or "Conv", "Conv", conv_kind(kh, kw, depthwise, group), macs=macs,
                    in_bytes=self.act_bytes([x]), out_bytes=self.nbytes(outs[0]),
-                   w_bytes=w_bytes + self.const_bytes(ins[2:3]))
+                   w_bytes=w_bytes + self.const_bytes(ins[2:3]),
+                   geometry=(cin_g, cout, od[2], od[3], kh, kw))
         self.add(k, node, outs)
         return True
 
@@ -664,6 +666,8 @@ def kernel_from_profile_event(name: str, args: dict[str, Any]) -> Kernel:
                 geo.append((stride, total // 2))
             strides, pads = [g[0] for g in geo], [g[1] for g in geo]
             k.macs = conv_macs(xd, od, od[1], wd[1], wd[2], wd[3], strides, pads)
+            k.geometry = (wd[1], od[1], od[2], od[3], wd[2], wd[3])
+            k.nchwc = name.endswith("_nchwc")
             k.has_sum = len(ins) >= 3 and ins[-1][0] == od
             raw_w = float(math.prod(wd) * 4)
             bias = max(0.0, w_b - raw_w) if w_b else 0.0

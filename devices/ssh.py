@@ -8,9 +8,16 @@ Using the system binaries means the user's ``~/.ssh/config``, keys and agent app
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import shlex
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
+from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.errors import EdgepruneError
 
 _TARGET = re.compile(
@@ -51,3 +58,216 @@ def parse_target(text: str) -> SshTarget:
     if port is not None and not 0 < port < 65536:
         raise EdgepruneError(f"bad SSH port {port} in {text!r}; expected 1-65535")
     return SshTarget(host=m.group("host").strip("[]"), user=m.group("user"), port=port)
+
+
+# -- running things on the device -------------------------------------------------------
+
+def runner_script() -> Path:
+    """The ``ort_runner.py`` that is shipped to the device, byte for byte."""
+    from edgeprune.benchmarks import ort_runner
+
+    return Path(ort_runner.__file__).resolve()
+
+
+@dataclass
+class SshConfig:
+    """How to reach a device; everything else comes from the user's ssh configuration."""
+
+    target: SshTarget
+    python: str = "python3"            # interpreter on the device
+    connect_timeout_s: int = 10
+    timeout_s: float = 900.0           # for the whole remote benchmark
+    options: tuple[str, ...] = ()      # extra ssh/scp options, e.g. ("-F", "/path/config")
+    ssh_bin: str = "ssh"
+    scp_bin: str = "scp"
+
+    def common(self) -> list[str]:
+        return ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
+                "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", *self.options]
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Warning: Permanently")]
+    return lines[-1] if lines else ""
+
+
+def ssh_error(cfg: SshConfig, stderr: str, what: str) -> EdgepruneError:
+    """One clear line for an ssh/scp failure (exit status 255 or an scp error)."""
+    t = str(cfg.target)
+    low = stderr.lower()
+    if "connection refused" in low:
+        msg = f"cannot reach {t}: connection refused (is sshd running, is the port right?)"
+    elif "permission denied" in low or "too many authentication failures" in low:
+        msg = (f"cannot log in to {t}: authentication failed (publickey/agent; edgeprune uses "
+               "BatchMode, so a key or agent must work without a password prompt)")
+    elif "timed out" in low:
+        msg = f"cannot reach {t}: connection timed out after {cfg.connect_timeout_s}s"
+    elif "could not resolve hostname" in low or "name or service not known" in low:
+        msg = f"cannot reach {t}: unknown host name"
+    elif "no route to host" in low or "network is unreachable" in low:
+        msg = f"cannot reach {t}: no route to host"
+    elif "host key verification failed" in low:
+        msg = f"cannot log in to {t}: host key verification failed (add the device to known_hosts)"
+    else:
+        msg = f"ssh to {t} failed while {what}: {_first_line(stderr) or 'no message'}"
+    return EdgepruneError(msg)
+
+
+def run_ssh(cfg: SshConfig, command: str, what: str, timeout_s: float | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run ``command`` on the device; ssh's own failures become one-line errors."""
+    args = [cfg.ssh_bin, *cfg.common()]
+    if cfg.target.port:
+        args += ["-p", str(cfg.target.port)]
+    args += [cfg.target.destination, command]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=timeout_s or cfg.timeout_s)
+    except FileNotFoundError:
+        raise EdgepruneError(f"'{cfg.ssh_bin}' not found: install an OpenSSH client") from None
+    except subprocess.TimeoutExpired:
+        raise EdgepruneError(f"{what} on {cfg.target} took longer than "
+                             f"{timeout_s or cfg.timeout_s:.0f}s; stopped") from None
+    if proc.returncode == 255:
+        raise ssh_error(cfg, proc.stderr, what)
+    return proc
+
+
+def copy_to(cfg: SshConfig, files: Sequence[Path], remote_dir: str) -> None:
+    args = [cfg.scp_bin, "-q", *cfg.common()]
+    if cfg.target.port:
+        args += ["-P", str(cfg.target.port)]
+    args += [str(f) for f in files] + [f"{cfg.target.scp_host}:{remote_dir}/"]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=cfg.timeout_s)
+    except FileNotFoundError:
+        raise EdgepruneError(f"'{cfg.scp_bin}' not found: install an OpenSSH client") from None
+    except subprocess.TimeoutExpired:
+        raise EdgepruneError(f"copying the model to {cfg.target} took longer than "
+                             f"{cfg.timeout_s:.0f}s; stopped") from None
+    if proc.returncode != 0:
+        raise ssh_error(cfg, proc.stderr, "copying the model")
+
+
+_PROBE = ("import sys; import onnxruntime, numpy; "
+          "print(onnxruntime.__version__, sys.version.split()[0])")
+
+
+@contextlib.contextmanager
+def remote_workdir(cfg: SshConfig) -> Iterator[str]:
+    """A temporary folder on the device whose python has numpy and onnxruntime; removed after."""
+    py = shlex.quote(cfg.python)
+    probe = (f"{py} -c {shlex.quote(_PROBE)} && mktemp -d /tmp/edgeprune.XXXXXX")
+    proc = run_ssh(cfg, probe, "checking the device", timeout_s=cfg.connect_timeout_s + 60)
+    if proc.returncode != 0:
+        err = proc.stderr
+        m = re.search(r"No module named '?([A-Za-z0-9_.]+)", err)
+        if m:
+            missing = m.group(1).split(".")[0]
+            raise EdgepruneError(
+                f"{cfg.target} has no {missing} for {cfg.python}; install it there "
+                f"('{cfg.python} -m pip install onnxruntime numpy') or pass --remote-python")
+        if proc.returncode == 127 or "not found" in err:
+            raise EdgepruneError(f"{cfg.target} has no '{cfg.python}'; pass --remote-python "
+                                 "with the device's python3 path")
+        raise EdgepruneError(f"checking {cfg.target} failed: {_first_line(err) or 'exit ' + str(proc.returncode)}")
+    lines = proc.stdout.strip().splitlines()
+    remote_dir = lines[-1].strip() if lines else ""
+    if not remote_dir.startswith("/tmp/edgeprune."):
+        raise EdgepruneError(f"could not create a temporary folder on {cfg.target}")
+    try:
+        yield remote_dir
+    finally:
+        try:
+            run_ssh(cfg, f"rm -rf {shlex.quote(remote_dir)}", "cleaning up", timeout_s=60)
+        except EdgepruneError:
+            pass
+
+
+def _model_files(model: Path) -> list[Path]:
+    from edgeprune.benchmarks.modelfile import inspect_model
+
+    info = inspect_model(model)
+    return [model] + [model.parent / loc for loc in info.external_files]
+
+
+def _runner_args(model_name: str, threads: int, providers: Sequence[str], warmup: int,
+                 runs: int | None, time_budget_s: float | None,
+                 shapes: dict[str, list[int]] | None) -> list[str]:
+    args = [model_name, "--threads", str(threads), "--providers", ",".join(providers),
+            "--warmup", str(warmup)]
+    if runs is not None:
+        args += ["--runs", str(runs)]
+    if time_budget_s is not None:
+        args += ["--time-budget", str(time_budget_s)]
+    for name, dims in (shapes or {}).items():
+        args += ["--shape", f"{name}={'x'.join(str(d) for d in dims)}"]
+    return args
+
+
+def _parse_runner_output(cfg: SshConfig, proc: subprocess.CompletedProcess) -> list[dict[str, Any]]:
+    if proc.returncode != 0:
+        line = _first_line(proc.stderr)
+        line = line[len("error: "):] if line.startswith("error: ") else line
+        if "No module named" in proc.stderr:
+            raise EdgepruneError(f"{cfg.target}: {line}; install onnxruntime and numpy for {cfg.python}")
+        raise EdgepruneError(f"benchmark on {cfg.target} failed: {line or 'exit ' + str(proc.returncode)}")
+    out = []
+    for ln in proc.stdout.splitlines():
+        ln = ln.strip()
+        if ln.startswith("{"):
+            try:
+                out.append(json.loads(ln))
+            except json.JSONDecodeError:
+                pass
+    if not out:
+        raise EdgepruneError(f"benchmark on {cfg.target} printed no result")
+    return out
+
+
+def measure_over_ssh(model: str | Path, cfg: SshConfig, device: str, threads: int,
+                     providers: Sequence[str], warmup: int = 10, runs: int | None = 100,
+                     time_budget_s: float | None = None,
+                     shapes: dict[str, list[int]] | None = None) -> LatencyResult:
+    """Copy ``model`` (and its external data) and ``ort_runner.py`` to the device, time it there.
+
+    Returns the same :class:`LatencyResult` as ``edgeprune bench``, with
+    ``source="measured:ssh:<device>"``.
+    """
+    from edgeprune.benchmarks.latency import to_result
+
+    model = Path(model)
+    files = _model_files(model)
+    with remote_workdir(cfg) as rdir:
+        copy_to(cfg, [runner_script(), *files], rdir)
+        args = _runner_args(model.name, threads, providers, warmup, runs, time_budget_s, shapes)
+        cmd = (f"cd {shlex.quote(rdir)} && {shlex.quote(cfg.python)} ort_runner.py "
+               + " ".join(shlex.quote(a) for a in args))
+        proc = run_ssh(cfg, cmd, "running the benchmark")
+    raw = _parse_runner_output(cfg, proc)[-1]
+    raw["model"] = str(model)
+    result = to_result(raw, source=f"measured:ssh:{device}")
+    result.extra["ssh"] = str(cfg.target)
+    result.extra["remote_python"] = cfg.python
+    return result
+
+
+def time_models_over_ssh(models: Sequence[Path], cfg: SshConfig, threads: int,
+                         providers: Sequence[str], warmup: int = 5, runs: int = 30,
+                         progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Time several models in one session on the device (calibration); raw runner JSON each."""
+    files: list[Path] = []
+    for m in models:
+        files += _model_files(Path(m))
+    results: list[dict[str, Any]] = []
+    with remote_workdir(cfg) as rdir:
+        copy_to(cfg, [runner_script(), *files], rdir)
+        for m in models:
+            if progress:
+                progress(Path(m).name)
+            args = _runner_args(Path(m).name, threads, providers, warmup, runs, None, None)
+            cmd = (f"cd {shlex.quote(rdir)} && {shlex.quote(cfg.python)} ort_runner.py "
+                   + " ".join(shlex.quote(a) for a in args))
+            results.append(_parse_runner_output(cfg, run_ssh(cfg, cmd, f"timing {Path(m).name}"))[-1])
+    return results

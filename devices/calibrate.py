@@ -1,0 +1,283 @@
+"""``edgeprune calibrate``: measure the calibration suite on a device and write a fitted profile.
+
+On this machine (``--device host``) every suite model is profiled per node with
+onnxruntime and the full latency model is fitted (``calibration.fit_from_profiles``).
+Over SSH only whole-model latencies come back, so the device's existing constants (or
+the host's, if it has none) keep their shape and a scale per kernel group plus a per-run
+overhead are fitted (``calibration.fit_from_timings``). Either way the expected error
+written into the profile is the 90th percentile of the cross-validated error: each model
+is predicted by a fit that never saw it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from edgeprune.devices import calibration as cal
+from edgeprune.devices.graph import detect_kernels, load_model
+from edgeprune.devices.predictor import kernels_cost_us
+from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile, save_profile
+from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model
+from edgeprune.errors import EdgepruneError
+
+Progress = Callable[[str], None]
+
+
+def default_workdir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeprune" / "calibration"
+
+
+@dataclass
+class CalibrationConfig:
+    device: str = "host"                   # profile to calibrate: name or TOML path
+    out: Path | None = None                # fitted profile file (default <name>-calibrated.toml)
+    force: bool = False                    # overwrite ``out``
+    ssh: str | None = None                 # user@host[:port]; default: the profile's ssh
+    remote_python: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    synthetic: int = 48                    # seeded synthetic networks in the suite
+    seed: int = 0
+    max_mmacs: float = 250.0               # size cap of a synthetic network (million MACs)
+    architectures: bool = True             # add the torchvision architectures
+    workdir: Path | None = None            # cache of suite ONNX files
+    threads: int | None = None             # default: the profile's
+    folds: int = 5
+
+
+@dataclass
+class ModelFit:
+    name: str
+    measured_ms: float
+    fitted_ms: float          # predicted by the fit that saw every model
+    held_out_ms: float        # predicted by the fit that did not see this model
+
+
+@dataclass
+class CalibrationResult:
+    profile: DeviceProfile
+    path: Path
+    mode: str                 # "profiled" (per-node, local) or "timed" (whole models, SSH)
+    models: list[ModelFit]
+    fit: dict[str, Any]
+    cross_validated: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.profile.name, "path": str(self.path), "mode": self.mode,
+                "expected_error": self.profile.expected_error, "fit": self.fit,
+                "cross_validated": self.cross_validated,
+                "models": [m.__dict__ for m in self.models]}
+
+
+# -- the suite -------------------------------------------------------------------------------
+
+def build_suite(workdir: Path, synthetic: int, seed: int, architectures: bool,
+                progress: Progress | None = None, max_mmacs: float = 250.0) -> list[Path]:
+    """ONNX files of the calibration suite, built once into ``workdir`` and reused."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(synthetic):
+        cap = "" if max_mmacs == 250.0 else f"_cap{max_mmacs:g}"
+        p = workdir / f"calib_s{seed}{cap}_{i:03d}.onnx"
+        if not p.exists():
+            _atomic_save(synthetic_model(i, seed, max_mmacs).model, p)
+        paths.append(p)
+    if architectures:
+        for arch, size in TORCHVISION_SUITE:
+            p = workdir / f"{arch}_{size}.onnx"
+            if not p.exists():
+                if progress:
+                    progress(f"exporting {arch} at {size}x{size}")
+                tmp = workdir / f".{p.stem}.tmp"
+                tmp.mkdir(exist_ok=True)
+                export_torchvision(arch, size, str(tmp / p.name))
+                for f in tmp.iterdir():          # the .onnx and its external data
+                    os.replace(f, workdir / f.name)
+                tmp.rmdir()
+            paths.append(p)
+    return paths
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def nchwc_block_here() -> int:
+    """onnxruntime's NCHWc block size on this CPU (MLAS: 16 with AVX-512, 8 with AVX2)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return 0
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return 8
+    return 16 if " avx512f" in flags else 8 if " avx2" in flags else 0
+
+
+def _folds(n: int, k: int) -> list[list[int]]:
+    k = max(2, min(k, n))
+    return [[i for i in range(n) if i % k == f] for f in range(k)]
+
+
+def _band(errors: np.ndarray) -> float:
+    """Expected relative error: the 90th percentile of |held-out error|, rounded up."""
+    return max(0.01, math.ceil(float(np.percentile(np.abs(errors), 90)) * 100) / 100)
+
+
+def _resolve_out(cfg: CalibrationConfig, profile: DeviceProfile) -> Path:
+    out = Path(cfg.out) if cfg.out else Path(f"{profile.name}-calibrated.toml")
+    if out.suffix != ".toml":
+        raise EdgepruneError(f"--out must be a .toml file, got {out}")
+    if out.exists() and not cfg.force:
+        raise EdgepruneError(f"{out} exists; pass --force to overwrite it")
+    if out.is_dir():
+        raise EdgepruneError(f"--out {out} is a directory")
+    return out
+
+
+# -- local: per-node profiles -------------------------------------------------------------------
+
+def calibrate_local(cfg: CalibrationConfig, progress: Progress | None = None) -> CalibrationResult:
+    profile = load_profile(cfg.device)
+    out = _resolve_out(cfg, profile)
+    threads = cfg.threads or profile.threads
+    suite = build_suite(Path(cfg.workdir or default_workdir()), cfg.synthetic, cfg.seed,
+                        cfg.architectures, progress, cfg.max_mmacs)
+    if len(suite) < 8:
+        raise EdgepruneError("the calibration suite needs at least 8 models")
+    measured = []
+    for i, p in enumerate(suite, 1):
+        if progress:
+            progress(f"profiling {p.stem} ({i}/{len(suite)})")
+        measured.append(cal.profile_model(p, threads=threads, providers=profile.providers))
+    block = nchwc_block_here()
+    when = _dt.date.today().isoformat()
+    fitted_on = (f"{when}: per-node onnxruntime profiles of {len(measured)} calibration models "
+                 f"({cfg.synthetic} synthetic, seed {cfg.seed}"
+                 f"{', plus torchvision architectures' if cfg.architectures else ''}), "
+                 f"{threads} thread(s)")
+    lm = cal.fit_from_profiles(measured, fitted_on, block)
+    fitted = [_predict_profiled(pm, lm) for pm in measured]
+    held = [0.0] * len(measured)
+    for fold in _folds(len(measured), cfg.folds):
+        train = [m for i, m in enumerate(measured) if i not in fold]
+        flm = cal.fit_from_profiles(train, "cv", block, cache_mb=lm.cache_mb)
+        for i in fold:
+            held[i] = _predict_profiled(measured[i], flm)
+    meas = [pm.total_ms for pm in measured]
+    return _finish(cfg, profile, out, lm, "profiled", [pm.name for pm in measured], meas,
+                   fitted, held, threads,
+                   f"measured here with onnxruntime; predictor fitted {when} to per-node "
+                   "onnxruntime profiles of the calibration suite (edgeprune calibrate)")
+
+
+def _predict_profiled(pm: cal.ProfiledModel, lm: LatencyModel) -> float:
+    return (lm.run_overhead_us + kernels_cost_us([k for k, _ in pm.kernels], lm)) / 1e3
+
+
+# -- remote: whole-model latencies over SSH ---------------------------------------------------
+
+def _base_model(profile: DeviceProfile, machine: str) -> LatencyModel:
+    if profile.latency_model is not None:
+        return profile.latency_model
+    host = load_profile("host").latency_model
+    if host is None:
+        raise EdgepruneError("the bundled host profile has no latency model to start from")
+    arm = machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("arm")
+    return replace(host, nchwc_block=0 if arm else host.nchwc_block, cache_mb=0.0 if arm else host.cache_mb)
+
+
+def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None) -> CalibrationResult:
+    from edgeprune.devices.ssh import SshConfig, parse_target, time_models_over_ssh
+
+    profile = load_profile(cfg.device)
+    target = cfg.ssh or profile.ssh
+    if not target:
+        raise EdgepruneError(f"no SSH target for '{profile.name}': pass --ssh user@host[:port]")
+    out = _resolve_out(cfg, profile)
+    threads = cfg.threads or profile.threads
+    ssh = SshConfig(parse_target(target), python=cfg.remote_python or profile.python,
+                    options=tuple(cfg.ssh_options))
+    suite = build_suite(Path(cfg.workdir or default_workdir()), cfg.synthetic, cfg.seed,
+                        cfg.architectures, progress, cfg.max_mmacs)
+    raws = time_models_over_ssh(suite, ssh, threads, profile.providers,
+                                progress=(lambda n: progress(f"timing {n} on {ssh.target}"))
+                                if progress else None)
+    base = _base_model(profile, str(raws[0].get("machine", "")))
+    timings = [cal.ModelTiming(p.stem, detect_kernels(load_model(p), base.nchwc_block),
+                               float(np.median(r["samples_ms"]))) for p, r in zip(suite, raws)]
+    when = _dt.date.today().isoformat()
+    lm = cal.fit_from_timings(timings, f"{when}: median onnxruntime latencies of {len(timings)} "
+                              f"calibration models measured on {ssh.target} over SSH", base)
+    pred = lambda t, m: (m.run_overhead_us + kernels_cost_us(t.kernels, m)) * m.runtime_factor / 1e3  # noqa: E731
+    fitted = [pred(t, lm) for t in timings]
+    held = [0.0] * len(timings)
+    for fold in _folds(len(timings), cfg.folds):
+        flm = cal.fit_from_timings([t for i, t in enumerate(timings) if i not in fold], "cv", base)
+        for i in fold:
+            held[i] = pred(timings[i], flm)
+    return _finish(cfg, profile, out, lm, "timed", [t.name for t in timings],
+                   [t.latency_ms for t in timings], fitted, held, threads,
+                   f"measured on the device over SSH (onnxruntime {raws[0].get('ort_version', '?')}); "
+                   f"predictor fitted {when} to whole-model latencies of the calibration suite",
+                   {"calibration_cpu": str(raws[0].get("cpu", profile.cpu))}, ssh=target)
+
+
+# -- shared ------------------------------------------------------------------------------------
+
+def _finish(cfg: CalibrationConfig, profile: DeviceProfile, out: Path, lm: LatencyModel, mode: str,
+            names: Sequence[str], meas: Sequence[float], fitted: Sequence[float],
+            held: Sequence[float], threads: int, source: str,
+            extra_sources: dict[str, str] | None = None, ssh: str | None = None) -> CalibrationResult:
+    fit = cal.error_summary(fitted, meas)
+    cv = cal.error_summary(held, meas)
+    lm.fit.update({"models": len(names), "fit_median_abs_rel_err": round(fit["median_abs_rel_err"], 4),
+                   "cv_median_abs_rel_err": round(cv["median_abs_rel_err"], 4),
+                   "cv_within_10pct": round(cv["within_10pct"], 3),
+                   "cv_p90_abs_rel_err": round(cv["p90_abs_rel_err"], 4)})
+    new = replace(profile, latency_model=lm, threads=threads, latency_source=source,
+                  ssh=ssh or profile.ssh,
+                  expected_error=_band(cal.relative_errors(held, meas)),
+                  sources={**profile.sources,
+                           "latency_model": lm.fitted_on,
+                           "expected_error": "90th percentile of the cross-validated relative "
+                                             f"error over the calibration suite ({cfg.folds}-fold)",
+                           **(extra_sources or {})})
+    result = CalibrationResult(new, out, mode,
+                               [ModelFit(n, m, f, h) for n, m, f, h in zip(names, meas, fitted, held)],
+                               fit, cv)
+    save_profile(new, out, _header(result))
+    result.profile = load_profile(str(out))
+    return result
+
+
+def _header(r: CalibrationResult) -> str:
+    return (f"Written by edgeprune calibrate ({r.mode}); cross-validated error over "
+            f"{len(r.models)} models: median {r.cross_validated['median_abs_rel_err']:.1%}, "
+            f"{r.cross_validated['within_10pct']:.0%} within +-10%.")
+
+
+def calibrate(cfg: CalibrationConfig, progress: Progress | None = None) -> CalibrationResult:
+    """Measure and fit; over SSH when a target is given or the profile names one."""
+    if cfg.synthetic < 0:
+        raise EdgepruneError("--synthetic must be 0 or more")
+    profile = load_profile(cfg.device)
+    if cfg.ssh or profile.ssh:
+        return calibrate_ssh(cfg, progress)
+    if profile.name != "host" and not cfg.device.endswith(".toml"):
+        raise EdgepruneError(
+            f"'{profile.name}' is not this machine and its profile names no SSH target: pass "
+            f"--ssh user@host to measure it, or --device host to calibrate this machine")
+    return calibrate_local(cfg, progress)
