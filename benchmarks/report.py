@@ -46,7 +46,9 @@ def profile_table(r: LatencyResult) -> Table | None:
     if not prof:
         return None
     t = Table(title=f"Top operators, {_name(r)} (onnxruntime profiler, {prof['runs']} runs)",
-              title_justify="left")
+              title_justify="left",
+              caption="profiled times include the profiler's own overhead; compare shares",
+              caption_justify="left")
     for col, just in (("op type", "left"), ("ms / run", "right"), ("share", "right"),
                       ("nodes", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
