@@ -23,6 +23,9 @@ def track(items: Iterable[T], description: str | None, total: int | None = None)
         return
     from edgeprune.cli_util import err_console
 
+    if not err_console.is_terminal:  # a pipe or a log file: no bars, no blank lines
+        yield from items
+        return
     if total is None:
         total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

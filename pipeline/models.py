@@ -147,7 +147,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Te
         raise EdgepruneError(f"weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a refused class: the bytes are garbage
+            raise EdgepruneError(f"cannot read weights {path}: corrupted or truncated file "
+                                 "(not a torch checkpoint)") from None
         if not trust:
             raise EdgepruneError(
                 f"{path} is a pickled Python object, not a plain state_dict; unpickling it can run "

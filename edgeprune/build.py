@@ -1,0 +1,365 @@
+"""`edgeprune build`: the one place that knows the whole order of a latency-budgeted build.
+
+    discover -> score (direct removal) -> search plans -> remove -> fine-tune -> export,
+    simplify, verify -> bench on the host -> predict / measure on the device -> artifact
+
+Each stage is a library call with plain values. Everything expensive (one-shot scores,
+every accuracy the search measured, the chosen plan, fine-tune checkpoints) is cached under
+``<out>/cache/<key>/``, where the key hashes the model, the data and the settings that
+change the result, so running the same command again resumes where it stopped. The
+artifact is assembled in that cache folder and renamed to ``<out>/artifact`` at the very
+end: an interrupted build never leaves a partial artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgeprune import __version__
+from edgeprune.errors import EdgepruneError
+
+EXIT_OK, EXIT_UNREACHABLE = 0, 3
+
+
+@dataclass
+class BuildConfig:
+    device: str = "rpi4"
+    budget: str = "30ms"
+    model: str = "default"
+    weights: str | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    input_size: int | None = None
+    trust_checkpoint: bool = False
+    data: str = "default"
+    mean: str | None = None
+    std: str | None = None
+    channels: int | None = None
+    resize: str = "auto"
+    out: str = "edgeprune-build"
+    metric: str = "p50"                    # p50 | p90 of measured latency (p90: band's upper edge if predicted)
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 0.01
+    kd: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.9
+    score_images: int = 500
+    strategies: list[str] = field(default_factory=lambda: ["latency-greedy", "accuracy-greedy", "knapsack"])
+    replace_projection: bool = False
+    ssh: str | None = None
+    bench_runs: int = 100
+    verify_arm: bool = False
+    accelerator: str = "cpu"
+    seed: int = 0
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: dict[str, Any]) -> "BuildConfig":
+        """Keys of ``path`` (the same names as the flags, with _ or -), then ``overrides``."""
+        p = Path(path)
+        if not p.is_file():
+            raise EdgepruneError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise EdgepruneError(f"{p} is not valid TOML: {e}") from None
+        data = data.get("build", data)
+        known = {f.name for f in fields(cls)}
+        norm = {k.replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(norm) - known)
+        if unknown:
+            raise EdgepruneError(f"{p}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{**norm, **overrides})
+
+    def to_toml(self) -> str:
+        lines = ["# the resolved configuration of this build; `edgeprune build --config` accepts it", "[build]"]
+        for k, v in asdict(self).items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {json.dumps(v)}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class BuildOutcome:
+    exit_code: int
+    message: str
+    summary: dict[str, Any]
+    artifact: Path | None = None
+
+
+Say = Callable[[str], None]
+
+
+def _key(loaded, bundle, cfg: BuildConfig) -> str:
+    ident = {"model": loaded.spec.to_dict(), "source": loaded.source, "data": {
+        k: v for k, v in bundle.describe().items() if k != "classes"},
+        "n_train": len(bundle.y_train), "n_val": len(bundle.y_val),
+        "score_images": cfg.score_images, "replace_projection": cfg.replace_projection, "seed": cfg.seed,
+        "version": 1}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Cache:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def load(self, name: str) -> Any:
+        p = self.path(name)
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None  # a torn write from an interrupted run: recompute
+
+    def save(self, name: str, obj: Any) -> None:
+        tmp = self.path(name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
+        tmp.replace(self.path(name))
+
+
+def _measured_ms(result, metric: str) -> float:
+    return result.p90_ms if metric == "p90" else result.p50_ms
+
+
+def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
+    """Run the whole build; return the exit code, a one-line message and the summary figures."""
+    from edgeprune import options as o
+    from edgeprune.benchmarks.latency import BenchConfig, measure
+    from edgeprune.benchmarks.units import parse_duration_ms
+    from edgeprune.devices.blocks import block_latency_table
+    from edgeprune.devices.predictor import predict
+    from edgeprune.devices.profiles import load_profile
+    from edgeprune.pipeline.blocks import discover
+    from edgeprune.pipeline.data import load_data
+    from edgeprune.pipeline.evaluate import evaluate, resolve_device
+    from edgeprune.pipeline.finetune import FinetuneConfig, finetune
+    from edgeprune.pipeline.importance import ScoreContext, candidates_for
+    from edgeprune.pipeline.models import load_model
+    from edgeprune.pipeline.plan import AccuracyOracle, SearchResult, search
+    from edgeprune.pipeline.prune import split_val
+
+    t_start = time.time()
+    budget_ms = parse_duration_ms(cfg.budget)
+    if cfg.metric not in ("p50", "p90"):
+        raise EdgepruneError(f"--metric must be p50 or p90, got {cfg.metric!r}")
+    unknown = [s for s in cfg.strategies if s not in ("latency-greedy", "accuracy-greedy", "knapsack")]
+    if unknown or not cfg.strategies:
+        raise EdgepruneError(f"unknown strategies {unknown}; use latency-greedy, accuracy-greedy, knapsack")
+    profile = load_profile(cfg.device)
+    host = load_profile("host")
+    ssh_target = cfg.ssh or profile.ssh
+    device = resolve_device(cfg.accelerator)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise EdgepruneError(f"--out {out} exists and is not a folder")
+
+    say("loading model and data")
+    loaded = load_model(o.model_spec(cfg.model, cfg.weights, cfg.num_classes, cfg.in_channels, cfg.input_size,
+                                     cfg.trust_checkpoint))
+    bundle = load_data(o.data_spec(cfg.data, cfg.mean, cfg.std, cfg.channels, cfg.resize), loaded.input_shape,
+                       loaded.num_classes)
+    blocks = discover(loaded.model, loaded.input_shape)
+    cands = [b.name for b in candidates_for(blocks, cfg.replace_projection)]
+    key = _key(loaded, bundle, cfg)
+    cache = _Cache(out / "cache" / key)
+    say(f"cache {cache.folder}")
+
+    # latency model: the device's predictor, exported once, per block
+    say(f"predicting per-block latency on {profile.name}")
+    example = torch.zeros(loaded.input_shape)
+    table = block_latency_table(loaded.model.cpu().eval(), (example,), profile, [b.name for b in blocks])
+
+    def latency(removed) -> float:
+        if cfg.metric == "p90":
+            return table.estimate_without(removed).high_ms
+        return table.predict_without(removed)
+
+    held = split_val(bundle, cfg.score_images)
+    score_batches = list(bundle.batches("val", 250, indices=held.score))
+    memo = cache.load("accuracy-memo.json") or {}
+    ctx = ScoreContext(device, cfg.seed, cfg.replace_projection)
+    oracle = AccuracyOracle(loaded.model, blocks, score_batches, ctx, memo,
+                            on_update=lambda: cache.save("accuracy-memo.json", memo))
+    say(f"searching plans: {len(cands)} removable blocks, budget {budget_ms:g} ms ({cfg.metric}) on {profile.name}")
+    internal_budget = budget_ms
+    final_fig = None
+    attempts = []
+    for attempt in range(4):
+        result: SearchResult = search(oracle, latency, cands, internal_budget, cfg.strategies)
+        cache.save("plans.json", result.to_dict())
+        if not result.reachable:
+            floor = result.floor
+            msg = (f"budget {budget_ms:g} ms is unreachable by block removal on {profile.name}: removing all "
+                   f"{len(cands)} removable blocks gives {floor.latency_ms:.2f} ms predicted "
+                   f"(+{floor.latency_ms - budget_ms:.2f} ms, {100 * (floor.latency_ms / budget_ms - 1):.0f}% over) "
+                   f"at top-1 {floor.top1:.2%} on the scoring images")
+            return BuildOutcome(EXIT_UNREACHABLE, msg, {"search": result.to_dict(), "budget_ms": budget_ms,
+                                                       "search_evaluations": oracle.evaluations,
+                                                       "device": profile.name, "best_reachable_ms": floor.latency_ms,
+                                                       "best_reachable_top1": floor.top1})
+        plan = result.chosen()
+        say(f"plan: {plan.strategy}, remove {len(plan.removed)} blocks, predicted {plan.latency_ms:.2f} ms, "
+            f"top-1 {plan.top1:.2%} on scoring images")
+        pruned = (loaded.model if not plan.removed else
+                  _apply(loaded.model, blocks, plan.removed, cfg.replace_projection))
+        # the final figure: export this plan and predict/measure its own graph
+        onnx_path = cache.path(f"plan-{attempt}.onnx")
+        from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+        export_onnx(pruned.cpu().eval(), loaded.input_shape, onnx_path, ExportConfig())
+        fig = _device_figure(onnx_path, profile, ssh_target, cfg, predict)
+        attempts.append({"removed": plan.removed, "planned_ms": plan.latency_ms, "final_ms": fig["value_ms"],
+                         "source": fig["source"]})
+        final_fig = fig
+        if fig["value_ms"] <= budget_ms:
+            break
+        say(f"final figure {fig['value_ms']:.2f} ms exceeds the budget; tightening the search")
+        internal_budget *= budget_ms / fig["value_ms"] * 0.99
+    else:
+        return BuildOutcome(EXIT_UNREACHABLE, f"no plan's final figure met {budget_ms:g} ms after "
+                            f"{len(attempts)} attempts (last {final_fig['value_ms']:.2f} ms)",
+                            {"attempts": attempts, "budget_ms": budget_ms})
+
+    # fine-tune (checkpointed per epoch in the cache) and the final accuracy on unseen images
+    final_batches = bundle.batches("val", 250, indices=held.final)
+    acc_before = evaluate(loaded.model, final_batches, device, "eval (original)").top1
+    acc_removed = evaluate(pruned, final_batches, device, "eval (pruned)").top1 if plan.removed else acc_before
+    acc_ft = None
+    ft_cfg = None
+    if plan.removed and cfg.finetune_epochs > 0:
+        plan_key = hashlib.sha256(json.dumps([plan.removed, cfg.finetune_epochs, cfg.finetune_lr, cfg.kd,
+                                              cfg.temperature, cfg.alpha]).encode()).hexdigest()[:12]
+        done = cache.path(f"finetuned-{plan_key}.pt")
+        if done.is_file():
+            pruned.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+            say("fine-tuned weights found in the cache")
+        else:
+            ft_cfg = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, kd=cfg.kd,
+                                    temperature=cfg.temperature, alpha=cfg.alpha, seed=cfg.seed,
+                                    checkpoint=str(cache.path(f"finetune-{plan_key}.ckpt")))
+            finetune(pruned, lambda ep: bundle.batches("train", ft_cfg.batch_size, shuffle=True, seed=cfg.seed + ep),
+                     len(bundle.y_train), ft_cfg, teacher=loaded.model if cfg.kd else None, device=device)
+            torch.save(pruned.state_dict(), done.with_suffix(".tmp"))
+            done.with_suffix(".tmp").replace(done)
+        acc_ft = evaluate(pruned, final_batches, device, "eval (fine-tuned)").top1
+    pruned = pruned.cpu().eval()
+
+    # artifact, assembled in the cache and renamed into place at the end
+    say("exporting, simplifying and verifying the artifact")
+    from edgeprune.exporters.artifact import ArtifactConfig, build_artifact, update_manifest
+    stage = cache.path("artifact")
+    n_real = min(256, len(held.final))
+    accuracy = {"images": len(held.final), "scoring_images": len(held.score), "shared": held.shared,
+                "before": acc_before, "after_removal": acc_removed, "after_finetune": acc_ft}
+    source = {**loaded.source, "removed_blocks": plan.removed, "replace_projection": cfg.replace_projection}
+    art = build_artifact(pruned, loaded.input_shape, stage, ArtifactConfig(force=True),
+                         images=bundle.preprocess.apply(bundle.x_val[held.final[:n_real]]),
+                         labels=bundle.y_val[held.final[:n_real]], preprocess=bundle.preprocess.to_dict(),
+                         classes=bundle.classes, source=source, accuracy=accuracy, progress=say)
+    model_onnx = stage / "model.onnx"
+    # host latency before/after, measured; device figure of the final artifact
+    say("benchmarking on the host (onnxruntime)")
+    base_onnx = cache.path("original.onnx")
+    if not base_onnx.is_file():
+        export_onnx(loaded.model.cpu().eval(), loaded.input_shape, base_onnx, ExportConfig())
+    bench = BenchConfig(threads=host.threads, providers=list(host.providers), warmup=10, runs=cfg.bench_runs,
+                        device="host")
+    host_before = measure(base_onnx, bench)
+    host_after = measure(model_onnx, bench)
+    final_fig = _device_figure(model_onnx, profile, ssh_target, cfg, predict)
+    before_fig = _device_figure(base_onnx, profile, None if final_fig["source"].startswith("predicted") else ssh_target,
+                                cfg, predict)
+    host_pred = predict(model_onnx, host)
+    met = final_fig["value_ms"] <= budget_ms
+    latency_section = {
+        "budget_ms": budget_ms, "metric": cfg.metric, "device": profile.name, "within_budget": met,
+        "device_after": final_fig, "device_before": before_fig,
+        "host_after": host_after.to_dict(), "host_before": host_before.to_dict(),
+        "host_predicted_after_ms": host_pred.latency_ms, "host_predicted_band": [host_pred.low_ms, host_pred.high_ms],
+    }
+    update_manifest(stage, "latency", latency_section)
+    summary = {
+        "device": profile.name, "budget_ms": budget_ms, "metric": cfg.metric, "within_budget": met,
+        "removed": plan.removed, "strategy": plan.strategy, "search": result.to_dict(), "attempts": attempts,
+        "accuracy": accuracy, "latency": latency_section, "blocks": [b.to_dict() for b in blocks],
+        "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
+                   "after": sum(p.numel() for p in pruned.parameters())},
+        "static_memory": art.manifest.get("memory") or art.manifest.get("static_memory"),
+        "finetune": ft_cfg.to_dict() if ft_cfg else ({"epochs": cfg.finetune_epochs, "cached": True}
+                                                      if plan.removed and cfg.finetune_epochs > 0 else None),
+        "edgeprune": __version__,
+        "search_evaluations": oracle.evaluations,   # accuracies measured in this run (0 when all cached)
+    }
+    if cfg.verify_arm:
+        from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
+        say("verifying on the aarch64 onnxruntime under qemu")
+        arm = verify_arm(stage, ArmVerifyConfig(device=profile.name), log=say)
+        summary["verify_arm"] = arm.to_dict()
+        if arm.verdict != "pass":
+            raise EdgepruneError(f"ARM verification failed: {arm.reason}", exit_code=1)
+    from edgeprune.report import write_report
+    summary["wall_s"] = time.time() - t_start
+    write_report(stage, summary, cfg)
+    (stage / "build-config.toml").write_text(cfg.to_toml())
+    update_manifest(stage, "build", {"config": asdict(cfg), "strategy": plan.strategy, "removed": plan.removed,
+                                     "wall_s": summary["wall_s"]})
+    target = out / "artifact"
+    _replace_dir(stage, target)
+    msg = (f"budget met without removing anything: {final_fig['value_ms']:.2f} ms ({final_fig['source']}) "
+           f"<= {budget_ms:g} ms" if not plan.removed else
+           f"budget met: {final_fig['value_ms']:.2f} ms ({final_fig['source']}) <= {budget_ms:g} ms after removing "
+           f"{len(plan.removed)} blocks")
+    if not met:  # cannot happen: the loop above only exits with a plan that fits
+        raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
+    return BuildOutcome(EXIT_OK, msg, summary, target)
+
+
+def _apply(model, blocks, removed, replace_projection):
+    from edgeprune.pipeline.blocks import remove_blocks
+    return remove_blocks(model, removed, blocks, replace_projection=True)
+
+
+def _device_figure(onnx_path: Path, profile, ssh_target: str | None, cfg: BuildConfig, predict) -> dict[str, Any]:
+    """The latency that decides the budget: measured over SSH when reachable, else predicted."""
+    if profile.name == "host" and not ssh_target:
+        from edgeprune.benchmarks.latency import BenchConfig, measure
+        r = measure(onnx_path, BenchConfig(threads=profile.threads, providers=list(profile.providers),
+                                           runs=cfg.bench_runs, device="host"))
+        return {"value_ms": _measured_ms(r, cfg.metric), "source": "measured:host", "p50_ms": r.p50_ms,
+                "p90_ms": r.p90_ms, "threads": r.threads, "provider": r.provider_used}
+    if ssh_target:
+        from edgeprune.devices.ssh import SshConfig, measure_over_ssh, parse_target
+        r = measure_over_ssh(onnx_path, SshConfig(parse_target(ssh_target), python=profile.python),
+                             profile.name, profile.threads, profile.providers, runs=cfg.bench_runs)
+        return {"value_ms": _measured_ms(r, cfg.metric), "source": r.source, "p50_ms": r.p50_ms,
+                "p90_ms": r.p90_ms, "threads": r.threads, "provider": r.provider_used}
+    p = predict(onnx_path, profile)
+    value = p.high_ms if cfg.metric == "p90" else p.latency_ms
+    return {"value_ms": value, "source": p.source, "predicted_ms": p.latency_ms, "low_ms": p.low_ms,
+            "high_ms": p.high_ms, "expected_error": p.expected_error}
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` replacing any previous ``dst`` with two renames."""
+    old = dst.with_name(f".{dst.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old)
