@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import onnx
 
-from edgeprune.devices.graph import Kernel, detect_kernels, spill_fraction
+from edgeprune.devices.graph import detect_kernels, spill_fraction
 from edgeprune.devices.predictor import _require_model, as_profile, band, kernel_cost_us
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.errors import EdgepruneError

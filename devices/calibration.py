@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import onnx
 
 from edgeprune.benchmarks import ort_runner
-from edgeprune.devices.graph import Kernel, detect_kernels, kernel_from_profile_event
+from edgeprune.devices.graph import Kernel, kernel_from_profile_event
 from edgeprune.devices.kernels import FEATURES, KINDS
 from edgeprune.devices.profiles import LatencyModel
 from edgeprune.errors import EdgepruneError

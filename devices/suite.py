@@ -242,6 +242,10 @@ TORCHVISION_SUITE: list[tuple[str, int]] = [
     ("mobilenet_v3_small", 128), ("mobilenet_v3_large", 96), ("shufflenet_v2_x1_0", 96),
     ("squeezenet1_1", 96), ("efficientnet_b0", 96), ("mnasnet1_0", 96),
     ("regnet_y_400mf", 96), ("googlenet", 96), ("densenet121", 64), ("resnet101", 48),
+    ("mnasnet0_5", 160), ("mobilenet_v3_large", 160), ("efficientnet_b0", 128),
+    ("regnet_x_400mf", 128), ("resnext50_32x4d", 96), ("shufflenet_v2_x0_5", 160),
+    ("squeezenet1_0", 128), ("mnasnet1_0", 144), ("resnet101", 80), ("resnet34", 160),
+    ("googlenet", 128), ("wide_resnet50_2", 80),
 ]
 
 
