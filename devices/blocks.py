@@ -12,7 +12,8 @@ the base minus the removed blocks' costs::
     table.predict_without(["layer1.3", "layer2.5"])  # ms, the two blocks replaced by identity
     table.estimate_without(["layer1.3"])            # with the error band
 
-Removing a block removes every block nested in it. The weight-spill term of the latency
+Removing a block removes every block nested in it unless ``keep`` names it (a projection
+block replaced by its shortcut). The weight-spill term of the latency
 model depends on the model's total weights, so it is recomputed for each candidate
 rather than subtracted (exact for this linear model, not an approximation of it).
 """
@@ -82,18 +83,23 @@ class BlockLatencyTable:
             out.update(self.nested.get(b, []))
         return out
 
-    def predict_without(self, removed: Iterable[str] = ()) -> float:
-        """Predicted latency (ms) of the model with ``removed`` blocks replaced by identity."""
-        gone = self._closure(removed)
+    def predict_without(self, removed: Iterable[str] = (), keep: Iterable[str] = ()) -> float:
+        """Predicted latency (ms) of the model with ``removed`` blocks replaced by identity.
+
+        ``keep`` names blocks nested in removed ones that stay (a projection block replaced
+        by its shortcut: ``removed=["layer2.0"], keep=["layer2.0.shortcut"]``, with both
+        names in the table's blocks).
+        """
+        gone = self._closure(removed) - self._closure(keep)
         kept = [c for name, c in self.costs.items() if name not in gone]
         weights = sum(c.weight_bytes for c in kept)
         spill = spill_fraction(weights, self.cache_mb)
         us = self.run_overhead_us + sum(c.fixed_us + spill * c.spill_us for c in kept)
         return us * self.runtime_factor / 1e3
 
-    def estimate_without(self, removed: Iterable[str] = ()) -> LatencyEstimate:
+    def estimate_without(self, removed: Iterable[str] = (), keep: Iterable[str] = ()) -> LatencyEstimate:
         removed = list(removed)
-        ms = self.predict_without(removed)
+        ms = self.predict_without(removed, keep)
         e = self.expected_error
         return LatencyEstimate(ms, ms * (1 - e), ms * (1 + e), e, removed, self.device, self.source)
 

@@ -77,3 +77,14 @@ def test_model_without_scopes_is_refused(exported):
         del n.metadata_props[:]
     with pytest.raises(EdgepruneError, match="dynamo=True"):
         table_from_onnx(stripped, "host", BLOCKS)
+
+
+def test_projection_block_replaced_by_its_shortcut(model, exported):
+    t = table_from_onnx(exported, "host", BLOCKS + ["layer2.0.shortcut"])
+    whole = t.predict_without(["layer2.0"])
+    shortcut_only = t.predict_without(["layer2.0"], keep=["layer2.0.shortcut"])
+    assert whole < shortcut_only < t.base_ms
+    variant = copy.deepcopy(model)
+    variant.layer2[0] = variant.layer2[0].shortcut           # the 1x1 projection alone
+    direct = predict(export_for_blocks(variant, torch.randn(1, 1, 32, 32)), "host").latency_ms
+    assert shortcut_only == pytest.approx(direct, rel=0.03)
