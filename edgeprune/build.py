@@ -101,7 +101,9 @@ Say = Callable[[str], None]
 
 
 def _key(loaded, bundle, cfg: BuildConfig) -> str:
-    ident = {"model": loaded.spec.to_dict(), "source": loaded.source, "data": {
+    from edgeprune.pipeline.models import state_fingerprint
+
+    ident = {"model": loaded.spec.to_dict(), "weights": state_fingerprint(loaded.model), "data": {
         k: v for k, v in bundle.describe().items() if k != "classes"},
         "n_train": len(bundle.y_train), "n_val": len(bundle.y_val),
         "score_images": cfg.score_images, "replace_projection": cfg.replace_projection, "seed": cfg.seed,

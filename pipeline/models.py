@@ -68,6 +68,16 @@ class Family:
     classes: list[str] | None = None
 
 
+def state_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of a model's state_dict: what caches key on."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -243,7 +253,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     classes = None
     fams = _registry()
     if ":" in spec.name:
-        model, input_size = _from_factory(spec), spec.input_size or 224
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-weight models are the same in every run
+            model, input_size = _from_factory(spec), spec.input_size or 224
     elif spec.name in fams:
         fam = fams[spec.name]
         with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,118 @@
+"""`edgeprune build` end to end on a tiny model and tiny data: CliRunner and a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+from edgeprune.exporters.artifact import checksum_problems
+
+HERE = Path(__file__).parent
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    rng = np.random.default_rng(0)
+    y = np.arange(500) % 10
+    x = (rng.integers(0, 60, (500, 16, 16)) + (y[:, None, None] * 20)).astype(np.uint8)  # learnable brightness
+    np.savez(tmp / "tiny.npz", x_train=x[:200], y_train=y[:200], x_val=x[200:], y_val=y[200:])
+    sys.path.insert(0, str(HERE))
+    os.environ["PYTHONPATH"] = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    args = ["--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp / "tiny.npz"),
+            "--device", "rpi4", "--score-images", "100", "--finetune-epochs", "0.1", "--bench-runs", "5"]
+    r = runner.invoke(app, ["build", *args, "--budget", "0.001ms", "--out", str(tmp / "u"), "--json"])
+    return tmp, args, r
+
+
+def _budget(env) -> float:
+    out = json.loads(env[2].stdout)
+    base, floor = out["search"]["base"]["latency_ms"], out["best_reachable_ms"]
+    return (base + floor) / 2
+
+
+def test_unreachable_budget_exits_3_with_the_best_reachable(env):
+    _, _, r = env
+    assert r.exit_code == 3, r.output
+    out = json.loads(r.stdout)
+    assert "unreachable" in out["message"] and out["best_reachable_ms"] > 0.001
+    assert "over" in out["message"] and "top-1" in out["message"]
+
+
+@pytest.fixture(scope="module")
+def built(env):
+    tmp, args, _ = env
+    budget = f"{_budget(env):.4f}ms"
+    p = subprocess.run([sys.executable, "-m", "edgeprune", "build", *args, "--budget", budget,
+                        "--out", str(tmp / "b"), "--json"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return tmp, args, budget, json.loads(p.stdout)
+
+
+def test_build_meets_a_binding_budget_and_writes_the_artifact(built):
+    tmp, _, budget, out = built
+    assert out["exit_code"] == 0 and out["removed"], out["message"]
+    art = Path(out["artifact"])
+    for name in ("model.onnx", "model.ort", "manifest.json", "report.md", "front.png", "build-config.toml"):
+        assert (art / name).is_file(), name
+    assert checksum_problems(art) == []
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["latency"]["within_budget"] is True
+    assert manifest["latency"]["device_after"]["value_ms"] <= float(budget[:-2])
+    assert manifest["source"]["removed_blocks"] == out["removed"]
+    # every strategy ran and the plans trace a front
+    assert set(out["search"]["best"]) == {"latency-greedy", "accuracy-greedy", "knapsack"}
+    assert len(out["search"]["considered"]) > 5
+    report = (art / "report.md").read_text()
+    assert "Winning strategy" in report and "not used to score blocks" in report
+    assert not list(tmp.glob("b/cache/*/artifact"))  # the staging folder was renamed into place
+
+
+def test_rerun_reuses_cache_and_config_file_gives_same_plan(built):
+    tmp, args, budget, first = built
+    r = runner.invoke(app, ["build", *args, "--budget", budget, "--out", str(tmp / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.stdout)
+    assert again["search_evaluations"] == 0 and again["removed"] == first["removed"]
+    cfg = tmp / "build.toml"
+    cfg.write_text(Path(first["artifact"], "build-config.toml").read_text())
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["removed"] == first["removed"]
+
+
+def test_interrupted_build_resumes_from_cached_scores(built):
+    tmp, args, budget, first = built
+    cmd = [sys.executable, "-m", "edgeprune", "build", *args, "--budget", budget, "--out", str(tmp / "i"), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(tmp.glob("i/cache/*/accuracy-memo.json")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert not (tmp / "i" / "artifact").exists()   # no partial artifact
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    resumed = json.loads(p.stdout)
+    assert resumed["removed"] == first["removed"]
+    assert resumed["search_evaluations"] < first["search_evaluations"]
+
+
+def test_bad_budget_and_unknown_config_key(tmp_path):
+    r = runner.invoke(app, ["build", "--budget", "fast", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    (tmp_path / "c.toml").write_text("[build]\nbudgett = '3ms'\n")
+    r = runner.invoke(app, ["build", "--config", str(tmp_path / "c.toml")])
+    assert r.exit_code == 2 and "unknown keys budgett" in r.stderr
