@@ -25,13 +25,12 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline import resnet_cifar
+from edgeprune.pipeline.data import FASHION_MNIST_CLASSES
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "resnet56_fmnist.pt"
 # sha256 of the bundled weights; load_model refuses a file that does not match.
 DEFAULT_WEIGHTS_SHA256 = "7cb3f33c580d534715ae9bd2c6e2b01ecbcd1d118fd5d55a8900471dd0b5cac6"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 @dataclass
