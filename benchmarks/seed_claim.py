@@ -291,13 +291,28 @@ def findings(data: dict, phase: str) -> list[str]:
     over_rand = ", ".join(f"{100 * (direct[k] - rand[k]):+.1f}" for k in ks)
     io = [k for k in ks if statistics.mean(c["direct (iterative)"][k]) > statistics.mean(c["direct (one-shot)"][k])]
     oi = [k for k in ks if statistics.mean(c["direct (iterative)"][k]) < statistics.mean(c["direct (one-shot)"][k])]
+    one = {k: statistics.mean(c["direct (one-shot)"][k]) for k in ks}
+    one_wins = [k for k in ks if one[k] > c[best_proxy[k]][k][0]]
+    one_margins = ", ".join(f"{100 * (one[k] - c[best_proxy[k]][k][0]):+.1f}" for k in ks)
+    noise = noise_points(data)
+    spread = ", ".join(f"{100 * (max(statistics.mean(v[k]) for g, v in c.items() if g != 'l1') - min(statistics.mean(v[k]) for g, v in c.items() if g != 'l1')):.1f}" for k in ks)
     out = [f"- The better of the two direct-removal rankings beats the best proxy at {len(wins)} of {len(ks)} "
            f"values of k" + (f" (ties at k={', '.join(map(str, ties))})" if ties else "")
-           + f"; margin in top-1 points: {margins}.",
+           + f"; margin in top-1 points: {margins}. Margins under ~{noise:.1f} points are within the noise.",
+           f"- One-shot direct removal alone beats the best proxy at {len(one_wins)} of {len(ks)} values of k "
+           f"(k={', '.join(map(str, one_wins)) or 'none'}); margins {one_margins} points.",
+           f"- Spread between the best and worst method at each k, l1 left out (random as its mean): "
+           f"{spread} points.",
            f"- Margin of the better direct ranking over the random mean, k={', '.join(map(str, ks))}: {over_rand} points.",
            f"- Iterative direct removal is above one-shot at k={', '.join(map(str, io)) or 'none'}, below at "
            f"k={', '.join(map(str, oi)) or 'none'}."]
     return out
+
+
+def display_name(cfg: dict) -> str:
+    model = "the bundled ResNet-56" if cfg["model"] == "default" else f"`{cfg['model']}`"
+    data = "the bundled Fashion-MNIST subset" if cfg["data"] == "default" else f"`{cfg['data']}`"
+    return f"{model} / {data}"
 
 
 def plot(data: dict, path: Path) -> None:
@@ -310,7 +325,7 @@ def plot(data: dict, path: Path) -> None:
     base = data["removal"][plan_key([])]
     phases = [("removal", "after removal, no fine-tune")]
     if data["finetune"]:
-        phases.append(("finetune", f"after a {cfg['finetune']['steps']}-step fine-tune"))
+        phases.append(("finetune", f"after a {cfg['finetune']['steps']}-step fine-tune (dash-dot: unpruned, same fine-tune)"))
     fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), sharey=False, squeeze=False)
     styles = {"direct (one-shot)": ("C0", "o", "-"), "direct (iterative)": ("C1", "s", "-"),
               "norm-ratio": ("C2", "^", "--"), "bn-gamma": ("C3", "v", "--"), "l1": ("C4", "D", "--"),
@@ -333,7 +348,7 @@ def plot(data: dict, path: Path) -> None:
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"Block removal on {cfg['model']} ({cfg['data']} data): direct removal vs proxies vs random")
+    fig.suptitle(f"Block removal on {display_name(cfg).replace('`', '')}: direct removal vs proxies vs random")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -366,6 +381,47 @@ def expected_ratio(data: dict) -> float:
     return naive / (1 + sum(after))
 
 
+def noise_points(data: dict) -> float:
+    """Two standard errors of the difference of two top-1 figures (binomial, independent), in points."""
+    base = data["removal"][plan_key([])]
+    return 2 * 100 * (2 * base * (1 - base) / data["config"]["final_images"]) ** 0.5
+
+
+def verdict(data: dict) -> list[str]:
+    """A plain summary whose wording follows the numbers (computed, not written for one result)."""
+    ks = data["config"]["ks"]
+    base = data["removal"][plan_key([])]
+    noise = noise_points(data)
+    out = []
+    for phase, when in (("removal", "Right after removal"), ("finetune", "After the fine-tune")):
+        if not data[phase] or (phase == "finetune" and not data["config"]["finetune"]["steps"]):
+            continue
+        c = curves(data, phase)
+        mean = {g: {k: 100 * statistics.mean(v[k]) for k in ks} for g, v in c.items()}
+        proxy = {k: max(mean[p][k] for p in ("norm-ratio", "bn-gamma", "l1")) for k in ks}
+        spread = max(max(m[k] for g, m in mean.items() if g != "l1") - min(m[k] for g, m in mean.items() if g != "l1")
+                     for k in ks)
+        parts, holds = [], []
+        for g, short in (("direct (iterative)", "iterative"), ("direct (one-shot)", "one-shot")):
+            win = [k for k in ks if mean[g][k] - proxy[k] >= noise]
+            loss = [k for k in ks if proxy[k] - mean[g][k] >= noise]
+            parts.append(f"{short} direct removal is clearly above the best proxy at k={', '.join(map(str, win)) or 'none'}"
+                         + f" and clearly below it at k={', '.join(map(str, loss)) or 'none'}")
+            if len(win) > len(ks) / 2 and not loss:
+                holds.append(short)
+        within = f"(\"clearly\": by more than the ~{noise:.1f}-point noise; other differences are within it)"
+        claim = (f"the seed paper's claim holds for {' and '.join(holds)} direct removal" if holds else
+                 "the seed paper's claim is not borne out: no direct ranking is clearly above the best proxy at most k")
+        out.append(f"- **{when}**: {'; '.join(parts)} {within}. So {claim}. The largest spread between methods "
+                   f"(l1 aside, random as its mean) at one k is {spread:.1f} points.")
+    if data["finetune"] and plan_key([]) in data["finetune"]:
+        d = 100 * (data["finetune"][plan_key([])] - base)
+        out.append(f"- The fine-tune itself moves the unpruned model by {d:+.1f} points, so fine-tuned figures "
+                   "compare with the fine-tuned control, not with the original. Fine-tuning in train mode also "
+                   "re-estimates the BatchNorm statistics after removal, which accounts for part of the recovery.")
+    return out
+
+
 def report(data: dict, args: argparse.Namespace, command: str) -> str:
     cfg, env, ft = data["config"], data["env"], data["finetune"]
     ftc = cfg["finetune"]
@@ -378,10 +434,14 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "# Seed claim: direct block removal vs proxy criteria",
         "",
         "Wu, Davoodi & Hu (2023) rank residual blocks by removing each one and measuring the accuracy "
-        "directly, instead of by a proxy metric. This page checks that claim on "
-        f"`{cfg['model']}` with the `{cfg['data']}` data. Generated by `benchmarks/seed_claim.py`:",
+        f"directly, instead of by a proxy metric. This page checks that claim on {display_name(cfg)}. "
+        "Generated by `benchmarks/seed_claim.py`:",
         "",
         "```", command, "```",
+        "",
+        "## What it shows",
+        "",
+        *verdict(data),
         "",
         "## Setup",
         "",
@@ -406,8 +466,8 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "- No fine-tune (--finetune-steps 0).",
         f"- Unpruned top-1 on the {n} held-out images: {100 * base:.1f}%"
         + (f"; after the same fine-tune: {100 * ft[plan_key([])]:.1f}%" if plan_key([]) in ft else "")
-        + f". Binomial standard error of one figure at this accuracy: {se:.1f} points; treat differences of "
-        f"under ~{2 * se:.1f} points between two rows as noise.",
+        + f". Binomial standard error of one figure at this accuracy: {se:.1f} points, of the difference of two "
+        f"figures ~{se * 2 ** 0.5:.1f}; differences under ~{noise_points(data):.1f} points (2 SE) are treated as noise.",
         f"- Environment: torch {env['torch']}, {env['threads']} thread(s), device {env['device']} ({env['cpu']}), "
         f"Python {env['python']}; machine shared with other jobs. Compute time of the cached run: "
         f"{total_s / 60:.1f} min ("
