@@ -146,7 +146,8 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     from edgeprune.devices.blocks import block_latency_table
     from edgeprune.devices.predictor import predict
     from edgeprune.devices.profiles import load_profile
-    from edgeprune.pipeline.blocks import discover
+    from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+    from edgeprune.pipeline.blocks import discover, remove_blocks
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.evaluate import evaluate, resolve_device
     from edgeprune.pipeline.finetune import FinetuneConfig, finetune
@@ -217,11 +218,10 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
         plan = result.chosen()
         say(f"plan: {plan.strategy}, remove {len(plan.removed)} blocks, predicted {plan.latency_ms:.2f} ms, "
             f"top-1 {plan.top1:.2%} on scoring images")
-        pruned = (loaded.model if not plan.removed else
-                  _apply(loaded.model, blocks, plan.removed, cfg.replace_projection))
+        pruned = remove_blocks(loaded.model, plan.removed, blocks, replace_projection=True) \
+            if plan.removed else loaded.model
         # the final figure: export this plan and predict/measure its own graph
         onnx_path = cache.path(f"plan-{attempt}.onnx")
-        from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
         export_onnx(pruned.cpu().eval(), loaded.input_shape, onnx_path, ExportConfig())
         fig = _device_figure(onnx_path, profile, ssh_target, cfg, predict)
         attempts.append({"removed": plan.removed, "planned_ms": plan.latency_ms, "final_ms": fig["value_ms"],
@@ -328,11 +328,6 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     if not met:  # cannot happen: the loop above only exits with a plan that fits
         raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
     return BuildOutcome(EXIT_OK, msg, summary, target)
-
-
-def _apply(model, blocks, removed, replace_projection):
-    from edgeprune.pipeline.blocks import remove_blocks
-    return remove_blocks(model, removed, blocks, replace_projection=True)
 
 
 def _device_figure(onnx_path: Path, profile, ssh_target: str | None, cfg: BuildConfig, predict) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field

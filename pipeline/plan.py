@@ -22,7 +22,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-import torch
 from torch import nn
 
 from edgeprune.pipeline.blocks import Block, remove_blocks

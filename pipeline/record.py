@@ -70,8 +70,8 @@ def read_prune_record(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def load_prune_record(spec) -> "LoadedModel":  # noqa: F821 - imported lazily to avoid a cycle
-    """Rebuild a pruned model: base model, same removal, pruned weights (checksum verified)."""
+def load_prune_record(spec):
+    """Rebuild a pruned model (a LoadedModel): base model, same removal, pruned weights (checksum verified)."""
     from edgeprune.pipeline.blocks import discover, remove_blocks
     from edgeprune.pipeline.models import LoadedModel, ModelSpec, load_model, load_state_dict_strict, read_checkpoint, sha256_file
 
