@@ -48,6 +48,7 @@ from edgeprune.pipeline.importance import ScoreContext, candidates_for, removal_
 from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.prune import rank_blocks, split_val
 from edgeprune.pipeline.record import write_atomic
+from edgeprune.benchmarks.results_cache import ResultsCache
 from edgeprune.progress import set_enabled
 
 
@@ -78,26 +79,6 @@ def plan_key(removed: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- cache
-
-class Cache:
-    """A JSON file of results, rewritten atomically after every new entry."""
-
-    def __init__(self, path: Path, config: dict) -> None:
-        self.path = path
-        self.data = {"config": config, "rankings": {}, "removal": {}, "finetune": {}, "timing": None,
-                     "seconds": {}}
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old.get("config") == config:
-                self.data.update(old)
-                print(f"resuming from {path}", flush=True)
-
-    def save(self) -> None:
-        write_atomic(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
-
-    def add_seconds(self, phase: str, seconds: float) -> None:
-        self.data["seconds"][phase] = self.data["seconds"].get(phase, 0.0) + seconds
-
 
 # ---------------------------------------------------------------- the experiment
 
@@ -144,7 +125,7 @@ def run(args: argparse.Namespace) -> dict:
               "score_batch": args.batch_size}
     cache_path = Path(args.cache) if args.cache else Path("runs/seed_claim") / (
         f"{args.model}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]}.json")
-    cache = Cache(cache_path, config)
+    cache = ResultsCache(cache_path, config, {"rankings": {}, "removal": {}, "finetune": {}, "timing": None})
     data = cache.data
     print(f"{args.model}: {len(blocks)} blocks, {len(cands)} identity candidates; scoring on "
           f"{len(held.score)} images, final top-1 on {len(final_idx)}; torch threads {torch.get_num_threads()}; "
