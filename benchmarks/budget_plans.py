@@ -1,0 +1,580 @@
+"""Latency-budgeted plans compared: latency-aware search vs the seed's order vs proxies vs random.
+
+Run (the committed figures):
+
+    nice -n 5 .venv/bin/python benchmarks/budget_plans.py
+
+Dry run on random weights with tiny settings (minutes, not the figures):
+
+    .venv/bin/python benchmarks/budget_plans.py --model cifar_resnet56 --budgets 0.9,0.6 --score-images 100 \
+        --final-images 200 --finetune-steps 2 --random-seeds 0 --build-args "--finetune-epochs 0.01 --bench-runs 5" \
+        --out /tmp/budget-plans.md --plot /tmp/budget-plans.png --cache /tmp/budget-plans.json
+
+For each budget (a fraction of the unpruned model's latency on ``--device`` predicted by the
+block table of ``edgeprune.devices.blocks``), this script builds the block-removal plans that
+``edgeprune build`` would consider and the alternatives it should beat, then gives every plan
+the same fine-tune and measures top-1 on images no plan was chosen on:
+
+* ``latency-greedy``, ``accuracy-greedy`` (the seed's order) and ``knapsack``: one call of
+  ``edgeprune.pipeline.plan.search`` with an ``AccuracyOracle`` on the scoring images and the
+  table's ``predict_without`` as the latency model, exactly as ``edgeprune.build`` wires them;
+  ``search``'s winner is the plan ``edgeprune build`` would take.
+* proxy rankings (residual-branch norm ratio, BatchNorm gamma, weight L1, from
+  ``rank_blocks``): remove blocks in the proxy's order until the predicted latency meets the
+  budget; the proxy kept is the one with the best top-1 on the scoring images (the only
+  images a plan may be chosen on).
+* random orders (several seeds), removed until the budget is met.
+
+Plans are scored and chosen on the first ``--score-images`` validation images; top-1 before and
+after fine-tune is measured on the rest (``split_val``). It also times the default build
+command (``edgeprune build --device rpi4 --budget <75% budget>ms``) from a clean out folder.
+
+Every search, evaluation and fine-tune result is cached in a JSON file under runs/ as soon as
+it is computed, keyed by the configuration, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from edgeprune.devices.blocks import block_latency_table
+from edgeprune.devices.profiles import load_profile
+from edgeprune.pipeline.blocks import discover, remove_blocks
+from edgeprune.pipeline.data import DataSpec, load_data
+from edgeprune.pipeline.evaluate import evaluate, resolve_device
+from edgeprune.pipeline.finetune import FinetuneConfig, finetune
+from edgeprune.pipeline.importance import ScoreContext, candidates_for
+from edgeprune.pipeline.models import ModelSpec, load_model
+from edgeprune.pipeline.plan import AccuracyOracle, Plan, pareto_front, search
+from edgeprune.pipeline.prune import rank_blocks, split_val
+from edgeprune.pipeline.record import write_atomic
+from edgeprune.benchmarks.results_cache import ResultsCache
+from edgeprune.progress import set_enabled
+
+STRATEGIES = ("latency-greedy", "accuracy-greedy", "knapsack")
+PROXIES = ("norm-ratio", "bn-gamma", "l1")
+FT_ORDER = ("latency-greedy", "accuracy-greedy", "knapsack", "best proxy", "random", "proxy")  # most important first
+NOT_FINETUNED = ("proxy",)   # proxies not kept: top-1 before fine-tune only
+
+
+def plan_key(removed: list[str]) -> str:
+    return ",".join(sorted(removed)) or "(none)"
+
+
+def until_budget(order: list[str], latency, budget_ms: float) -> list[str]:
+    """The shortest prefix of ``order`` whose predicted latency meets the budget."""
+    removed: list[str] = []
+    for name in order:
+        if latency(removed) <= budget_ms:
+            break
+        removed.append(name)
+    return removed
+
+
+# ---------------------------------------------------------------- cache
+
+# ---------------------------------------------------------------- the experiment
+
+def run(args: argparse.Namespace) -> dict:
+    set_enabled(args.progress)
+    device = resolve_device(args.accelerator)
+    profile = load_profile(args.device)
+    loaded = load_model(ModelSpec(args.model, weights=args.weights))
+    bundle = load_data(DataSpec(args.data), loaded.input_shape, loaded.num_classes)
+    held = split_val(bundle, args.score_images)
+    final_idx = held.final[: args.final_images] if args.final_images else held.final
+    blocks = discover(loaded.model, loaded.input_shape)
+    cands = [b.name for b in candidates_for(blocks, replace_projection=False)]
+    # the same fine-tune as `edgeprune build` (FinetuneConfig from its flags, shuffled with seed + epoch)
+    ft = FinetuneConfig(epochs=args.finetune_epochs, steps=args.finetune_steps, lr=args.lr, seed=args.seed)
+    config = {"model": args.model, "weights": loaded.source.get("weights"),
+              "weights_sha256": loaded.source.get("weights_sha256"), "data": args.data,
+              "data_sha": _data_digest(bundle), "device": profile.name, "budgets": args.budgets,
+              "score_images": len(held.score), "final_images": len(final_idx), "shared": held.shared,
+              "random_seeds": args.random_seeds, "finetune": ft.to_dict(), "seed": args.seed,
+              "build_args": args.build_args, "version": 1}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    cache_path = Path(args.cache) if args.cache else Path("runs/budget_plans") / f"{args.model}-{digest}.json"
+    cache = ResultsCache(cache_path, config, {"memo": {}, "rankings": {}, "budgets": {}, "final": {}, "build": None})
+    data = cache.data
+    print(f"{args.model}: {len(blocks)} blocks, {len(cands)} identity candidates; planning on {len(held.score)} "
+          f"images, final top-1 on {len(final_idx)}; torch threads {torch.get_num_threads()}; cache {cache_path}",
+          flush=True)
+
+    # the latency model, exactly as edgeprune.build builds it
+    table = cache.timed("latency table", lambda: block_latency_table(
+        loaded.model.cpu().eval(), (torch.zeros(loaded.input_shape),), profile, [b.name for b in blocks]))
+    latency = table.predict_without
+    data["base_ms"] = table.base_ms
+    data["floor_ms"] = latency(cands)
+    data["block_ms"] = table.block_ms()
+    budgets = {f"{f:g}": f * table.base_ms for f in args.budgets}
+    print(f"{profile.name}: unpruned {table.base_ms:.2f} ms predicted, all candidates removed "
+          f"{data['floor_ms']:.2f} ms; budgets " + ", ".join(f"{k}: {v:.2f} ms" for k, v in budgets.items()),
+          flush=True)
+
+    # 0. the default build's wall time, from a clean out folder
+    if data["build"] is None and not args.skip_build:
+        rounded = round(budgets["0.75"]) if "0.75" in budgets else round(0.75 * table.base_ms)
+        data["build"] = time_build(args, rounded)
+        cache.save()
+
+    score_batches = list(bundle.batches("val", args.batch_size, indices=held.score))
+    final_batches = list(bundle.batches("val", args.batch_size, indices=final_idx))
+    ctx = ScoreContext(device, args.seed, False)
+    oracle = AccuracyOracle(loaded.model, blocks, score_batches, ctx, data["memo"], on_update=cache.save)
+
+    # 1. proxy and random orders (independent of the budget)
+    for crit in PROXIES:
+        if crit not in data["rankings"]:
+            r = cache.timed(f"rank {crit}", lambda: rank_blocks(
+                loaded.model, [b for b in blocks if b.name in cands], score_batches, ctx, crit, "oneshot"))
+            data["rankings"][crit] = r.order
+            cache.save()
+    for seed in args.random_seeds:
+        order = list(cands)
+        random.Random(seed).shuffle(order)
+        data["rankings"][f"random:{seed}"] = order
+
+    # 2. plans per budget (loosest first: the oracle's memo carries over)
+    for name, budget in sorted(budgets.items(), key=lambda kv: -kv[1]):
+        t = time.perf_counter()
+        result = cache.timed("search", lambda: search(oracle, latency, cands, budget, STRATEGIES))
+        entry = {"budget_ms": budget, "winner": result.winner, "reachable": result.reachable,
+                 "considered": [p.to_dict() for p in result.considered], "plans": {}}
+        for s, p in result.best.items():
+            entry["plans"][s] = p.to_dict()
+        for label in [f"proxy:{c}" for c in PROXIES] + [f"random:{s}" for s in args.random_seeds]:
+            removed = until_budget(data["rankings"][label.removeprefix("proxy:")], latency, budget)
+            top1, loss = cache.timed("score plans", lambda: oracle(removed))
+            entry["plans"][label] = Plan(label, removed, latency(removed), top1, loss).to_dict()
+        entry["best_proxy"] = max((f"proxy:{c}" for c in PROXIES),
+                                  key=lambda k: (entry["plans"][k]["top1"], -entry["plans"][k]["loss"]))
+        data["budgets"][name] = entry
+        cache.save()
+        print(f"budget {name} ({budget:.2f} ms): winner {result.winner}; " + "; ".join(
+            f"{k} -{len(p['removed'])} {p['latency_ms']:.2f} ms {p['top1']:.1%}" for k, p in entry["plans"].items())
+            + f" ({time.perf_counter() - t:.0f}s)", flush=True)
+
+    # 3. top-1 on the held-out images before and after the same fine-tune, once per distinct plan
+    todo: dict[str, tuple[list[str], bool]] = {plan_key([]): ([], False)}   # plan -> (removed, fine-tune?)
+    for group in FT_ORDER:
+        for entry in data["budgets"].values():
+            for label, p in entry["plans"].items():
+                g = ("best proxy" if label == entry["best_proxy"] else "proxy") if label.startswith("proxy:") else \
+                    ("random" if label.startswith("random:") else label)
+                pk = plan_key(p["removed"])
+                if g == group and pk not in todo:
+                    todo[pk] = (p["removed"], bool(p["removed"]) and ft_enabled(ft) and group not in NOT_FINETUNED)
+    print(f"{len(todo)} distinct plans to evaluate, {sum(f for _, f in todo.values())} to fine-tune", flush=True)
+    train = lambda ep: bundle.batches("train", ft.batch_size, shuffle=True, seed=args.seed + ep)  # noqa: E731
+    for i, (pk, (removed, tune)) in enumerate(todo.items(), 1):
+        res = data["final"].setdefault(pk, {})
+        if "before" in res and ("after" in res or not tune):
+            continue
+        t = time.perf_counter()
+        model = remove_blocks(loaded.model, removed, blocks, replace_projection=True) if removed else loaded.model
+        if "before" not in res:
+            res["before"] = cache.timed("evaluate", lambda: evaluate(model, final_batches, device).top1)
+            cache.save()
+        if tune and "after" not in res:
+            t_ft = time.perf_counter()
+            cache.timed("finetune", lambda: finetune(model, train, len(bundle.y_train), ft, None, device,
+                                                     progress="fine-tune" if args.progress else None))
+            res["finetune_s"] = time.perf_counter() - t_ft
+            res["after"] = cache.timed("evaluate", lambda: evaluate(model, final_batches, device).top1)
+            cache.save()
+        print(f"[{i}/{len(todo)}] -{len(removed)} blocks: {res['before']:.2%}"
+              + (f" -> {res['after']:.2%} fine-tuned" if "after" in res else "")
+              + f" ({time.perf_counter() - t:.0f}s)", flush=True)
+
+    data["env"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+                   "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                   "model_source": loaded.source, "table_source": table.source,
+                   "expected_error": table.expected_error,
+                   "blocks": {b.name: {"stage": b.stage, "kind": b.kind} for b in blocks}}
+    cache.save()
+    return data
+
+
+def ft_enabled(ft: FinetuneConfig) -> bool:
+    return (ft.steps if ft.steps is not None else ft.epochs) > 0
+
+
+def time_build(args: argparse.Namespace, budget_ms: int) -> dict:
+    """Run the README's default build command from a clean out folder; wall and CPU time, exit, output."""
+    out = Path(args.build_out)
+    if out.exists():
+        shutil.rmtree(out)
+    exe = Path(sys.executable).with_name("edgeprune")
+    cmd = [str(exe), "build", "--device", args.device, "--budget", f"{budget_ms}ms", "--out", str(out)]
+    if args.model != "default":
+        cmd += ["--model", args.model]
+    cmd += args.build_args.split()
+    shown = " ".join(["edgeprune", *cmd[1:]])
+    print(f"timing: {shown}", flush=True)
+    load_before = os.getloadavg()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    stamped: list[tuple[float, str]] = []      # (seconds since start, line): where the time goes
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env={**os.environ, "COLUMNS": "110", "PYTHONUNBUFFERED": "1"}) as proc:
+        for line in proc.stdout:
+            stamped.append((time.perf_counter() - t, line.rstrip("\n")))
+            print(f"  [{stamped[-1][0]:6.1f}s] {stamped[-1][1]}", flush=True)
+    wall = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    print(f"build: exit {proc.returncode}, wall {wall:.0f}s, CPU {cpu:.0f}s", flush=True)
+    summary = None
+    report = out / "artifact" / "manifest.json"
+    if report.is_file():
+        try:
+            summary = json.loads(report.read_text()).get("build")
+        except json.JSONDecodeError:
+            summary = None
+    return {"command": shown, "budget_ms": budget_ms, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
+            "output": "\n".join(line for _, line in stamped), "stamped": stamped, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+            "nice": os.nice(0), "cores": os.cpu_count(), "manifest_build": summary}
+
+
+def _data_digest(bundle) -> str:
+    h = hashlib.sha256()
+    for t in (bundle.x_train, bundle.y_train, bundle.x_val, bundle.y_val):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# ---------------------------------------------------------------- rows, verdicts, plot
+
+def rows(data: dict, phase: str) -> dict[str, dict[str, list[float | None]]]:
+    """method row -> budget -> final top-1 values (several for random; None when not measured)."""
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for b, entry in data["budgets"].items():
+        for label, p in entry["plans"].items():
+            if label.startswith("proxy:") and label != entry["best_proxy"]:
+                continue
+            row = "best proxy" if label.startswith("proxy:") else ("random" if label.startswith("random:") else label)
+            out.setdefault(row, {}).setdefault(b, []).append(data["final"].get(plan_key(p["removed"]), {}).get(phase))
+        w = entry["winner"]
+        out.setdefault("build's choice", {})[b] = [data["final"].get(plan_key(entry["plans"][w]["removed"]), {})
+                                                   .get(phase)] if w in entry["plans"] else [None]
+    order = [*STRATEGIES, "build's choice", "best proxy", "random"]
+    return {k: out[k] for k in order if k in out}
+
+
+def _mean(v: list) -> float | None:
+    v = [x for x in v if x is not None]
+    return statistics.mean(v) if v else None
+
+
+def fmt(vals: list) -> str:
+    v = [x for x in vals if x is not None]
+    if not v:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{100 * v[0]:.1f}"
+    return f"{100 * statistics.mean(v):.1f} ({100 * min(v):.1f}-{100 * max(v):.1f})"
+
+
+def table(data: dict, phase: str) -> list[str]:
+    bs = list(data["budgets"])
+    r = rows(data, phase)
+    head = "| plan | " + " | ".join(f"{100 * float(b):g}% ({data['budgets'][b]['budget_ms']:.2f} ms)" for b in bs) + " |"
+    lines = [head, "|---" * (len(bs) + 1) + "|"]
+    for row, by_b in r.items():
+        cells = []
+        for b in bs:
+            best = max((m for m in (_mean(v[b]) for v in r.values()) if m is not None), default=None)
+            s = fmt(by_b[b])
+            cells.append(f"**{s}**" if best is not None and _mean(by_b[b]) == best else s)
+        label = {"random": f"random (mean, min-max of {len(data['config']['random_seeds'])} seeds)",
+                 "best proxy": "best proxy (chosen on scoring images)",
+                 "latency-greedy": "latency-greedy (latency-aware)",
+                 "accuracy-greedy": "accuracy-greedy (seed's order)"}.get(row, row)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def detail(data: dict) -> list[str]:
+    lines = ["| budget | plan | blocks removed | predicted ms | top-1 scoring | top-1 held-out | after fine-tune |",
+             "|---|---|---|---|---|---|---|"]
+    for b, entry in data["budgets"].items():
+        for label, p in entry["plans"].items():
+            f = data["final"].get(plan_key(p["removed"]), {})
+            mark = (" (winner)" if label == entry["winner"] else "") + (" (kept)" if label == entry["best_proxy"] else "")
+            lines.append(f"| {100 * float(b):g}% | {label}{mark} | {len(p['removed'])} | {p['latency_ms']:.2f} | "
+                         f"{100 * p['top1']:.1f} | {_pct(f.get('before'))} | {_pct(f.get('after'))} |")
+    return lines
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def verdicts(data: dict, phase: str, se_points: float) -> list[str]:
+    """Plain statements from the numbers, whichever way they go."""
+    r = rows(data, phase)
+    out = []
+    for who in ("latency-greedy", "build's choice"):
+        if who not in r:
+            continue
+        losses = []
+        for b in data["budgets"]:
+            mine = _mean(r[who][b])
+            for other in r:
+                if other in (who, "build's choice", "latency-greedy"):
+                    continue
+                theirs = _mean(r[other][b])
+                if mine is not None and theirs is not None and theirs > mine:
+                    losses.append((b, other, 100 * (theirs - mine)))
+        n = len(data["budgets"])
+        if not losses:
+            out.append(f"- **{who}**: never below another plan's top-1 at any of the {n} budgets.")
+        else:
+            worst = max(losses, key=lambda x: x[2])
+            out.append(f"- **{who}**: below another plan at {len({b for b, _, _ in losses})} of {n} budgets: "
+                       + "; ".join(f"{100 * float(b):g}% by {d:.1f} pts vs {o}" for b, o, d in losses)
+                       + f". Largest gap {worst[2]:.1f} pts; one figure's binomial standard error is ~{se_points:.1f} "
+                       "pts" + (" (within two standard errors)." if worst[2] <= 2 * se_points else "."))
+    return out
+
+
+def plot(data: dict, path: Path, budget: str = "0.6") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if budget not in data["budgets"]:
+        budget = list(data["budgets"])[-1]
+    entry = data["budgets"][budget]
+    cfg = data["config"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.35, 1]})
+    considered = [Plan(**p) for p in entry["considered"]]
+    ax.scatter([p.latency_ms for p in considered], [100 * p.top1 for p in considered], s=10, color="0.75",
+               label=f"every plan the search considered ({len(considered)})", zorder=1)
+    front = pareto_front(considered)
+    ax.step([p.latency_ms for p in front], [100 * p.top1 for p in front], where="post", color="k", linewidth=1,
+            label="Pareto front of those plans", zorder=2)
+    ax.axvline(entry["budget_ms"], color="C3", linestyle="--", linewidth=1.2,
+               label=f"budget {entry['budget_ms']:.2f} ms ({100 * float(budget):g}% of unpruned)")
+    styles = {"latency-greedy": ("C0", "*", 260), "accuracy-greedy": ("C1", "s", 90), "knapsack": ("C2", "D", 80),
+              "proxy:norm-ratio": ("C4", "^", 70), "proxy:bn-gamma": ("C5", "v", 70), "proxy:l1": ("C6", "<", 70)}
+    for label, p in entry["plans"].items():
+        color, marker, size = styles.get(label, ("0.3", "x", 60))
+        name = label + (" (build's choice)" if label == entry["winner"] else "") + \
+            (" (kept proxy)" if label == entry["best_proxy"] else "")
+        ax.scatter([p["latency_ms"]], [100 * p["top1"]], color=color, marker=marker, s=size, label=name, zorder=3,
+                   edgecolors="k" if marker != "x" else None, linewidths=0.5)
+    ax.set_xlabel(f"predicted latency on {cfg['device']} (ms, block table)")
+    ax.set_ylabel(f"top-1 % on the {cfg['score_images']} scoring images (no fine-tune)")
+    ax.set_title(f"Plans at the {100 * float(budget):g}% budget")
+    lo = min(100 * p.top1 for p in considered if p.latency_ms <= entry["budget_ms"] * 1.6)
+    ax.set_ylim(max(0, lo - 5), 100 * max(p.top1 for p in considered) + 2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+    bs = list(data["budgets"])
+    xs = [data["budgets"][b]["budget_ms"] for b in bs]
+    lstyle = {"latency-greedy": ("C0", "*", "-"), "accuracy-greedy": ("C1", "s", "-"), "knapsack": ("C2", "D", "-"),
+              "best proxy": ("C4", "^", "--"), "random": ("0.4", "x", ":")}
+    for row, by_b in rows(data, "after").items():
+        if row not in lstyle:
+            continue
+        color, marker, ls = lstyle[row]
+        ys = [_mean(by_b[b]) for b in bs]
+        if all(y is None for y in ys):
+            continue
+        ax2.plot(xs, [100 * y if y is not None else float("nan") for y in ys], color=color, marker=marker,
+                 linestyle=ls, label=row + (" (mean, min-max)" if row == "random" else ""))
+        if row == "random":
+            ax2.fill_between(xs, [100 * min(v for v in by_b[b] if v is not None) for b in bs],
+                             [100 * max(v for v in by_b[b] if v is not None) for b in bs], color=color, alpha=0.2)
+    base = data["final"].get(plan_key([]), {}).get("before")
+    if base is not None:
+        ax2.axhline(100 * base, color="k", linewidth=0.8, linestyle="-.", label="unpruned (no fine-tune)")
+    ax2.set_xlabel(f"budget on {cfg['device']} (ms)")
+    ax2.set_ylabel(f"top-1 % on {cfg['final_images']} held-out images, after fine-tune")
+    ax2.set_title("Final top-1 per budget (same fine-tune for all)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{cfg['model']} on {cfg['data']} data, {cfg['device']}: latency-budgeted block-removal plans")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def report(data: dict, args: argparse.Namespace, command: str) -> str:
+    cfg, env, ftc = data["config"], data["env"], data["config"]["finetune"]
+    base = data["final"][plan_key([])]["before"]
+    n = cfg["final_images"]
+    se = 100 * (base * (1 - base) / n) ** 0.5
+    ft_images = (ftc["steps"] * ftc["batch_size"] if ftc["steps"] is not None else round(ftc["epochs"] * 6000))
+    total_s = sum(data["seconds"].values())
+    ncand = sum(1 for b in env["blocks"].values() if b["kind"] == "identity")
+    bms = sorted(data["block_ms"].items(), key=lambda kv: kv[1])
+    lines = [
+        "# Latency-budgeted plans: does the latency-aware search win?",
+        "",
+        f"Generated by `benchmarks/budget_plans.py` (`{command}`).",
+        "",
+        "## Setup",
+        "",
+        f"- Model `{cfg['model']}` (weights {cfg['weights'] or 'random initialisation'}"
+        + (f", sha256 {cfg['weights_sha256'][:12]}..." if cfg["weights_sha256"] else "")
+        + f"), data `{cfg['data']}`; {len(env['blocks'])} residual blocks, {ncand} with an identity shortcut "
+        "(the candidates, as in `edgeprune build` without `--replace-projection`).",
+        f"- Latency model: `block_latency_table(...)` for `{cfg['device']}` ({env['table_source']}, expected error "
+        f"±{100 * env['expected_error']:.0f}%), used through `predict_without` exactly as `edgeprune build` does. "
+        f"Unpruned: **{data['base_ms']:.2f} ms**; every candidate removed: {data['floor_ms']:.2f} ms; one block saves "
+        f"{bms[0][1]:.2f}-{bms[-1][1]:.2f} ms (least: {bms[0][0]}, most: {bms[-1][0]}). "
+        "Budgets: " + ", ".join(f"{100 * float(b):g}% = {e['budget_ms']:.2f} ms" for b, e in data["budgets"].items())
+        + ". Plans are compared on this prediction; the build additionally re-predicts its one chosen plan "
+        "from the exported graph, which this benchmark does not repeat for every plan.",
+        f"- Plans are scored and chosen on the first {cfg['score_images']} validation images; every top-1 in the "
+        f"tables is measured on the other {n} (`split_val`), which no plan was chosen on."
+        + (" WARNING: the split was too small and the two sets are shared." if cfg["shared"] else ""),
+        "- Plans: `search(AccuracyOracle(...), predict_without, candidates, budget)` from `edgeprune.pipeline.plan` "
+        "gives latency-greedy (the latency-aware plan), accuracy-greedy (the seed's iterative order) and knapsack, "
+        "plus its winner (`build's choice`, the best of the three on the scoring images, which is what `edgeprune "
+        "build` applies). Proxies (norm-ratio, bn-gamma, l1; `rank_blocks`, one-shot): blocks removed in the "
+        "proxy's order until the predicted latency meets the budget; per budget the proxy kept is the one with the "
+        "best top-1 on the scoring images (all three are in the detail table). Random: "
+        f"{len(cfg['random_seeds'])} seeds ({', '.join(map(str, cfg['random_seeds']))}), a random order removed "
+        "until the budget is met.",
+        f"- Fine-tune, the same for every plan (the `edgeprune build` default): `FinetuneConfig("
+        + (f"steps={ftc['steps']}" if ftc["steps"] is not None else f"epochs={ftc['epochs']:g}")
+        + f", lr={ftc['lr']}, seed={ftc['seed']})`: {ftc['optimizer'].upper()}, batch {ftc['batch_size']}, cosine "
+        f"schedule, momentum {ftc['momentum']}, weight decay {ftc['weight_decay']}, {ftc['augment']} augmentation, "
+        f"no distillation, about {ft_images:,} training images of the bundled 6,000-image subset.",
+        f"- Unpruned top-1 on the {n} held-out images: {100 * base:.1f}%. Binomial standard error of one figure at "
+        f"this accuracy: ~{se:.1f} points, so differences under ~{2 * se:.1f} points between two rows are within "
+        "noise (and each plan has one fine-tune seed).",
+        f"- Environment: torch {env['torch']}, {env['threads']} torch thread(s), {env['device']} ({env['cpu']}, "
+        f"{env['cores']} cores shared with other jobs), Python {env['python']}. Compute time of the cached run: "
+        f"{total_s / 60:.1f} min (" + ", ".join(f"{k} {v:.0f}s" for k, v in
+                                                sorted(data["seconds"].items(), key=lambda kv: -kv[1])) + ").",
+        "",
+        "## Final top-1 (%) after the same fine-tune",
+        "",
+        *table(data, "after"),
+        "",
+        "Best per column in bold (ties all bold).",
+        "",
+        *verdicts(data, "after", se),
+        "",
+        "## Top-1 (%) on the held-out images before fine-tune",
+        "",
+        *table(data, "before"),
+        "",
+        *verdicts(data, "before", se),
+        "",
+        "## Every plan",
+        "",
+        *detail(data),
+        "",
+        f"![Pareto plot]({Path(args.plot).name})",
+        "",
+        f"Left: at the {_plot_budget(data)} budget, every plan the search measured (grey; top-1 on the scoring "
+        "images, predicted latency), the Pareto front of those plans, the budget line and each method's plan. "
+        "Right: final top-1 after fine-tune per budget.",
+        "",
+    ]
+    b = data.get("build")
+    if b:
+        lines += ["## Wall time of the default build", "", "```", b["command"], "```", "",
+                  f"From an empty out folder: **{b['wall_s'] / 60:.1f} min wall** ({b['wall_s']:.0f} s), "
+                  f"{b['cpu_s']:.0f} s CPU (user+sys of the process and its children), exit code "
+                  f"{b['exit_code']}. {b['cores']} cores, niceness {b['nice']}, load average "
+                  f"{b['loadavg_before'][0]:.2f} before and {b['loadavg_after'][0]:.2f} after (1-minute; other "
+                  "jobs shared the machine). The budget is the 75% budget rounded to whole ms.", "",
+                  "Where the time went (from the arrival time of each progress line the build printed; a "
+                  "stage runs until the next line):", "", "| stage | s |", "|---|---|",
+                  *[f"| {name} | {sec:.0f} |" for name, sec in stages(b["stamped"], b["wall_s"])], "",
+                  "What it printed:", "", "```", b["output"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def stages(stamped: list, wall_s: float) -> list[tuple[str, float]]:
+    """Seconds from each "> stage" line of the build's output to the next line (the last: to the end)."""
+    marks = [(t, line[2:]) for t, line in stamped if line.startswith("> ")]
+    first_other = next((t for t, line in stamped if not line.startswith("> ") and t > (marks[-1][0] if marks else 0)),
+                       wall_s)
+    out = []
+    for i, (t, name) in enumerate(marks):
+        end = marks[i + 1][0] if i + 1 < len(marks) else first_other
+        out.append((name if len(name) < 70 else name[:67] + "...", end - t))
+    out.append(("after the last stage line (summary, exit)", wall_s - first_other))
+    if marks:
+        out.insert(0, ("start-up before the first line (imports)", marks[0][0]))
+    return out
+
+
+def _plot_budget(data: dict) -> str:
+    b = "0.6" if "0.6" in data["budgets"] else list(data["budgets"])[-1]
+    return f"{100 * float(b):g}% ({data['budgets'][b]['budget_ms']:.2f} ms)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="model spec (default: the bundled ResNet-56)")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--data", default="default")
+    p.add_argument("--device", default="rpi4", help="device profile whose predicted latency the budgets bound")
+    p.add_argument("--budgets", type=lambda s: [float(v) for v in s.split(",")], default=[0.9, 0.75, 0.6, 0.5],
+                   help="fractions of the unpruned predicted latency")
+    p.add_argument("--score-images", type=int, default=500)
+    p.add_argument("--final-images", type=int, default=0, help="cap the held-out set (0: all the rest)")
+    p.add_argument("--random-seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--finetune-epochs", type=float, default=1.0)
+    p.add_argument("--finetune-steps", type=int, default=None, help="overrides --finetune-epochs")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250, help="batch for scoring and evaluation (as the build)")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the machine is shared)")
+    p.add_argument("--skip-build", action="store_true", help="do not time the default build")
+    p.add_argument("--build-args", default="", help="extra flags for the timed build (dry runs)")
+    p.add_argument("--build-out", default="/tmp/ep-bench-build")
+    p.add_argument("--cache", default=None, help="results JSON (default: runs/budget_plans/<model>-<hash>.json)")
+    p.add_argument("--out", default="docs/build-benchmark.md")
+    p.add_argument("--plot", default="docs/build-pareto.png")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = ".venv/bin/python benchmarks/budget_plans.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    data = run(args)
+    plot(data, Path(args.plot))
+    write_atomic(Path(args.out), report(data, args, command.strip()).encode())
+    print(f"wrote {args.out} and {args.plot}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
