@@ -259,6 +259,15 @@ def _data_digest(bundle) -> str:
     return h.hexdigest()[:16]
 
 
+def _rel(path: str | None) -> str | None:
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -321,13 +330,16 @@ def table(data: dict, phase: str) -> list[str]:
 
 
 def detail(data: dict) -> list[str]:
-    lines = ["| budget | plan | blocks removed | predicted ms | top-1 scoring | top-1 held-out | after fine-tune |",
-             "|---|---|---|---|---|---|---|"]
+    stage = {n: b["stage"] for n, b in data["env"]["blocks"].items()}
+    nst = max(stage.values())
+    lines = ["| budget | plan | blocks removed (per stage " + "/".join(map(str, range(1, nst + 1))) + ") | "
+             "predicted ms | top-1 scoring | top-1 held-out | after fine-tune |", "|---|---|---|---|---|---|---|"]
     for b, entry in data["budgets"].items():
         for label, p in entry["plans"].items():
             f = data["final"].get(plan_key(p["removed"]), {})
             mark = (" (winner)" if label == entry["winner"] else "") + (" (kept)" if label == entry["best_proxy"] else "")
-            lines.append(f"| {100 * float(b):g}% | {label}{mark} | {len(p['removed'])} | {p['latency_ms']:.2f} | "
+            per = "/".join(str(sum(stage[n] == st for n in p["removed"])) for st in range(1, nst + 1))
+            lines.append(f"| {100 * float(b):g}% | {label}{mark} | {len(p['removed'])} ({per}) | {p['latency_ms']:.2f} | "
                          f"{100 * p['top1']:.1f} | {_pct(f.get('before'))} | {_pct(f.get('after'))} |")
     return lines
 
@@ -358,9 +370,85 @@ def verdicts(data: dict, phase: str, se_points: float) -> list[str]:
         else:
             worst = max(losses, key=lambda x: x[2])
             out.append(f"- **{who}**: below another plan at {len({b for b, _, _ in losses})} of {n} budgets: "
-                       + "; ".join(f"{100 * float(b):g}% by {d:.1f} pts vs {o}" for b, o, d in losses)
-                       + f". Largest gap {worst[2]:.1f} pts; one figure's binomial standard error is ~{se_points:.1f} "
+                       + "; ".join(f"{100 * float(b):g}% by {d:.2f} pts vs {o}" for b, o, d in losses)
+                       + f". Largest gap {worst[2]:.2f} pts; one figure's binomial standard error is ~{se_points:.1f} "
                        "pts" + (" (within two standard errors)." if worst[2] <= 2 * se_points else "."))
+    return out
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Rank correlation (average ranks for ties); None when undefined."""
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    if len(xs) < 3:
+        return None
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / (sxx * syy) ** 0.5 if sxx and syy else None
+
+
+def goals(data: dict, se_points: float) -> list[str]:
+    """The issue's two goals, stated from the numbers, and the facts that bear on them."""
+    out = []
+    for phase, what in (("after", "after the same fine-tune (the figure the goal is about)"),
+                        ("before", "before fine-tune (what the search optimises)")):
+        r = rows(data, phase)
+        gaps = []
+        for b in data["budgets"]:
+            mine = _mean(r["latency-greedy"][b])
+            best_other = max(((o, _mean(v[b])) for o, v in r.items()
+                              if o not in ("latency-greedy", "build's choice") and _mean(v[b]) is not None),
+                             key=lambda x: x[1])
+            if mine is not None and best_other[1] > mine:
+                gaps.append(f"{100 * float(b):g}% (-{100 * (best_other[1] - mine):.2f} pts vs {best_other[0]})")
+        out.append(f"- Latency-aware plan never worse than the others, {what}: **"
+                   + ("holds" if not gaps else "does not hold") + "**"
+                   + (f": behind at {', '.join(gaps)}." if gaps else f" at all {len(data['budgets'])} budgets."))
+    b = data.get("build")
+    if b:
+        search_s = sum(sec for name, sec in stages(b["stamped"], b["wall_s"]) if name.startswith("searching"))
+        out.append(f"- Default build under 10 minutes on {b['cores']} cores: **"
+                   + ("holds" if b["exit_code"] == 0 and b["wall_s"] < 600 else "does not hold")
+                   + f"**: {b['wall_s'] / 60:.1f} min wall, exit {b['exit_code']}; the plan search is "
+                   f"{search_s:.0f} s of it ({100 * search_s / b['wall_s']:.0f}%).")
+    same = [k for k, e in data["budgets"].items() if "latency-greedy" in e["plans"] and "accuracy-greedy" in e["plans"]
+            and plan_key(e["plans"]["latency-greedy"]["removed"]) == plan_key(e["plans"]["accuracy-greedy"]["removed"])]
+    bms = [v for n, v in data["block_ms"].items() if data["env"]["blocks"][n]["kind"] == "identity"]
+    out.append(f"- Latency-greedy and the seed's accuracy-greedy chose the same blocks at {len(same)} of "
+               f"{len(data['budgets'])} budgets. On `{data['config']['device']}` one identity block saves "
+               f"{min(bms):.2f}-{max(bms):.2f} ms (the dearest {100 * (max(bms) / min(bms) - 1):.0f}% more than the "
+               "cheapest), so every plan at a budget removes about the same number of blocks and accuracy per ms "
+               "orders blocks almost as accuracy alone does: on this model latency-awareness has little to exploit.")
+    cors, rhos = [], []
+    for k, e in data["budgets"].items():
+        pts = {plan_key(p["removed"]) for p in e["plans"].values()}
+        pairs = [(data["final"][pk]["before"], data["final"][pk]["after"]) for pk in pts
+                 if "after" in data["final"].get(pk, {})]
+        rho = spearman([a for a, _ in pairs], [c for _, c in pairs])
+        if rho is not None:
+            cors.append(f"{100 * float(k):g}%: {rho:+.2f} over {len(pairs)} plans")
+            rhos.append(rho)
+    if cors:
+        out.append("- Spearman rank correlation, over the distinct fine-tuned plans at each budget, between held-out "
+                   "top-1 before fine-tune (the quantity the search maximises, though it measures it on the scoring "
+                   "images) and after: " + "; ".join(cors) + f" (from {min(rhos):+.2f} to {max(rhos):+.2f}; with so "
+                   "few plans each coefficient is itself uncertain). The fine-tune recovers most of the removal loss "
+                   "for every plan, so a plan chosen for its accuracy before fine-tune need not be the best after.")
+    out.append(f"- Noise: one figure's binomial standard error is ~{se_points:.1f} pts on these images, and every "
+               "plan has a single fine-tune seed; the random rows' min-max shows how much plans of similar quality "
+               "spread after fine-tune.")
     return out
 
 
@@ -384,16 +472,22 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
                label=f"budget {entry['budget_ms']:.2f} ms ({100 * float(budget):g}% of unpruned)")
     styles = {"latency-greedy": ("C0", "*", 260), "accuracy-greedy": ("C1", "s", 90), "knapsack": ("C2", "D", 80),
               "proxy:norm-ratio": ("C4", "^", 70), "proxy:bn-gamma": ("C5", "v", 70), "proxy:l1": ("C6", "<", 70)}
+    seen: dict[str, str] = {}
     for label, p in entry["plans"].items():
         color, marker, size = styles.get(label, ("0.3", "x", 60))
+        pk = plan_key(p["removed"])
         name = label + (" (build's choice)" if label == entry["winner"] else "") + \
-            (" (kept proxy)" if label == entry["best_proxy"] else "")
-        ax.scatter([p["latency_ms"]], [100 * p["top1"]], color=color, marker=marker, s=size, label=name, zorder=3,
-                   edgecolors="k" if marker != "x" else None, linewidths=0.5)
+            (" (kept proxy)" if label == entry["best_proxy"] else "") + \
+            (f" (same plan as {seen[pk]})" if pk in seen else "")
+        seen.setdefault(pk, label)
+        ax.scatter([p["latency_ms"]], [100 * p["top1"]], color=color, marker=marker, s=size, label=name,
+                   zorder=5 if label == "latency-greedy" else 3, edgecolors="k" if marker != "x" else None,
+                   linewidths=0.5)
     ax.set_xlabel(f"predicted latency on {cfg['device']} (ms, block table)")
     ax.set_ylabel(f"top-1 % on the {cfg['score_images']} scoring images (no fine-tune)")
     ax.set_title(f"Plans at the {100 * float(budget):g}% budget")
-    lo = min(100 * p.top1 for p in considered if p.latency_ms <= entry["budget_ms"] * 1.6)
+    lo = min([100 * p.top1 for p in considered if p.latency_ms <= entry["budget_ms"] * 1.6]
+             + [100 * p["top1"] for p in entry["plans"].values()])
     ax.set_ylim(max(0, lo - 5), 100 * max(p.top1 for p in considered) + 2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -402,15 +496,24 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
     xs = [data["budgets"][b]["budget_ms"] for b in bs]
     lstyle = {"latency-greedy": ("C0", "*", "-"), "accuracy-greedy": ("C1", "s", "-"), "knapsack": ("C2", "D", "-"),
               "best proxy": ("C4", "^", "--"), "random": ("0.4", "x", ":")}
-    for row, by_b in rows(data, "after").items():
+    after = rows(data, "after")
+    for row, by_b in after.items():
         if row not in lstyle:
             continue
         color, marker, ls = lstyle[row]
         ys = [_mean(by_b[b]) for b in bs]
         if all(y is None for y in ys):
             continue
+        same = row == "accuracy-greedy" and all(
+            plan_key(data["budgets"][b]["plans"][row]["removed"])
+            == plan_key(data["budgets"][b]["plans"]["latency-greedy"]["removed"]) for b in bs
+            if row in data["budgets"][b]["plans"] and "latency-greedy" in data["budgets"][b]["plans"])
+        lead = row == "latency-greedy"
         ax2.plot(xs, [100 * y if y is not None else float("nan") for y in ys], color=color, marker=marker,
-                 linestyle=ls, label=row + (" (mean, min-max)" if row == "random" else ""))
+                 linestyle=ls, linewidth=3 if lead else 1.5, markersize=12 if lead else 6, zorder=4 if lead else 3,
+                 markerfacecolor="none" if same else color,
+                 label=row + (" (mean, min-max)" if row == "random" else "")
+                 + (" (same plans as latency-greedy)" if same else ""))
         if row == "random":
             ax2.fill_between(xs, [100 * min(v for v in by_b[b] if v is not None) for b in bs],
                              [100 * max(v for v in by_b[b] if v is not None) for b in bs], color=color, alpha=0.2)
@@ -447,7 +550,7 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "",
         "## Setup",
         "",
-        f"- Model `{cfg['model']}` (weights {cfg['weights'] or 'random initialisation'}"
+        f"- Model `{cfg['model']}` (weights {_rel(cfg['weights']) or 'random initialisation'}"
         + (f", sha256 {cfg['weights_sha256'][:12]}..." if cfg["weights_sha256"] else "")
         + f"), data `{cfg['data']}`; {len(env['blocks'])} residual blocks, {ncand} with an identity shortcut "
         "(the candidates, as in `edgeprune build` without `--replace-projection`).",
@@ -469,7 +572,9 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "best top-1 on the scoring images (all three are in the detail table). Random: "
         f"{len(cfg['random_seeds'])} seeds ({', '.join(map(str, cfg['random_seeds']))}), a random order removed "
         "until the budget is met.",
-        f"- Fine-tune, the same for every plan (the `edgeprune build` default): `FinetuneConfig("
+        "- Fine-tune, the same for every plan"
+        + (" (what `edgeprune build` does by default)" if ftc["steps"] is None and ftc["epochs"] == 1 else
+           " (shorter than `edgeprune build`'s default of one epoch)") + ": `FinetuneConfig("
         + (f"steps={ftc['steps']}" if ftc["steps"] is not None else f"epochs={ftc['epochs']:g}")
         + f", lr={ftc['lr']}, seed={ftc['seed']})`: {ftc['optimizer'].upper()}, batch {ftc['batch_size']}, cosine "
         f"schedule, momentum {ftc['momentum']}, weight decay {ftc['weight_decay']}, {ftc['augment']} augmentation, "
@@ -481,6 +586,10 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         f"{env['cores']} cores shared with other jobs), Python {env['python']}. Compute time of the cached run: "
         f"{total_s / 60:.1f} min (" + ", ".join(f"{k} {v:.0f}s" for k, v in
                                                 sorted(data["seconds"].items(), key=lambda kv: -kv[1])) + ").",
+        "",
+        "## Goals",
+        "",
+        *goals(data, se),
         "",
         "## Final top-1 (%) after the same fine-tune",
         "",
@@ -516,7 +625,8 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
                   f"{b['loadavg_before'][0]:.2f} before and {b['loadavg_after'][0]:.2f} after (1-minute; other "
                   "jobs shared the machine). The budget is the 75% budget rounded to whole ms.", "",
                   "Where the time went (from the arrival time of each progress line the build printed; a "
-                  "stage runs until the next line):", "", "| stage | s |", "|---|---|",
+                  "stage runs until the next line, so the line announcing the plan also covers the held-out "
+                  "evaluation and the fine-tune, which print no line of their own):", "", "| stage | s |", "|---|---|",
                   *[f"| {name} | {sec:.0f} |" for name, sec in stages(b["stamped"], b["wall_s"])], "",
                   "What it printed:", "", "```", b["output"].rstrip(), "```", ""]
     return "\n".join(lines)
