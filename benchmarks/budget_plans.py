@@ -62,7 +62,8 @@ from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.plan import AccuracyOracle, Plan, pareto_front, search
 from edgeprune.pipeline.prune import rank_blocks, split_val
 from edgeprune.pipeline.record import write_atomic
-from edgeprune.benchmarks.results_cache import ResultsCache
+from edgeprune.benchmarks.ort_runner import cpu_model
+from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path
 from edgeprune.progress import set_enabled
 
 STRATEGIES = ("latency-greedy", "accuracy-greedy", "knapsack")
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     ft = FinetuneConfig(epochs=args.finetune_epochs, steps=args.finetune_steps, lr=args.lr, seed=args.seed)
     config = {"model": args.model, "weights": loaded.source.get("weights"),
               "weights_sha256": loaded.source.get("weights_sha256"), "data": args.data,
-              "data_sha": _data_digest(bundle), "device": profile.name, "budgets": args.budgets,
+              "data_sha": data_digest(bundle), "device": profile.name, "budgets": args.budgets,
               "score_images": len(held.score), "final_images": len(final_idx), "shared": held.shared,
               "random_seeds": args.random_seeds, "finetune": ft.to_dict(), "seed": args.seed,
               "build_args": args.build_args, "version": 1}
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
               + f" ({time.perf_counter() - t:.0f}s)", flush=True)
 
     data["env"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-                   "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                   "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                    "model_source": loaded.source, "table_source": table.source,
                    "expected_error": table.expected_error,
                    "blocks": {b.name: {"stage": b.stage, "kind": b.kind} for b in blocks}}
@@ -250,32 +251,6 @@ def time_build(args: argparse.Namespace, budget_ms: int) -> dict:
     return {"command": shown, "budget_ms": budget_ms, "exit_code": proc.returncode, "wall_s": wall, "cpu_s": cpu,
             "output": "\n".join(line for _, line in stamped), "stamped": stamped, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             "nice": os.nice(0), "cores": os.cpu_count(), "manifest_build": summary}
-
-
-def _data_digest(bundle) -> str:
-    h = hashlib.sha256()
-    for t in (bundle.x_train, bundle.y_train, bundle.x_val, bundle.y_val):
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _rel(path: str | None) -> str | None:
-    if not path:
-        return path
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------- rows, verdicts, plot
@@ -550,7 +525,7 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "",
         "## Setup",
         "",
-        f"- Model `{cfg['model']}` (weights {_rel(cfg['weights']) or 'random initialisation'}"
+        f"- Model `{cfg['model']}` (weights {relative_path(cfg['weights']) or 'random initialisation'}"
         + (f", sha256 {cfg['weights_sha256'][:12]}..." if cfg["weights_sha256"] else "")
         + f"), data `{cfg['data']}`; {len(env['blocks'])} residual blocks, {ncand} with an identity shortcut "
         "(the candidates, as in `edgeprune build` without `--replace-projection`).",

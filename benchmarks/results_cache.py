@@ -3,6 +3,7 @@ so an interrupted run resumes where it stopped (when its configuration is unchan
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,3 +33,21 @@ class ResultsCache:
         out = fn()
         self.add_seconds(phase, time.perf_counter() - t)
         return out
+
+
+def data_digest(bundle) -> str:
+    """A short sha256 of a DataBundle's arrays: results are only reused on the same data."""
+    h = hashlib.sha256()
+    for t in (bundle.x_train, bundle.y_train, bundle.x_val, bundle.y_val):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def relative_path(path: str | None) -> str | None:
+    """``path`` relative to the working folder when it lies inside it (for docs), else as given."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

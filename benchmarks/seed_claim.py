@@ -48,7 +48,8 @@ from edgeprune.pipeline.importance import ScoreContext, candidates_for, removal_
 from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.prune import rank_blocks, split_val
 from edgeprune.pipeline.record import write_atomic
-from edgeprune.benchmarks.results_cache import ResultsCache
+from edgeprune.benchmarks.ort_runner import cpu_model
+from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path
 from edgeprune.progress import set_enabled
 
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     ft = FinetuneConfig(steps=args.finetune_steps, batch_size=args.finetune_batch, lr=args.lr,
                         optimizer="sgd", kd=args.kd, seed=0)
     config = {"model": args.model, "weights_sha256": loaded.source.get("weights_sha256"),
-              "weights": loaded.source.get("weights"), "data": args.data, "data_sha": _data_digest(bundle),
+              "weights": loaded.source.get("weights"), "data": args.data, "data_sha": data_digest(bundle),
               "score_images": len(held.score), "final_images": len(final_idx), "shared": held.shared,
               "ks": ks, "random_seeds": args.random_seeds, "finetune": ft.to_dict(),
               "timing_images": args.timing_images, "timing_repeats": args.timing_repeats,
@@ -191,37 +192,11 @@ def run(args: argparse.Namespace) -> dict:
                   f"{data['finetune'][pk]:.2%} fine-tuned ({time.perf_counter() - t:.0f}s)", flush=True)
 
     data["env"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-                   "cpu": _cpu_name(), "python": platform.python_version(), "model_source": loaded.source,
+                   "cpu": cpu_model(), "python": platform.python_version(), "model_source": loaded.source,
                    "blocks": {b.name: {"stage": b.stage, "kind": b.kind, "params": b.params, "macs": b.macs}
                               for b in blocks}}
     cache.save()
     return data
-
-
-def _data_digest(bundle) -> str:
-    h = hashlib.sha256()
-    for t in (bundle.x_train, bundle.y_train, bundle.x_val, bundle.y_val):
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _rel(path: str | None) -> str | None:
-    if not path:
-        return path
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------- tables, findings, plot
@@ -426,7 +401,7 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "",
         "## Setup",
         "",
-        f"- Model: `{cfg['model']}` (weights {_rel(cfg['weights']) or 'random initialisation'}"
+        f"- Model: `{cfg['model']}` (weights {relative_path(cfg['weights']) or 'random initialisation'}"
         + (f", sha256 {cfg['weights_sha256'][:12]}..." if cfg["weights_sha256"] else "") + f"); {len(env['blocks'])} "
         f"residual blocks, {ncand} with an identity shortcut. Only identity blocks are candidates (the "
         "projection blocks at the stage boundaries are kept).",
