@@ -52,6 +52,7 @@ class CalibrationConfig:
     workdir: Path | None = None            # cache of suite ONNX files
     threads: int | None = None             # default: the profile's
     folds: int = 5
+    timing_rounds: int = 5                 # interleaved whole-model timing rounds (local)
 
 
 @dataclass
@@ -161,7 +162,12 @@ def calibrate_local(cfg: CalibrationConfig, progress: Progress | None = None) ->
     for i, p in enumerate(suite, 1):
         if progress:
             progress(f"profiling {p.stem} ({i}/{len(suite)})")
-        measured.append(cal.profile_model(p, threads=threads, providers=profile.providers))
+        measured.append(cal.profile_model(p, threads=threads, providers=profile.providers,
+                                          whole_model=False))
+    totals = cal.interleaved_timings(suite, threads, profile.providers, rounds=cfg.timing_rounds,
+                                     seed=cfg.seed, progress=progress)
+    for pm, figures in zip(measured, totals):
+        pm.total_ms = float(np.median([cpu if threads == 1 else wall for cpu, wall in figures]))
     block = nchwc_block_here()
     when = _dt.date.today().isoformat()
     fitted_on = (f"{when}: per-node onnxruntime profiles of {len(measured)} calibration models "

@@ -66,12 +66,13 @@ class ProfiledModel:
 
 
 def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
-                  warmup: int = 5, rounds: int = 12, burst: int = 5) -> ProfiledModel:
+                  warmup: int = 5, rounds: int = 12, burst: int = 5, whole_model: bool = True) -> ProfiledModel:
     """Per-node times from onnxruntime's profiler, plus the unprofiled latency.
 
     Both use :func:`burst_median` over ``rounds`` bursts of ``burst`` runs. The profiled
     and the timed sessions are separate: profiling adds a little time per node, so the
-    model-level figure comes from a clean session.
+    model-level figure comes from a clean session (skipped with ``whole_model=False``,
+    for a caller that times whole models itself with :func:`interleaved_timings`).
     """
     path = str(path)
     with tempfile.TemporaryDirectory(prefix="edgeprune_prof_") as tmp:
@@ -104,6 +105,8 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
         return burst_median([d[i:i + burst] for i in range(0, len(d), burst)])
 
     kernels = [(kernel_from_profile_event(n, args[n]), node_us(durs[n])) for n in order]
+    if not whole_model:
+        return ProfiledModel(Path(path).stem, kernels, 0.0)
     sess2, _ = ort_runner.open_session(ort_runner.SessionSpec(path, threads, list(providers)))
     ort_runner.warm(sess2, feeds, warmup)
     wall, cpu = timed_runs(sess2, feeds, rounds * burst)
@@ -127,6 +130,39 @@ def timed_runs(sess: Any, feeds: dict, runs: int) -> tuple[list[float], list[flo
         wall.append((t1 - t0) / 1e6)
         cpu.append((c1 - c0) / 1e6)
     return wall, cpu
+
+
+def interleaved_timings(paths: Sequence[str | Path], threads: int = 1,
+                        providers: Sequence[str] = ("CPUExecutionProvider",), rounds: int = 5,
+                        warmup: int = 10, runs: int = 10, seed: int = 0,
+                        progress: Any = None) -> list[list[tuple[float, float]]]:
+    """Whole-model latency of every model, in ``rounds`` interleaved rounds.
+
+    Each round visits the models in a fresh shuffled order and opens a fresh session for
+    each (warm-up, then ``runs`` timed runs; the round's figure is their median, CPU time
+    with one thread, wall clock otherwise). A shared VM drifts by several per cent over
+    minutes, and one session of a model can run 10-30% slower than the next for its
+    whole life (its buffers' addresses); interleaving spreads both over every model
+    instead of letting them bias whichever model was timed at the wrong moment.
+    Returns, per model, its per-round ``(cpu_ms, wall_ms)``.
+    """
+    import random
+
+    rng = random.Random(seed)
+    figures: list[list[tuple[float, float]]] = [[] for _ in paths]
+    for r in range(rounds):
+        order = list(range(len(paths)))
+        rng.shuffle(order)
+        for i in order:
+            sess, _ = ort_runner.open_session(ort_runner.SessionSpec(str(paths[i]), threads, list(providers)))
+            feeds = ort_runner.make_feeds(sess)
+            ort_runner.warm(sess, feeds, warmup)
+            wall, cpu = timed_runs(sess, feeds, runs)
+            figures[i].append((float(np.median(cpu)), float(np.median(wall))))
+            del sess
+        if progress:
+            progress(f"timing round {r + 1}/{rounds}")
+    return figures
 
 
 def burst_median(bursts: Sequence[Sequence[float]]) -> float:

@@ -123,3 +123,18 @@ def test_calibrate_host_cli_writes_a_usable_profile(tmp_path):
     assert r.exit_code == 2 and "--force" in r.output
     r = runner.invoke(app, ["calibrate", "--device", "rpi4", "--out", str(tmp_path / "x.toml")])
     assert r.exit_code == 2 and "--ssh" in r.output
+
+
+def test_interleaved_timings_time_every_model_every_round(tmp_path):
+    import onnx
+
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"m{i}.onnx"
+        onnx.save(synthetic_model(i, 0, max_mmacs=5).model, str(p))
+        paths.append(p)
+    seen = []
+    figures = cal.interleaved_timings(paths, rounds=3, warmup=1, runs=3, progress=seen.append)
+    assert [len(f) for f in figures] == [3, 3]
+    assert all(cpu > 0 and wall > 0 for rows in figures for cpu, wall in rows)
+    assert seen == ["timing round 1/3", "timing round 2/3", "timing round 3/3"]
