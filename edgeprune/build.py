@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,6 +55,9 @@ class BuildConfig:
     alpha: float = 0.9
     score_images: int = 500
     strategies: list[str] = field(default_factory=lambda: ["latency-greedy", "accuracy-greedy", "knapsack"])
+    proxies: list[str] = field(default_factory=lambda: ["norm-ratio", "bn-gamma"])   # extra plans for the short list
+    select: str = "recovered"              # recovered: fine-tune each short-listed plan, ship the best; scored: best before
+    shortlist: int = 4                     # distinct plans fine-tuned when select = recovered
     replace_projection: bool = False
     ssh: str | None = None
     bench_runs: int = 100
@@ -155,6 +158,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     from edgeprune.pipeline.models import load_model
     from edgeprune.pipeline.plan import AccuracyOracle, SearchResult, search
     from edgeprune.pipeline.prune import split_val
+    from edgeprune.pipeline.select import Candidate, choose, proxy_plans, shortlist
 
     t_start = time.time()
     budget_ms = parse_duration_ms(cfg.budget)
@@ -163,6 +167,14 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     unknown = [s for s in cfg.strategies if s not in ("latency-greedy", "accuracy-greedy", "knapsack")]
     if unknown or not cfg.strategies:
         raise EdgepruneError(f"unknown strategies {unknown}; use latency-greedy, accuracy-greedy, knapsack")
+    if cfg.select not in ("recovered", "scored"):
+        raise EdgepruneError(f"--select must be recovered or scored, got {cfg.select!r}")
+    if cfg.shortlist < 1:
+        raise EdgepruneError(f"--shortlist must be at least 1, got {cfg.shortlist}")
+    from edgeprune.pipeline.importance import CRITERIA
+    bad = [c for c in cfg.proxies if c not in CRITERIA or c == "direct"]
+    if bad:
+        raise EdgepruneError(f"unknown proxies {bad}; use any of {', '.join(c for c in CRITERIA if c != 'direct')}")
     profile = load_profile(cfg.device)
     host = load_profile("host")
     ssh_target = cfg.ssh or profile.ssh
@@ -198,9 +210,14 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     ctx = ScoreContext(device, cfg.seed, cfg.replace_projection)
     oracle = AccuracyOracle(loaded.model, blocks, score_batches, ctx, memo,
                             on_update=lambda: cache.save("accuracy-memo.json", memo))
+
+    def _pruned(removed):
+        return remove_blocks(loaded.model, removed, blocks, replace_projection=True) if removed else loaded.model
+
     say(f"searching plans: {len(cands)} removable blocks, budget {budget_ms:g} ms ({cfg.metric}) on {profile.name}")
+    orders = _proxy_orders(cache, loaded.model, [b for b in blocks if b.name in cands], score_batches, ctx,
+                           cfg.proxies)
     internal_budget = budget_ms
-    final_fig = None
     attempts = []
     for attempt in range(4):
         result: SearchResult = search(oracle, latency, cands, internal_budget, cfg.strategies)
@@ -215,49 +232,71 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
                                                        "search_evaluations": oracle.evaluations,
                                                        "device": profile.name, "best_reachable_ms": floor.latency_ms,
                                                        "best_reachable_top1": floor.top1})
-        plan = result.chosen()
-        say(f"plan: {plan.strategy}, remove {len(plan.removed)} blocks, predicted {plan.latency_ms:.2f} ms, "
-            f"top-1 {plan.top1:.2%} on scoring images")
-        pruned = remove_blocks(loaded.model, plan.removed, blocks, replace_projection=True) \
-            if plan.removed else loaded.model
-        # the final figure: export this plan and predict/measure its own graph
-        onnx_path = cache.path(f"plan-{attempt}.onnx")
-        export_onnx(pruned.cpu().eval(), loaded.input_shape, onnx_path, ExportConfig())
-        fig = _device_figure(onnx_path, profile, ssh_target, cfg, predict)
-        attempts.append({"removed": plan.removed, "planned_ms": plan.latency_ms, "final_ms": fig["value_ms"],
-                         "source": fig["source"]})
-        final_fig = fig
-        if fig["value_ms"] <= budget_ms:
+        pool = [result.base] if result.winner == "none" else \
+            [*result.best.values(), *proxy_plans(orders, latency, internal_budget, oracle)]
+        short = shortlist(pool, cfg.shortlist if cfg.select == "recovered" else 1)
+        # the final figure: export each short-listed plan and predict/measure its own graph
+        for c in short:
+            onnx_path = cache.path(f"plan-{_plan_key(c.removed)}.onnx")
+            if not onnx_path.is_file():
+                export_onnx(_pruned(c.removed).cpu().eval(), loaded.input_shape, onnx_path, ExportConfig())
+            fig = _device_figure(onnx_path, profile, ssh_target, cfg, predict)
+            c.final_ms = fig["value_ms"]
+            attempts.append({"attempt": attempt, "removed": c.removed, "planned_ms": c.latency_ms,
+                             "final_ms": fig["value_ms"], "source": fig["source"]})
+        fitting = [c for c in short if c.final_ms <= budget_ms]
+        if fitting:
             break
-        say(f"final figure {fig['value_ms']:.2f} ms exceeds the budget; tightening the search")
-        internal_budget *= budget_ms / fig["value_ms"] * 0.99
+        closest = min(c.final_ms for c in short)
+        say(f"final figure {closest:.2f} ms exceeds the budget; tightening the search")
+        internal_budget *= budget_ms / closest * 0.99
     else:
         return BuildOutcome(EXIT_UNREACHABLE, f"no plan's final figure met {budget_ms:g} ms after "
-                            f"{len(attempts)} attempts (last {final_fig['value_ms']:.2f} ms)",
+                            f"{len(attempts) and attempts[-1]['attempt'] + 1} attempts (last {closest:.2f} ms)",
                             {"attempts": attempts, "budget_ms": budget_ms})
 
-    # fine-tune (checkpointed per epoch in the cache) and the final accuracy on unseen images
+    # fine-tune (checkpointed per epoch in the cache); with several plans on the short list each
+    # gets the same fine-tune and the best on the scoring images ships
+    tune = cfg.finetune_epochs > 0 and bool(fitting[0].removed)
+    ft_cfg = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, kd=cfg.kd, temperature=cfg.temperature,
+                            alpha=cfg.alpha, seed=cfg.seed) if tune else None
+    tuned: dict[str, Any] = {}
+
+    def finetuned(c: Candidate):
+        key_c = _plan_key(c.removed, cfg.finetune_epochs, cfg.finetune_lr, cfg.kd, cfg.temperature, cfg.alpha)
+        m = _pruned(c.removed)
+        done = cache.path(f"finetuned-{key_c}.pt")
+        if done.is_file():
+            m.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+            say(f"fine-tuned weights for {c.label} found in the cache")
+        else:
+            say(f"fine-tuning {c.label} (remove {len(c.removed)} blocks)")
+            run_cfg = replace(ft_cfg, checkpoint=str(cache.path(f"finetune-{key_c}.ckpt")))
+            finetune(m, lambda ep: bundle.batches("train", run_cfg.batch_size, shuffle=True, seed=cfg.seed + ep),
+                     len(bundle.y_train), run_cfg, teacher=loaded.model if cfg.kd else None, device=device)
+            torch.save(m.state_dict(), done.with_suffix(".tmp"))
+            done.with_suffix(".tmp").replace(done)
+        return m
+
+    if tune and len(fitting) > 1:
+        for c in fitting:
+            tuned[_plan_key(c.removed)] = m = finetuned(c)
+            r = evaluate(m, score_batches, device)
+            c.recovered_top1, c.recovered_loss = r.top1, r.loss
+    chosen = choose(fitting)
+    plan_label = "+".join(chosen.proposed_by)
+    say(f"plan: {plan_label}, remove {len(chosen.removed)} blocks, {chosen.final_ms:.2f} ms on {profile.name}, "
+        f"top-1 on scoring images {chosen.top1:.2%}"
+        + (f" ({chosen.recovered_top1:.2%} after fine-tune)" if chosen.recovered_top1 is not None else ""))
     final_batches = bundle.batches("val", 250, indices=held.final)
     acc_before = evaluate(loaded.model, final_batches, device, "eval (original)").top1
-    acc_removed = evaluate(pruned, final_batches, device, "eval (pruned)").top1 if plan.removed else acc_before
+    pruned = _pruned(chosen.removed)
+    acc_removed = evaluate(pruned, final_batches, device, "eval (pruned)").top1 if chosen.removed else acc_before
     acc_ft = None
-    ft_cfg = None
-    if plan.removed and cfg.finetune_epochs > 0:
-        plan_key = hashlib.sha256(json.dumps([plan.removed, cfg.finetune_epochs, cfg.finetune_lr, cfg.kd,
-                                              cfg.temperature, cfg.alpha]).encode()).hexdigest()[:12]
-        done = cache.path(f"finetuned-{plan_key}.pt")
-        if done.is_file():
-            pruned.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
-            say("fine-tuned weights found in the cache")
-        else:
-            ft_cfg = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, kd=cfg.kd,
-                                    temperature=cfg.temperature, alpha=cfg.alpha, seed=cfg.seed,
-                                    checkpoint=str(cache.path(f"finetune-{plan_key}.ckpt")))
-            finetune(pruned, lambda ep: bundle.batches("train", ft_cfg.batch_size, shuffle=True, seed=cfg.seed + ep),
-                     len(bundle.y_train), ft_cfg, teacher=loaded.model if cfg.kd else None, device=device)
-            torch.save(pruned.state_dict(), done.with_suffix(".tmp"))
-            done.with_suffix(".tmp").replace(done)
+    if tune:
+        pruned = tuned.get(_plan_key(chosen.removed)) or finetuned(chosen)
         acc_ft = evaluate(pruned, final_batches, device, "eval (fine-tuned)").top1
+    plan = chosen
     pruned = pruned.cpu().eval()
 
     # artifact, assembled in the cache and renamed into place at the end
@@ -296,13 +335,14 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     update_manifest(stage, "latency", latency_section)
     summary = {
         "device": profile.name, "budget_ms": budget_ms, "metric": cfg.metric, "within_budget": met,
-        "removed": plan.removed, "strategy": plan.strategy, "search": result.to_dict(), "attempts": attempts,
+        "removed": plan.removed, "strategy": plan_label, "search": result.to_dict(), "attempts": attempts,
+        "selection": {"mode": cfg.select if len(fitting) > 1 and tune else "single",
+                      "candidates": [c.to_dict() for c in short], "chosen": _plan_key(chosen.removed)},
         "accuracy": accuracy, "latency": latency_section, "blocks": [b.to_dict() for b in blocks],
         "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
                    "after": sum(p.numel() for p in pruned.parameters())},
         "static_memory": art.manifest.get("memory") or art.manifest.get("static_memory"),
-        "finetune": ft_cfg.to_dict() if ft_cfg else ({"epochs": cfg.finetune_epochs, "cached": True}
-                                                      if plan.removed and cfg.finetune_epochs > 0 else None),
+        "finetune": ft_cfg.to_dict() if ft_cfg else None,
         "edgeprune": __version__,
         "search_evaluations": oracle.evaluations,   # accuracies measured in this run (0 when all cached)
     }
@@ -317,7 +357,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     summary["wall_s"] = time.time() - t_start
     write_report(stage, summary, cfg)
     (stage / "build-config.toml").write_text(cfg.to_toml())
-    update_manifest(stage, "build", {"config": asdict(cfg), "strategy": plan.strategy, "removed": plan.removed,
+    update_manifest(stage, "build", {"config": asdict(cfg), "strategy": plan_label, "removed": plan.removed,
                                      "wall_s": summary["wall_s"]})
     target = out / "artifact"
     _replace_dir(stage, target)
@@ -328,6 +368,22 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     if not met:  # cannot happen: the loop above only exits with a plan that fits
         raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
     return BuildOutcome(EXIT_OK, msg, summary, target)
+
+
+def _plan_key(removed, *settings) -> str:
+    return hashlib.sha256(json.dumps([sorted(removed), *settings]).encode()).hexdigest()[:12]
+
+
+def _proxy_orders(cache: _Cache, model, blocks, batches, ctx, proxies) -> dict[str, list[str]]:
+    """Each proxy's one-shot order of the candidate blocks (least important first), cached."""
+    from edgeprune.pipeline.prune import rank_blocks
+
+    orders = cache.load("proxy-orders.json") or {}
+    for crit in proxies:
+        if crit not in orders:
+            orders[crit] = rank_blocks(model, blocks, batches, ctx, crit, "oneshot").order
+            cache.save("proxy-orders.json", orders)
+    return {c: orders[c] for c in proxies}
 
 
 def _device_figure(onnx_path: Path, profile, ssh_target: str | None, cfg: BuildConfig, predict) -> dict[str, Any]:

@@ -30,10 +30,15 @@ def plot_front(summary: dict[str, Any], path: Path) -> None:
         ax.scatter([p["latency_ms"]], [100 * p["top1"]], s=40, marker="D", label=f"best {name}")
     base = search["base"]
     ax.scatter([base["latency_ms"]], [100 * base["top1"]], s=80, marker="s", c="k", label="unpruned")
-    chosen = search["best"].get(search["winner"]) if search["winner"] else None
-    if chosen:
-        ax.scatter([chosen["latency_ms"]], [100 * chosen["top1"]], s=220, marker="*", c="#d62728", zorder=5,
-                   label=f"chosen ({search['winner']})")
+    short = (summary.get("selection") or {}).get("candidates", [])
+    if len(short) > 1:
+        ax.scatter([c["latency_ms"] for c in short], [100 * c["top1"] for c in short], s=110, facecolors="none",
+                   edgecolors="#2ca02c", lw=1.5, label=f"short list ({len(short)}, fine-tuned)")
+    shipped = [c for c in short if c["removed"] == summary["removed"]]
+    if shipped:
+        c = shipped[0]
+        ax.scatter([c["latency_ms"]], [100 * c["top1"]], s=220, marker="*", c="#d62728", zorder=5,
+                   label=f"shipped ({summary['strategy']})")
     ax.axvline(summary["budget_ms"], c="#d62728", ls="--", lw=1, label=f"budget {summary['budget_ms']:g} ms")
     ax.set_xlabel(f"predicted latency on {summary['device']} (ms, {summary['metric']})")
     ax.set_ylabel("top-1 on scoring images, before fine-tune (%)")
@@ -70,7 +75,8 @@ def write_report(folder: Path, summary: dict[str, Any], cfg) -> None:
         "",
         "## Plan",
         "",
-        f"Winning strategy: **{winner}**. Blocks removed: {', '.join(summary['removed']) or 'none'}.",
+        f"Shipped plan: **{summary['strategy']}** (best scored by the search: {winner}). "
+        f"Blocks removed: {', '.join(summary['removed']) or 'none'}.",
         "",
         "| strategy | blocks removed | predicted latency (ms) | top-1 on scoring images |",
         "|---|---|---|---|",
@@ -82,6 +88,22 @@ def write_report(folder: Path, summary: dict[str, Any], cfg) -> None:
         others = [p["top1"] for n, p in best.items() if n != winner]
         lines += ["", f"The winner leads the runner-up by {100 * (best[winner]['top1'] - max(others)):.2f} "
                       f"points of top-1 on the {acc['scoring_images']} scoring images (before fine-tune)."]
+    sel = summary.get("selection")
+    if sel:
+        lines += ["", "### Short list", "",
+                  "Distinct plans from the strategies above and the proxy rankings "
+                  f"({', '.join(getattr(cfg, 'proxies', []) or []) or 'none'}), each exported and its own "
+                  "graph predicted or measured. "
+                  + ("Each plan that fits got the same fine-tune; the best top-1 on the scoring images after "
+                     "fine-tune ships, because accuracy before fine-tune is a weak guide to accuracy after it."
+                     if sel["mode"] == "recovered" else "The best top-1 before fine-tune ships."),
+                  "", "| plan | proposed by | blocks removed | predicted (ms) | final figure (ms) | "
+                  "top-1 scoring, before fine-tune | after fine-tune |", "|---|---|---|---|---|---|---|"]
+        for c in sel["candidates"]:
+            mark = " (shipped)" if c["removed"] == summary["removed"] else ""
+            fin = "-" if c["final_ms"] is None else f"{c['final_ms']:.2f}"
+            lines.append(f"| {c['proposed_by'][0]}{mark} | {', '.join(c['proposed_by'])} | {len(c['removed'])} | "
+                         f"{c['latency_ms']:.2f} | {fin} | {_pct(c['top1'])} | {_pct(c['recovered_top1'])} |")
     lines += [
         "",
         f"Plans considered: {len(s['considered'])} (all shown in the plot; the front is the upper-left envelope).",

@@ -29,6 +29,9 @@ def build_command(
     kd: Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model while fine-tuning.")] = False,
     score_images: Annotated[int, typer.Option(help="Validation images that score blocks (the rest measure the result).")] = 500,
     strategy: Annotated[Optional[list[str]], typer.Option(help="Search strategies (repeatable): latency-greedy, accuracy-greedy, knapsack.")] = None,
+    select: Annotated[str, typer.Option(help="recovered: fine-tune every short-listed plan and ship the best on the scoring images; scored: ship the best before fine-tune.")] = "recovered",
+    shortlist: Annotated[int, typer.Option(help="Distinct plans (search strategies' and proxies') fine-tuned with --select recovered.")] = 4,
+    proxy: Annotated[Optional[list[str]], typer.Option(help="Proxy rankings that propose plans for the short list (repeatable): norm-ratio, bn-gamma, l1, random.")] = None,
     replace_projection: Annotated[bool, typer.Option("--replace-projection", help="Allow removing projection blocks.")] = False,
     ssh: Annotated[Optional[str], typer.Option(help="Measure on the device over SSH: user@host[:port].")] = None,
     verify_arm: Annotated[bool, typer.Option("--verify-arm", help="Last step: run the artifact on aarch64 onnxruntime under qemu.")] = False,
@@ -40,13 +43,12 @@ def build_command(
     from edgeprune.build import BuildConfig, run_build
     from edgeprune.progress import set_enabled
 
-    given = {k: v for k, v in ctx.params.items() if k not in ("config", "json", "strategy", "ctx")
-             and ctx.get_parameter_source(k).name != "DEFAULT"}
-    if strategy:
-        given["strategies"] = list(strategy)
+    lists = {"strategies": strategy, "proxies": proxy}
+    flags = {k: v for k, v in ctx.params.items() if k not in ("config", "json", "strategy", "proxy", "ctx")}
+    given = {k: v for k, v in flags.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+    given.update({k: list(v) for k, v in lists.items() if v})
     cfg = BuildConfig.from_toml(config, given) if config else BuildConfig(**{
-        **{k: v for k, v in ctx.params.items() if k not in ("config", "json", "strategy", "ctx")},
-        **({"strategies": list(strategy)} if strategy else {})})
+        **flags, **{k: list(v) for k, v in lists.items() if v}})
     if json:
         set_enabled(False)
     say = (lambda m: None) if json else (lambda m: err_console.print(f"[dim]> {m}[/]", highlight=False))

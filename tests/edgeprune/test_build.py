@@ -74,8 +74,16 @@ def test_build_meets_a_binding_budget_and_writes_the_artifact(built):
     # every strategy ran and the plans trace a front
     assert set(out["search"]["best"]) == {"latency-greedy", "accuracy-greedy", "knapsack"}
     assert len(out["search"]["considered"]) > 5
+    # the short list: distinct plans that fit, each fine-tuned; the best after fine-tune ships
+    sel = out["selection"]
+    cands = sel["candidates"]
+    assert len({tuple(sorted(c["removed"])) for c in cands}) == len(cands) >= 1
+    assert any(c["removed"] == out["removed"] for c in cands)
+    if sel["mode"] == "recovered":
+        shipped = next(c for c in cands if c["removed"] == out["removed"])
+        assert shipped["recovered_top1"] == max(c["recovered_top1"] for c in cands if c["final_ms"] <= float(budget[:-2]))
     report = (art / "report.md").read_text()
-    assert "Winning strategy" in report and "not used to score blocks" in report
+    assert "Shipped plan" in report and "Short list" in report and "not used to score blocks" in report
     assert not list(tmp.glob("b/cache/*/artifact"))  # the staging folder was renamed into place
 
 
