@@ -150,7 +150,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     from edgeprune.devices.predictor import predict
     from edgeprune.devices.profiles import load_profile
     from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
-    from edgeprune.pipeline.blocks import discover, remove_blocks
+    from edgeprune.pipeline.blocks import discover, remove_blocks, shortcut_modules
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.evaluate import evaluate, resolve_device
     from edgeprune.pipeline.finetune import FinetuneConfig, finetune
@@ -197,12 +197,17 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     # latency model: the device's predictor, exported once, per block
     say(f"predicting per-block latency on {profile.name}")
     example = torch.zeros(loaded.input_shape)
-    table = block_latency_table(loaded.model.cpu().eval(), (example,), profile, [b.name for b in blocks])
+    # a removed projection block leaves its shortcut path behind: the table keeps that cost
+    shortcuts = {b.name: shortcut_modules(loaded.model, b.name) for b in blocks
+                 if b.kind == "projection" and cfg.replace_projection}
+    table = block_latency_table(loaded.model.cpu().eval(), (example,), profile,
+                                [b.name for b in blocks] + [m for ms in shortcuts.values() for m in ms])
 
     def latency(removed) -> float:
+        keep = [m for r in removed for m in shortcuts.get(r, [])]
         if cfg.metric == "p90":
-            return table.estimate_without(removed).high_ms
-        return table.predict_without(removed)
+            return table.estimate_without(removed, keep).high_ms
+        return table.predict_without(removed, keep)
 
     held = split_val(bundle, cfg.score_images)
     score_batches = list(bundle.batches("val", 250, indices=held.score))

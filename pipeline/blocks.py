@@ -211,6 +211,19 @@ def shortcut_module(block: nn.Module) -> nn.Module:
     return ShortcutOnly(res.graph, g, class_name="ShortcutOnly")
 
 
+def shortcut_modules(model: nn.Module, name: str) -> list[str]:
+    """Qualified names of the modules on block ``name``'s shortcut path (none for an identity shortcut).
+
+    What stays of a projection block replaced by its shortcut (``remove_blocks(...,
+    replace_projection=True)``): the latency model keeps these when it removes the block.
+    """
+    res = _analyse(model.get_submodule(name))
+    if res is None:
+        raise EdgepruneError(f"{name} is not a residual block")
+    path = _ancestors(res.shortcut) | {res.shortcut}
+    return [f"{name}.{n.target}" for n in res.graph.graph.nodes if n in path and n.op == "call_module"]
+
+
 def remove_blocks(model: nn.Module, names: Iterable[str], blocks: list[Block] | None = None,
                   replace_projection: bool = False, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """A copy of ``model`` with the named blocks removed; ``model`` itself is untouched.

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.blocks import discover, remove_blocks
+from edgeprune.pipeline.blocks import discover, remove_blocks, shortcut_modules
 from edgeprune.pipeline.resnet_cifar import resnet56
 
 # (architecture, input size, blocks, projection blocks)
@@ -95,3 +95,13 @@ def test_pruned_model_trains_and_replays_by_name():
 
 def test_model_without_blocks_has_none():
     assert discover(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), (1, 1, 8, 8)) == []
+
+
+def test_shortcut_modules_name_what_a_replaced_projection_keeps():
+    m = resnet56().eval()
+    assert shortcut_modules(m, "layer2.0") == ["layer2.0.shortcut.0", "layer2.0.shortcut.1"]
+    assert shortcut_modules(m, "layer2.1") == []                        # identity shortcut: nothing stays
+    tv = torchvision.models.resnet18().eval()
+    assert shortcut_modules(tv, "layer3.0") == ["layer3.0.downsample.0", "layer3.0.downsample.1"]
+    with pytest.raises(EdgepruneError):
+        shortcut_modules(m, "conv1")
