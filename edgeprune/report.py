@@ -82,12 +82,13 @@ def write_report(folder: Path, summary: dict[str, Any], cfg) -> None:
         "|---|---|---|---|",
     ]
     for name, p in sorted(best.items(), key=lambda kv: -kv[1]["top1"]):
-        lines.append(f"| {name}{' (chosen)' if name == winner else ''} | {len(p['removed'])} | "
+        lines.append(f"| {name}{' (best scored)' if name == winner else ''} | {len(p['removed'])} | "
                      f"{p['latency_ms']:.2f} | {_pct(p['top1'])} |")
     if len(best) > 1 and winner in best:
         others = [p["top1"] for n, p in best.items() if n != winner]
-        lines += ["", f"The winner leads the runner-up by {100 * (best[winner]['top1'] - max(others)):.2f} "
-                      f"points of top-1 on the {acc['scoring_images']} scoring images (before fine-tune)."]
+        lines += ["", f"The best-scored strategy leads the runner-up by "
+                      f"{100 * (best[winner]['top1'] - max(others)):.2f} points of top-1 on the "
+                      f"{acc['scoring_images']} scoring images (before fine-tune)."]
     sel = summary.get("selection")
     if sel:
         lines += ["", "### Short list", "",
