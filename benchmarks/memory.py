@@ -23,7 +23,7 @@ from typing import Any
 
 from edgeprune.benchmarks import ort_runner
 from edgeprune.benchmarks.latency import BenchConfig
-from edgeprune.benchmarks.modelfile import inspect_model
+from edgeprune.benchmarks.modelfile import ModelFile, inspect_model
 from edgeprune.errors import EdgepruneError
 
 RUNNER = Path(ort_runner.__file__)
@@ -49,6 +49,7 @@ class MemoryResult:
     providers_requested: list[str]
     provider_used: str
     samples: dict[str, list[int]] = field(default_factory=dict)   # every repeat, per arena
+    source: str = "measured:host"   # where: "measured:host" or "measured:ssh:<device>"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,16 +59,21 @@ class MemoryResult:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def probe_args(model: str, cfg: BenchConfig, arena: bool, runs: int = 10) -> list[str]:
+    """``ort_runner.py`` arguments for one memory probe (run here, or on a device over SSH)."""
+    args = [str(model), "--memory", "--runs", str(runs), "--threads", str(cfg.threads),
+            "--providers", ",".join(cfg.providers), "--seed", str(cfg.seed)]
+    for name, shape in cfg.shapes.items():
+        args += ["--shape", f"{name}={'x'.join(map(str, shape))}"]
+    if not arena:
+        args.append("--no-arena")
+    return args
+
+
 def probe(model: str, cfg: BenchConfig, arena: bool, runs: int = 10,
           timeout_s: float = 300.0) -> dict[str, Any]:
     """One fresh subprocess, one memory-mode JSON object from ``ort_runner``."""
-    cmd = [sys.executable, str(RUNNER), str(model), "--memory", "--runs", str(runs),
-           "--threads", str(cfg.threads), "--providers", ",".join(cfg.providers),
-           "--seed", str(cfg.seed)]
-    for name, shape in cfg.shapes.items():
-        cmd += ["--shape", f"{name}={'x'.join(map(str, shape))}"]
-    if not arena:
-        cmd.append("--no-arena")
+    cmd = [sys.executable, str(RUNNER), *probe_args(model, cfg, arena, runs)]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **STABLE_MALLOC_ENV}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -83,27 +89,35 @@ def probe(model: str, cfg: BenchConfig, arena: bool, runs: int = 10,
         raise EdgepruneError(f"memory probe of {model} printed no JSON result") from None
 
 
+def memory_result(info: ModelFile, cfg: BenchConfig, probes: list[dict[str, Any]],
+                  source: str = "measured:host") -> MemoryResult:
+    """Medians over memory-mode runner objects (each with ``"arena"`` true or false)."""
+    samples: dict[str, list[int]] = {"arena_on": [], "arena_off": []}
+    try:
+        for raw in probes:
+            samples["arena_on" if raw["arena"] else "arena_off"].append(int(raw["model_peak_bytes"]))
+        baselines = [int(raw["baseline_rss_bytes"]) for raw in probes]
+        inits = [int(raw["runtime_init_bytes"]) for raw in probes]
+    except (KeyError, TypeError, ValueError) as e:
+        raise EdgepruneError(f"memory probe output is incomplete ({type(e).__name__}: {e})") from None
+    if not samples["arena_on"] or not samples["arena_off"]:
+        raise EdgepruneError(f"memory of {info.path}: need probes with the arena on and off")
+    return MemoryResult(
+        model=str(info.path), file_bytes=info.file_bytes, total_file_bytes=info.total_bytes,
+        arena_on_peak_bytes=int(median(samples["arena_on"])),
+        arena_off_peak_bytes=int(median(samples["arena_off"])),
+        process_baseline_bytes=int(median(baselines)), runtime_init_bytes=int(median(inits)),
+        repeats=min(len(samples["arena_on"]), len(samples["arena_off"])),
+        threads=cfg.threads, providers_requested=list(cfg.providers),
+        provider_used=str(probes[-1].get("provider_used", "")), samples=samples, source=source)
+
+
 def measure_memory(model: str | os.PathLike[str], cfg: BenchConfig, repeats: int = 3,
                    runs: int = 10) -> MemoryResult:
     """Median over ``repeats`` fresh processes of the model's peak memory, arena on and off."""
     if repeats < 1:
         raise EdgepruneError(f"memory repeats must be at least 1, got {repeats}")
-    info = inspect_model(model)
-    samples: dict[str, list[int]] = {"arena_on": [], "arena_off": []}
-    baselines: list[int] = []
-    inits: list[int] = []
-    last: dict[str, Any] = {}
-    for _ in range(repeats):
-        for key, arena in (("arena_on", True), ("arena_off", False)):
-            last = probe(str(model), cfg, arena, runs)
-            samples[key].append(int(last["model_peak_bytes"]))
-            baselines.append(int(last["baseline_rss_bytes"]))
-            inits.append(int(last["runtime_init_bytes"]))
-    return MemoryResult(
-        model=str(model), file_bytes=info.file_bytes, total_file_bytes=info.total_bytes,
-        arena_on_peak_bytes=int(median(samples["arena_on"])),
-        arena_off_peak_bytes=int(median(samples["arena_off"])),
-        process_baseline_bytes=int(median(baselines)), runtime_init_bytes=int(median(inits)),
-        repeats=repeats,
-        threads=cfg.threads, providers_requested=list(cfg.providers),
-        provider_used=str(last.get("provider_used", "")), samples=samples)
+    info = inspect_model(model)   # a missing or garbled file fails before any subprocess
+    probes = [probe(str(model), cfg, arena, runs)
+              for _ in range(repeats) for arena in (True, False)]
+    return memory_result(info, cfg, probes)

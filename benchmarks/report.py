@@ -38,6 +38,10 @@ def settings_line(r: LatencyResult) -> str:
             f"CPU {r.cpu} · warm-up {r.warmup}")
     if r.extra.get("budget_exhausted"):
         line += f" · stopped by the {r.extra.get('time_budget_s')} s time budget"
+    if r.source != "measured:host":
+        ssh = r.extra.get("ssh")
+        via = f" via {ssh}" if ssh and not r.source.endswith(f":{ssh}") else ""
+        line = f"{r.source}{via} · {line}"
     return line
 
 
@@ -59,7 +63,8 @@ def profile_table(r: LatencyResult) -> Table | None:
 
 
 def memory_table(mems: list[MemoryResult]) -> Table:
-    t = Table(title="Memory", title_justify="left",
+    where = "" if mems[0].source == "measured:host" else f" ({mems[0].source})"
+    t = Table(title=f"Memory{where}", title_justify="left",
               caption="peak = peak RSS of a fresh process that loads and runs the model, minus "
                       "that process's own footprint (onnxruntime ready, no model) before "
                       f"loading it, median of {mems[0].repeats}; onnxruntime setup = the "

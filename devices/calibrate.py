@@ -44,7 +44,7 @@ class CalibrationConfig:
     force: bool = False                    # overwrite ``out``
     ssh: str | None = None                 # user@host[:port]; default: the profile's ssh
     remote_python: str | None = None
-    ssh_options: tuple[str, ...] = ()
+    ssh_config: Path | None = None          # ssh -F file
     synthetic: int = 48                    # seeded synthetic networks in the suite
     seed: int = 0
     max_mmacs: float = 250.0               # size cap of a synthetic network (million MACs)
@@ -206,16 +206,15 @@ def _base_model(profile: DeviceProfile, machine: str) -> LatencyModel:
 
 
 def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None) -> CalibrationResult:
-    from edgeprune.devices.ssh import SshConfig, parse_target, time_models_over_ssh
+    from edgeprune.devices.ssh import resolve_ssh, time_models_over_ssh
 
     profile = load_profile(cfg.device)
-    target = cfg.ssh or profile.ssh
-    if not target:
+    ssh = resolve_ssh(cfg.ssh, profile, remote_python=cfg.remote_python, ssh_config=cfg.ssh_config)
+    if ssh is None:
         raise EdgepruneError(f"no SSH target for '{profile.name}': pass --ssh user@host[:port]")
+    target = cfg.ssh or profile.ssh
     out = _resolve_out(cfg, profile)
     threads = cfg.threads or profile.threads
-    ssh = SshConfig(parse_target(target), python=cfg.remote_python or profile.python,
-                    options=tuple(cfg.ssh_options))
     suite = build_suite(Path(cfg.workdir or default_workdir()), cfg.synthetic, cfg.seed,
                         cfg.architectures, progress, cfg.max_mmacs)
     raws = time_models_over_ssh(suite, ssh, threads, profile.providers,
@@ -279,8 +278,11 @@ def calibrate(cfg: CalibrationConfig, progress: Progress | None = None) -> Calib
     """Measure and fit; over SSH when a target is given or the profile names one."""
     if cfg.synthetic < 0:
         raise EdgepruneError("--synthetic must be 0 or more")
+    from edgeprune.devices.ssh import resolve_ssh
+
     profile = load_profile(cfg.device)
-    if cfg.ssh or profile.ssh:
+    if resolve_ssh(cfg.ssh, profile, remote_python=cfg.remote_python,
+                   ssh_config=cfg.ssh_config) is not None:
         return calibrate_ssh(cfg, progress)
     if profile.name != "host" and not cfg.device.endswith(".toml"):
         raise EdgepruneError(

@@ -4,21 +4,32 @@ Nothing of edgeprune is installed on the device: the model and the self-containe
 ``benchmarks/ort_runner.py`` (python3 + numpy + onnxruntime) are copied to a temporary
 folder there, run with the profile's providers and threads, and the folder is removed.
 Using the system binaries means the user's ``~/.ssh/config``, keys and agent apply.
+
+:func:`resolve_ssh` decides, for every command, whether and where to go: ``--ssh`` first,
+else the device profile's ``ssh`` line. :func:`bench_over_ssh` is ``edgeprune bench`` on
+the device: latency in one runner process, then (optionally) peak memory in fresh runner
+processes, exactly as on the host.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from edgeprune.benchmarks.latency import BenchConfig
 from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.errors import EdgepruneError
+
+if TYPE_CHECKING:
+    from edgeprune.benchmarks.memory import MemoryResult
+    from edgeprune.devices.profiles import DeviceProfile
 
 _TARGET = re.compile(
     r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?"
@@ -84,6 +95,37 @@ class SshConfig:
     def common(self) -> list[str]:
         return ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
                 "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", *self.options]
+
+
+def resolve_ssh(ssh: str | None, profile: "DeviceProfile | str | None" = None, *,
+                remote_python: str | None = None,
+                ssh_config: str | os.PathLike[str] | None = None) -> SshConfig | None:
+    """Where a command measures: ``--ssh`` if given, else the profile's ``ssh`` line.
+
+    ``profile`` is a loaded profile or a name/path to load. Returns None when neither
+    names a device (measure here); ``--remote-python``/``--ssh-config`` without a target
+    are then bad input rather than silently ignored.
+    """
+    if isinstance(profile, str):
+        from edgeprune.devices.profiles import load_profile
+
+        profile = load_profile(profile)
+    target = ssh or (profile.ssh if profile is not None else None)
+    if not target:
+        given = [flag for flag, v in (("--remote-python", remote_python),
+                                      ("--ssh-config", ssh_config)) if v]
+        if given:
+            where = f"the profile '{profile.name}' has no ssh line" if profile else "no --device"
+            raise EdgepruneError(f"{given[0]} needs a device to reach: pass --ssh user@host[:port] "
+                                 f"({where})")
+        return None
+    options: tuple[str, ...] = ()
+    if ssh_config is not None:
+        if not Path(ssh_config).is_file():
+            raise EdgepruneError(f"--ssh-config file not found: {ssh_config}")
+        options = ("-F", str(ssh_config))
+    python = remote_python or (profile.python if profile is not None else "python3")
+    return SshConfig(parse_target(target), python=python, options=options)
 
 
 def _first_line(text: str) -> str:
@@ -194,16 +236,24 @@ def _model_files(model: Path) -> list[Path]:
 
 def _runner_args(model_name: str, threads: int, providers: Sequence[str], warmup: int,
                  runs: int | None, time_budget_s: float | None,
-                 shapes: dict[str, list[int]] | None) -> list[str]:
+                 shapes: dict[str, list[int]] | None, profile: bool = False, top: int = 10,
+                 seed: int = 0) -> list[str]:
     args = [model_name, "--threads", str(threads), "--providers", ",".join(providers),
-            "--warmup", str(warmup)]
+            "--warmup", str(warmup), "--seed", str(seed)]
     if runs is not None:
         args += ["--runs", str(runs)]
     if time_budget_s is not None:
         args += ["--time-budget", str(time_budget_s)]
     for name, dims in (shapes or {}).items():
         args += ["--shape", f"{name}={'x'.join(str(d) for d in dims)}"]
+    if profile:
+        args += ["--profile", "--top", str(top)]
     return args
+
+
+def _runner_command(cfg: SshConfig, rdir: str, args: Sequence[str], env: str = "") -> str:
+    return (f"cd {shlex.quote(rdir)} && {env}{shlex.quote(cfg.python)} ort_runner.py "
+            + " ".join(shlex.quote(a) for a in args))
 
 
 def _parse_runner_output(cfg: SshConfig, proc: subprocess.CompletedProcess) -> list[dict[str, Any]]:
@@ -226,6 +276,56 @@ def _parse_runner_output(cfg: SshConfig, proc: subprocess.CompletedProcess) -> l
     return out
 
 
+def bench_over_ssh(model: str | Path, cfg: SshConfig, bench: BenchConfig,
+                   device: str | None = None, memory_repeats: int = 0,
+                   memory_runs: int = 10) -> tuple[LatencyResult, "MemoryResult | None"]:
+    """``edgeprune bench`` on the device: its latency, and its peak memory if asked.
+
+    One temporary folder on the device holds the model, its external data and
+    ``ort_runner.py``. Latency comes from one runner process with ``bench``'s threads,
+    providers, warm-up, runs, time budget, shapes, seed and ``--profile``; with
+    ``memory_repeats`` > 0, memory comes from ``2 * memory_repeats`` fresh runner processes
+    (arena on, then off), like :func:`edgeprune.benchmarks.memory.measure_memory` here.
+    Both carry ``source="measured:ssh:<device>"`` (``device`` defaults to ``bench.device``,
+    then the target).
+    """
+    from edgeprune.benchmarks.latency import to_result
+    from edgeprune.benchmarks.memory import STABLE_MALLOC_ENV, memory_result, probe_args
+    from edgeprune.benchmarks.modelfile import inspect_model
+
+    bench.validate()
+    if memory_repeats < 0:
+        raise EdgepruneError(f"memory repeats must be 0 or more, got {memory_repeats}")
+    model = Path(model)
+    info = inspect_model(model)
+    files = [model] + [model.parent / loc for loc in info.external_files]
+    source = f"measured:ssh:{device or bench.device or cfg.target}"
+    probes: list[dict[str, Any]] = []
+    with remote_workdir(cfg) as rdir:
+        copy_to(cfg, [runner_script(), *files], rdir)
+        args = _runner_args(model.name, bench.threads, bench.providers, bench.warmup, bench.runs,
+                            bench.time_budget_s, bench.shapes, bench.profile, bench.top, bench.seed)
+        proc = run_ssh(cfg, _runner_command(cfg, rdir, args), "running the benchmark")
+        raw = _parse_runner_output(cfg, proc)[-1]
+        if memory_repeats:
+            env = "env PYTHONDONTWRITEBYTECODE=1 " + "".join(
+                f"{k}={shlex.quote(v)} " for k, v in STABLE_MALLOC_ENV.items())
+            cmd = " && ".join(_runner_command(cfg, rdir, probe_args(model.name, bench, arena,
+                                                                    memory_runs), env)
+                              for _ in range(memory_repeats) for arena in (True, False))
+            proc = run_ssh(cfg, cmd, "measuring memory")
+            probes = [r for r in _parse_runner_output(cfg, proc) if r.get("mode") == "memory"]
+            if len(probes) != 2 * memory_repeats:
+                raise EdgepruneError(f"memory measurement on {cfg.target} returned {len(probes)} "
+                                     f"of {2 * memory_repeats} results")
+    raw["model"] = str(model)
+    result = to_result(raw, source=source)
+    result.extra["ssh"] = str(cfg.target)
+    result.extra["remote_python"] = cfg.python
+    memory = memory_result(info, bench, probes, source=source) if probes else None
+    return result, memory
+
+
 def measure_over_ssh(model: str | Path, cfg: SshConfig, device: str, threads: int,
                      providers: Sequence[str], warmup: int = 10, runs: int | None = 100,
                      time_budget_s: float | None = None,
@@ -235,22 +335,9 @@ def measure_over_ssh(model: str | Path, cfg: SshConfig, device: str, threads: in
     Returns the same :class:`LatencyResult` as ``edgeprune bench``, with
     ``source="measured:ssh:<device>"``.
     """
-    from edgeprune.benchmarks.latency import to_result
-
-    model = Path(model)
-    files = _model_files(model)
-    with remote_workdir(cfg) as rdir:
-        copy_to(cfg, [runner_script(), *files], rdir)
-        args = _runner_args(model.name, threads, providers, warmup, runs, time_budget_s, shapes)
-        cmd = (f"cd {shlex.quote(rdir)} && {shlex.quote(cfg.python)} ort_runner.py "
-               + " ".join(shlex.quote(a) for a in args))
-        proc = run_ssh(cfg, cmd, "running the benchmark")
-    raw = _parse_runner_output(cfg, proc)[-1]
-    raw["model"] = str(model)
-    result = to_result(raw, source=f"measured:ssh:{device}")
-    result.extra["ssh"] = str(cfg.target)
-    result.extra["remote_python"] = cfg.python
-    return result
+    bench = BenchConfig(threads=threads, providers=list(providers), warmup=warmup, runs=runs,
+                        time_budget_s=time_budget_s, shapes=dict(shapes or {}), device=device)
+    return bench_over_ssh(model, cfg, bench, device)[0]
 
 
 def time_models_over_ssh(models: Sequence[Path], cfg: SshConfig, threads: int,
@@ -267,7 +354,6 @@ def time_models_over_ssh(models: Sequence[Path], cfg: SshConfig, threads: int,
             if progress:
                 progress(Path(m).name)
             args = _runner_args(Path(m).name, threads, providers, warmup, runs, None, None)
-            cmd = (f"cd {shlex.quote(rdir)} && {shlex.quote(cfg.python)} ort_runner.py "
-                   + " ".join(shlex.quote(a) for a in args))
+            cmd = _runner_command(cfg, rdir, args)
             results.append(_parse_runner_output(cfg, run_ssh(cfg, cmd, f"timing {Path(m).name}"))[-1])
     return results

@@ -36,7 +36,7 @@ def calibrate_command(
 ) -> None:
     """Fit a device's latency model from measurements and write the profile; report the fit error."""
     cfg = CalibrationConfig(device=device, out=out, force=force, ssh=ssh, remote_python=remote_python,
-                            ssh_options=("-F", str(ssh_config)) if ssh_config else (),
+                            ssh_config=ssh_config,
                             synthetic=synthetic, seed=seed, max_mmacs=max_mmacs,
                             architectures=architectures,
                             workdir=workdir, threads=threads)

@@ -15,6 +15,7 @@ from edgeprune.benchmarks.latency import BenchConfig, parse_providers, resolve_c
 from edgeprune.benchmarks.report import print_gate
 from edgeprune.benchmarks.units import parse_bytes, parse_duration_ms, parse_fraction
 from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.devices.ssh import resolve_ssh
 
 ORDER = 61
 
@@ -39,7 +40,14 @@ def check(
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Check memory against the "
                                 "baseline."),
     device: Optional[str] = typer.Option(None, "--device", help="Device profile giving threads "
-                                         "and providers (default: the baseline's settings)."),
+                                         "and providers (default: the baseline's settings); "
+                                         "checked on the device over SSH when it has an ssh line."),
+    ssh: Optional[str] = typer.Option(None, "--ssh", help="Measure the candidate on this device "
+                                      "over SSH: user@host[:port]; needs a baseline measured "
+                                      "there (bench --ssh --save-baseline)."),
+    remote_python: Optional[str] = typer.Option(None, "--remote-python", help="python3 on the "
+                                                "device (default: the profile's, or python3)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (ssh -F)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Override intra_op_num_threads."),
     providers: Optional[str] = typer.Option(None, "--providers", help="Override providers."),
     rounds: int = typer.Option(20, "--rounds", help="Interleaved rounds before the first look."),
@@ -64,7 +72,8 @@ def check(
     start = load_baseline(baseline).bench_config if baseline is not None else BenchConfig()
     bench = resolve_config(start, device=device, threads=threads,
                            providers=parse_providers(providers))
-    result = run_check(model, baseline, cfg, bench)
+    target = resolve_ssh(ssh, device, remote_python=remote_python, ssh_config=ssh_config)
+    result = run_check(model, baseline, cfg, bench, ssh=target)
     if junit is not None:
         write_junit(result, junit)
     if result.latency.fallback:

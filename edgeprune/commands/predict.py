@@ -16,7 +16,7 @@ from edgeprune.benchmarks.latency import parse_shapes
 from edgeprune.cli_util import console, print_json, user_errors
 from edgeprune.devices.predictor import predict
 from edgeprune.devices.profiles import load_profile
-from edgeprune.devices.ssh import SshConfig, measure_over_ssh, parse_target
+from edgeprune.devices.ssh import measure_over_ssh, resolve_ssh
 
 ORDER = 41
 
@@ -42,11 +42,9 @@ def predict_command(
     profile = load_profile(device)
     shapes = parse_shapes(shape)
     pred = predict(model, profile, shapes or None)
-    target = ssh or profile.ssh
+    cfg = resolve_ssh(ssh, profile, remote_python=remote_python, ssh_config=ssh_config)
     measured = None
-    if target and measure:
-        cfg = SshConfig(parse_target(target), python=remote_python or profile.python,
-                        options=("-F", str(ssh_config)) if ssh_config else ())
+    if cfg is not None and measure:
         measured = measure_over_ssh(model, cfg, profile.name, profile.threads, profile.providers,
                                     warmup=warmup, runs=runs, shapes=shapes or None)
     if json_out:
@@ -69,7 +67,7 @@ def predict_command(
                   f"{k.share:.1%}")
     console.print(t)
     if measured is not None:
-        console.print(f"measured on {profile.name} via {target}: p50 [bold]{measured.p50_ms:.3f} ms[/] "
+        console.print(f"measured on {profile.name} via {cfg.target}: p50 [bold]{measured.p50_ms:.3f} ms[/] "
                       f"(p90 {measured.p90_ms:.3f}, {measured.runs} runs, {measured.provider_used}, "
                       f"onnxruntime {measured.ort_version}, {measured.cpu}); prediction "
                       f"{pred.latency_ms / measured.p50_ms - 1:+.1%}", highlight=False)

@@ -155,3 +155,131 @@ def test_calibrate_over_ssh(sshd, tmp_path):
     from edgeprune.devices.profiles import load_profile
     p = load_profile(str(out))
     assert p.ssh == sshd.target and set(p.latency_model.fit["group_scales"]) == {"conv", "dwconv", "rest"}
+
+
+# -- edgeprune bench / check on the device ------------------------------------------------
+
+def ssh_flags(sshd) -> list[str]:
+    return ["--ssh", sshd.target, "--ssh-config", str(sshd.client_config),
+            "--remote-python", VENV_PY]
+
+
+def board_profile(sshd, tmp_path: Path, name: str = "labpi") -> Path:
+    """The bundled rpi4 profile with its ssh line pointing at the test sshd."""
+    from edgeprune.devices.profiles import load_profile
+
+    text = load_profile("rpi4").path.read_text()
+    assert 'ssh = ""' in text and 'python = "python3"' in text and 'name = "rpi4"' in text
+    text = (text.replace('ssh = ""', f'ssh = "{sshd.target}"')
+            .replace('python = "python3"', f'python = "{VENV_PY}"')
+            .replace('name = "rpi4"', f'name = "{name}"'))
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_bench_over_ssh_latency_and_memory_on_the_device(sshd, model):
+    r = runner.invoke(app, ["bench", str(model), *ssh_flags(sshd), "--runs", "40",
+                            "--warmup", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    (res,) = d["results"]
+    assert res["source"] == f"measured:ssh:{sshd.target}" and res["extra"]["ssh"] == sshd.target
+    assert res["runs"] == 40 and res["threads"] == 1 and res["extra"]["remote_python"] == VENV_PY
+    local = measure(model, BenchConfig(threads=1, warmup=5, runs=40))
+    assert 0.33 < res["p50_ms"] / local.p50_ms < 3.0      # same box, same runner (loose: shared)
+    assert res["extra"]["model_sha256"] == local.extra["model_sha256"]
+    (mem,) = d["memory"]                                   # measured there, in fresh processes
+    assert mem["source"] == res["source"] and mem["repeats"] == 3
+    assert len(mem["samples"]["arena_on"]) == 3 and len(mem["samples"]["arena_off"]) == 3
+    assert mem["arena_on_peak_bytes"] > 0 and mem["file_bytes"] == model.stat().st_size
+    assert any("over SSH" in n for n in d["notes"])
+
+
+def test_profile_with_an_ssh_line_makes_bench_measure_on_the_device(sshd, model, tmp_path):
+    prof = board_profile(sshd, tmp_path)
+    r = runner.invoke(app, ["bench", str(model), "--device", str(prof), "--ssh-config",
+                            str(sshd.client_config), "--runs", "20", "--warmup", "2",
+                            "--no-memory", "--profile", "--top", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    (res,) = d["results"]
+    assert res["source"] == "measured:ssh:labpi" and res["extra"]["ssh"] == sshd.target
+    assert res["threads"] == 4            # the rpi4 profile's threads, not the default 1
+    assert res["extra"]["remote_python"] == VENV_PY and res["runs"] == 20
+    assert 1 <= len(res["extra"]["profile"]["top_ops"]) <= 3 and d["memory"] == []
+    # --threads still overrides the profile
+    r = runner.invoke(app, ["bench", str(model), "--device", str(prof), "--ssh-config",
+                            str(sshd.client_config), "--threads", "1", "--runs", "5",
+                            "--no-memory", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["results"][0]["threads"] == 1
+
+
+def test_bench_vs_over_ssh_is_refused(sshd, model):
+    r = runner.invoke(app, ["bench", str(model), "--vs", str(model), *ssh_flags(sshd)])
+    assert r.exit_code == 2
+    assert "--vs is not available over SSH" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_bench_unreachable_device_is_one_line(sshd, model):
+    r = runner.invoke(app, ["bench", str(model), "--ssh",
+                            f"{sshd.user}@127.0.0.1:{sshd_helper.free_port()}",
+                            "--ssh-config", str(sshd.client_config), "--runs", "3"])
+    assert r.exit_code == 2
+    assert "connection refused" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_ssh_flags_without_a_target_are_refused(model, tmp_path):
+    r = runner.invoke(app, ["bench", str(model), "--remote-python", "/usr/bin/python3"])
+    assert r.exit_code == 2 and "--remote-python needs a device" in r.output
+    r = runner.invoke(app, ["bench", str(model), "--ssh", "me@127.0.0.1",
+                            "--ssh-config", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "--ssh-config file not found" in r.output
+
+
+def test_baseline_on_the_device_and_check_over_ssh_in_a_subprocess(sshd, model, tmp_path):
+    cli = [sys.executable, "-c", "from edgeprune.cli import main; main()"]
+    base = tmp_path / "board.json"
+    proc = subprocess.run([*cli, "bench", str(model), *ssh_flags(sshd), "--runs", "30",
+                           "--warmup", "3", "--no-memory", "--save-baseline", str(base)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"measured:ssh:{sshd.target}" in proc.stdout and "baseline written" in proc.stdout
+    saved = json.loads(base.read_text())
+    assert saved["latency"]["source"] == f"measured:ssh:{sshd.target}"
+    assert saved["latency"]["extra"]["ssh"] == sshd.target and saved["settings"]["threads"] == 1
+
+    # the same model on the same device passes (absolute mode: stored figures from the device)
+    proc = subprocess.run([*cli, "check", str(model), "--baseline", str(base), *ssh_flags(sshd),
+                           "--tolerance", "300%", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    v = json.loads(proc.stdout)
+    assert v["verdict"] == "pass" and v["mode"] == "absolute"
+    assert v["latency"]["source"] == f"measured:ssh:{sshd.target}"
+    assert [c["name"] for c in v["checks"]] == ["latency-absolute"]
+
+    # a device baseline is not silently checked on this host, nor a host one on the device
+    proc = subprocess.run([*cli, "check", str(model), "--baseline", str(base)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"--ssh {sshd.target}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    host_base = tmp_path / "host.json"
+    r = runner.invoke(app, ["bench", str(model), "--runs", "5", "--no-memory",
+                            "--save-baseline", str(host_base)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["check", str(model), "--baseline", str(host_base), *ssh_flags(sshd)])
+    assert r.exit_code == 2 and "measured on this host" in r.output
+
+
+def test_check_budget_over_ssh_judges_the_device_figure(sshd, model):
+    r = runner.invoke(app, ["check", str(model), *ssh_flags(sshd), "--budget", "0.0001ms",
+                            "--max-memory", "100GB", "--json"])
+    assert r.exit_code == 1, r.output
+    v = json.loads(r.stdout)
+    assert v["verdict"] == "fail" and v["latency"]["source"] == f"measured:ssh:{sshd.target}"
+    assert v["memory"]["source"] == f"measured:ssh:{sshd.target}"
+    assert {c["name"]: c["passed"] for c in v["checks"]} == {"latency-budget": False,
+                                                             "memory-budget": True}
