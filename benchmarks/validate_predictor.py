@@ -413,16 +413,37 @@ def write_docs(result: dict, path: Path) -> None:
 DOC_TAIL = [
     "## Measuring on a device over SSH",
     "",
-    "`edgeprune predict MODEL.onnx --device rpi4 --ssh pi@raspberrypi.local` (or an `ssh = ` line "
-    "in the profile) copies the model, its external data and `benchmarks/ort_runner.py` to a "
-    "temporary folder on the device with the system `scp`, runs it there with the profile's "
-    "threads and providers under the device's `python3` (numpy and onnxruntime needed there, "
-    "nothing of edgeprune), removes the folder, and prints the measured p50 beside the "
-    "prediction. The result is the same `LatencyResult` as `edgeprune bench`, with "
-    "`source = \"measured:ssh:<device>\"`. ssh runs with `BatchMode=yes` and a connect timeout, so "
-    "`~/.ssh/config`, keys and the agent apply but nothing prompts. Connection refused, "
-    "authentication failure, timeout, a missing python or onnxruntime on the device each end "
-    "with one line and exit code 2. Options: `--remote-python PATH`, `--ssh-config FILE`.",
+    "When `--ssh user@host[:port]` is given, or the `--device` profile has an `ssh = \"user@host\"` "
+    "line, `edgeprune bench`, `check`, `predict`, `calibrate` and `build` measure on that device "
+    "instead of predicting or timing this machine. edgeprune copies the model, its external data "
+    "and `benchmarks/ort_runner.py` to a temporary folder on the device with the system `scp`, runs "
+    "the runner there under the device's `python3` (numpy and onnxruntime needed there, nothing of "
+    "edgeprune) with the profile's threads and providers (`--threads`/`--providers` override), and "
+    "removes the folder. ssh runs with `BatchMode=yes` and a connect timeout, so `~/.ssh/config`, "
+    "keys and the agent apply but nothing prompts. Connection refused, authentication failure, "
+    "timeout, a missing python or onnxruntime on the device each end with one line and exit code "
+    "2. Options of `bench`, `check`, `predict` and `calibrate`: `--remote-python PATH` (default: "
+    "the profile's `python`, else `python3`), `--ssh-config FILE` (`ssh -F`); `build` takes "
+    "`--ssh` and the profile's `python`.",
+    "",
+    "- `edgeprune bench MODEL.onnx --device mypi.toml` (a profile with an `ssh` line) or "
+    "`edgeprune bench MODEL.onnx --device rpi4 --ssh pi@raspberrypi.local` prints the same report as "
+    "a local bench: latency from one runner process on the device (`--warmup`, `--runs`, "
+    "`--time-budget`, `--shape`, `--profile` pass through) and peak memory from fresh runner "
+    "processes on the device (arena on and off, median of 3; `--no-memory` skips it). Every figure "
+    "carries `source = \"measured:ssh:<device>\"` (the profile's name, or the target without a "
+    "profile) and the target in `extra.ssh`; the settings line and the memory table say where. "
+    "`--vs` is refused over SSH (one line, exit 2): the interleaved A/B ratio runs both models in "
+    "one process on this host.",
+    "- `edgeprune predict MODEL.onnx --device rpi4 --ssh pi@host` prints the measured p50 beside the "
+    "prediction.",
+    "- Gating on a board: `edgeprune bench base.onnx --device mypi.toml --save-baseline "
+    "pi-baseline.json` records the board's figures with their source; `edgeprune check cand.onnx "
+    "--baseline pi-baseline.json --device mypi.toml` (or `--ssh pi@host`) measures the candidate "
+    "on the board and compares its p50 (and memory) with the stored board figures (absolute mode; "
+    "no interleaved ratio on the device, so keep the board otherwise idle and the tolerance above "
+    "its run-to-run drift). A baseline measured over SSH is never checked on this host, nor a host "
+    "baseline on a board: either is one line and exit 2.",
     "",
     "## Calibration",
     "",

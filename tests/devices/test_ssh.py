@@ -214,6 +214,12 @@ def test_profile_with_an_ssh_line_makes_bench_measure_on_the_device(sshd, model,
                             "--no-memory", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["results"][0]["threads"] == 1
+    # and check --device that.toml gates on the device too
+    r = runner.invoke(app, ["check", str(model), "--device", str(prof), "--ssh-config",
+                            str(sshd.client_config), "--budget", "10s", "--json"])
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)
+    assert v["latency"]["source"] == "measured:ssh:labpi" and v["latency"]["threads"] == 4
 
 
 def test_bench_vs_over_ssh_is_refused(sshd, model):
