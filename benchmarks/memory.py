@@ -8,6 +8,10 @@ footprint, once with onnxruntime's CPU memory arena on (its default) and once wi
 each the median of a few fresh processes. onnxruntime's one-off environment setup is
 reported apart (``runtime_init_bytes``), as is the model's size on disk: it is not the
 memory it needs.
+
+On a device over SSH the same probes (:func:`probe_args`) run as fresh processes there
+(:func:`edgeprune.devices.ssh.bench_over_ssh`) and :func:`memory_result` summarises them
+the same way, with ``source="measured:ssh:<device>"``.
 """
 
 from __future__ import annotations
