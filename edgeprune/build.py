@@ -60,6 +60,8 @@ class BuildConfig:
     shortlist: int = 4                     # distinct plans fine-tuned when select = recovered
     replace_projection: bool = False
     ssh: str | None = None
+    remote_python: str | None = None       # python3 on the device (default: the profile's)
+    ssh_config: str | None = None          # ssh config file (ssh -F)
     bench_runs: int = 100
     verify_arm: bool = False
     accelerator: str = "cpu"
@@ -177,7 +179,9 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
         raise EdgepruneError(f"unknown proxies {bad}; use any of {', '.join(c for c in CRITERIA if c != 'direct')}")
     profile = load_profile(cfg.device)
     host = load_profile("host")
-    ssh_target = cfg.ssh or profile.ssh
+    from edgeprune.devices.ssh import resolve_ssh
+    # where the device figure comes from: None = predicted (or measured here for `host`)
+    ssh = resolve_ssh(cfg.ssh, profile, remote_python=cfg.remote_python, ssh_config=cfg.ssh_config)
     device = resolve_device(cfg.accelerator)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -245,7 +249,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
             onnx_path = cache.path(f"plan-{_plan_key(c.removed)}.onnx")
             if not onnx_path.is_file():
                 export_onnx(_pruned(c.removed).cpu().eval(), loaded.input_shape, onnx_path, ExportConfig())
-            fig = _device_figure(onnx_path, profile, ssh_target, cfg, predict)
+            fig = _device_figure(onnx_path, profile, ssh, cfg, predict)
             c.final_ms = fig["value_ms"]
             attempts.append({"attempt": attempt, "removed": c.removed, "planned_ms": c.latency_ms,
                              "final_ms": fig["value_ms"], "source": fig["source"]})
@@ -326,8 +330,8 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
                         device="host")
     host_before = measure(base_onnx, bench)
     host_after = measure(model_onnx, bench)
-    final_fig = _device_figure(model_onnx, profile, ssh_target, cfg, predict)
-    before_fig = _device_figure(base_onnx, profile, None if final_fig["source"].startswith("predicted") else ssh_target,
+    final_fig = _device_figure(model_onnx, profile, ssh, cfg, predict)
+    before_fig = _device_figure(base_onnx, profile, None if final_fig["source"].startswith("predicted") else ssh,
                                 cfg, predict)
     host_pred = predict(model_onnx, host)
     met = final_fig["value_ms"] <= budget_ms
@@ -391,18 +395,17 @@ def _proxy_orders(cache: _Cache, model, blocks, batches, ctx, proxies) -> dict[s
     return {c: orders[c] for c in proxies}
 
 
-def _device_figure(onnx_path: Path, profile, ssh_target: str | None, cfg: BuildConfig, predict) -> dict[str, Any]:
+def _device_figure(onnx_path: Path, profile, ssh, cfg: BuildConfig, predict) -> dict[str, Any]:
     """The latency that decides the budget: measured over SSH when reachable, else predicted."""
-    if profile.name == "host" and not ssh_target:
+    if profile.name == "host" and ssh is None:
         from edgeprune.benchmarks.latency import BenchConfig, measure
         r = measure(onnx_path, BenchConfig(threads=profile.threads, providers=list(profile.providers),
                                            runs=cfg.bench_runs, device="host"))
         return {"value_ms": _measured_ms(r, cfg.metric), "source": "measured:host", "p50_ms": r.p50_ms,
                 "p90_ms": r.p90_ms, "threads": r.threads, "provider": r.provider_used}
-    if ssh_target:
-        from edgeprune.devices.ssh import SshConfig, measure_over_ssh, parse_target
-        r = measure_over_ssh(onnx_path, SshConfig(parse_target(ssh_target), python=profile.python),
-                             profile.name, profile.threads, profile.providers, runs=cfg.bench_runs)
+    if ssh is not None:
+        from edgeprune.devices.ssh import measure_over_ssh
+        r = measure_over_ssh(onnx_path, ssh, profile.name, profile.threads, profile.providers, runs=cfg.bench_runs)
         return {"value_ms": _measured_ms(r, cfg.metric), "source": r.source, "p50_ms": r.p50_ms,
                 "p90_ms": r.p90_ms, "threads": r.threads, "provider": r.provider_used}
     p = predict(onnx_path, profile)

@@ -34,6 +34,8 @@ def build_command(
     proxy: Annotated[Optional[list[str]], typer.Option(help="Proxy rankings that propose plans for the short list (repeatable): norm-ratio, bn-gamma, l1, random.")] = None,
     replace_projection: Annotated[bool, typer.Option("--replace-projection", help="Allow removing projection blocks.")] = False,
     ssh: Annotated[Optional[str], typer.Option(help="Measure on the device over SSH: user@host[:port].")] = None,
+    remote_python: Annotated[Optional[str], typer.Option(help="python3 on the device (default: the profile's).")] = None,
+    ssh_config: Annotated[Optional[str], typer.Option(help="ssh config file (ssh -F).")] = None,
     verify_arm: Annotated[bool, typer.Option("--verify-arm", help="Last step: run the artifact on aarch64 onnxruntime under qemu.")] = False,
     bench_runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per host benchmark.")] = 100,
     config: Annotated[Optional[str], typer.Option(help="TOML file with the same keys as these flags.")] = None,

@@ -289,3 +289,24 @@ def test_check_budget_over_ssh_judges_the_device_figure(sshd, model):
     assert v["memory"]["source"] == f"measured:ssh:{sshd.target}"
     assert {c["name"]: c["passed"] for c in v["checks"]} == {"latency-budget": False,
                                                              "memory-budget": True}
+
+
+def test_build_judges_the_budget_on_the_device_measured_over_ssh(sshd, tmp_path):
+    """A budget the unpruned model meets: the artifact's device figures come from the board."""
+    tests = Path(__file__).resolve().parent.parent / "edgeprune"
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 10
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 255, (30, 16, 16), dtype=np.uint8), y_train=y[:30],
+             x_val=rng.integers(0, 255, (30, 16, 16), dtype=np.uint8), y_val=y[30:])
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    p = subprocess.run([sys.executable, "-m", "edgeprune", "build", "--model", "tinynets:tiny_resnet",
+                        "--input-size", "16", "--data", str(tmp_path / "d.npz"), "--score-images", "10",
+                        "--device", "host", "--budget", "10s", "--ssh", sshd.target, "--ssh-config",
+                        str(sshd.client_config), "--remote-python", VENV_PY, "--bench-runs", "5",
+                        "--out", str(tmp_path / "b"), "--json"], capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["removed"] == [] and "without removing anything" in out["message"]
+    lat = json.loads((tmp_path / "b" / "artifact" / "manifest.json").read_text())["latency"]
+    assert lat["device_after"]["source"] == lat["device_before"]["source"] == "measured:ssh:host"
+    assert 0 < lat["device_after"]["p50_ms"] <= 10_000
