@@ -151,6 +151,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     from edgeprune.devices.blocks import block_latency_table
     from edgeprune.devices.predictor import predict
     from edgeprune.devices.profiles import load_profile
+    from edgeprune.devices.ssh import resolve_ssh
     from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
     from edgeprune.pipeline.blocks import discover, remove_blocks, shortcut_modules
     from edgeprune.pipeline.data import load_data
@@ -179,7 +180,6 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
         raise EdgepruneError(f"unknown proxies {bad}; use any of {', '.join(c for c in CRITERIA if c != 'direct')}")
     profile = load_profile(cfg.device)
     host = load_profile("host")
-    from edgeprune.devices.ssh import resolve_ssh
     # where the device figure comes from: None = predicted (or measured here for `host`)
     ssh = resolve_ssh(cfg.ssh, profile, remote_python=cfg.remote_python, ssh_config=cfg.ssh_config)
     device = resolve_device(cfg.accelerator)
