@@ -17,8 +17,11 @@ the same fine-tune and measures top-1 on images no plan was chosen on:
 
 * ``latency-greedy``, ``accuracy-greedy`` (the seed's order) and ``knapsack``: one call of
   ``edgeprune.pipeline.plan.search`` with an ``AccuracyOracle`` on the scoring images and the
-  table's ``predict_without`` as the latency model, exactly as ``edgeprune.build`` wires them;
-  ``search``'s winner is the plan ``edgeprune build`` would take.
+  table's ``predict_without`` as the latency model, exactly as ``edgeprune.build`` wires them.
+* the build's choice: ``edgeprune.pipeline.select`` as the build calls it: the strategies'
+  plans and the build's proxy plans short-listed (``shortlist``), each fine-tuned, and
+  ``choose`` takes the lowest loss on the scoring images after fine-tune. (``search``'s own
+  winner, the best before fine-tune, is the row of ``--select scored``.)
 * proxy rankings (residual-branch norm ratio, BatchNorm gamma, weight L1, from
   ``rank_blocks``): remove blocks in the proxy's order until the predicted latency meets the
   budget; the proxy kept is the one with the best top-1 on the scoring images (the only
@@ -26,8 +29,8 @@ the same fine-tune and measures top-1 on images no plan was chosen on:
 * random orders (several seeds), removed until the budget is met.
 
 Plans are scored and chosen on the first ``--score-images`` validation images; top-1 before and
-after fine-tune is measured on the rest (``split_val``). It also times the default build
-command (``edgeprune build --device rpi4 --budget <75% budget>ms``) from a clean out folder.
+after fine-tune is measured on the rest (``split_val``). It also times the README's build
+command (``edgeprune build --device rpi4 --budget 15ms``) from a clean out folder.
 
 Every search, evaluation and fine-tune result is cached in a JSON file under runs/ as soon as
 it is computed, keyed by the configuration, so an interrupted run resumes.
@@ -61,6 +64,8 @@ from edgeprune.pipeline.importance import ScoreContext, candidates_for
 from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.plan import AccuracyOracle, Plan, pareto_front, search
 from edgeprune.pipeline.prune import rank_blocks, split_val
+from edgeprune.pipeline.select import Candidate, choose, proxy_plans, shortlist, until_budget
+from edgeprune.build import BuildConfig
 from edgeprune.pipeline.record import write_atomic
 from edgeprune.benchmarks.ort_runner import cpu_model
 from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path
@@ -68,22 +73,13 @@ from edgeprune.progress import set_enabled
 
 STRATEGIES = ("latency-greedy", "accuracy-greedy", "knapsack")
 PROXIES = ("norm-ratio", "bn-gamma", "l1")
-FT_ORDER = ("latency-greedy", "accuracy-greedy", "knapsack", "best proxy", "random", "proxy")  # most important first
+FT_ORDER = ("shortlist", "latency-greedy", "accuracy-greedy", "knapsack", "best proxy", "random", "proxy")  # most important first
+BUILD = BuildConfig()          # the build's defaults: which proxies propose plans, how long the short list is
 NOT_FINETUNED = ("proxy",)   # proxies not kept: top-1 before fine-tune only
 
 
 def plan_key(removed: list[str]) -> str:
     return ",".join(sorted(removed)) or "(none)"
-
-
-def until_budget(order: list[str], latency, budget_ms: float) -> list[str]:
-    """The shortest prefix of ``order`` whose predicted latency meets the budget."""
-    removed: list[str] = []
-    for name in order:
-        if latency(removed) <= budget_ms:
-            break
-        removed.append(name)
-    return removed
 
 
 # ---------------------------------------------------------------- cache
@@ -107,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
               "data_sha": data_digest(bundle), "device": profile.name, "budgets": args.budgets,
               "score_images": len(held.score), "final_images": len(final_idx), "shared": held.shared,
               "random_seeds": args.random_seeds, "finetune": ft.to_dict(), "seed": args.seed,
-              "build_args": args.build_args, "version": 1}
+              "build_args": args.build_args, "build_budget": args.build_budget, "version": 2}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     cache_path = Path(args.cache) if args.cache else Path("runs/budget_plans") / f"{args.model}-{digest}.json"
     cache = ResultsCache(cache_path, config, {"memo": {}, "rankings": {}, "budgets": {}, "final": {}, "build": None})
@@ -130,8 +126,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 0. the default build's wall time, from a clean out folder
     if data["build"] is None and not args.skip_build:
-        rounded = round(budgets["0.75"]) if "0.75" in budgets else round(0.75 * table.base_ms)
-        data["build"] = time_build(args, rounded)
+        data["build"] = time_build(args, args.build_budget)
         cache.save()
 
     score_batches = list(bundle.batches("val", args.batch_size, indices=held.score))
@@ -165,6 +160,10 @@ def run(args: argparse.Namespace) -> dict:
             entry["plans"][label] = Plan(label, removed, latency(removed), top1, loss).to_dict()
         entry["best_proxy"] = max((f"proxy:{c}" for c in PROXIES),
                                   key=lambda k: (entry["plans"][k]["top1"], -entry["plans"][k]["loss"]))
+        # the build's short list, from the same calls as edgeprune.build
+        pool = [*result.best.values(), *proxy_plans({c: data["rankings"][c] for c in BUILD.proxies}, latency,
+                                                    budget, oracle)]
+        entry["shortlist"] = [c.to_dict() for c in shortlist(pool, BUILD.shortlist)]
         data["budgets"][name] = entry
         cache.save()
         print(f"budget {name} ({budget:.2f} ms): winner {result.winner}; " + "; ".join(
@@ -175,6 +174,12 @@ def run(args: argparse.Namespace) -> dict:
     todo: dict[str, tuple[list[str], bool]] = {plan_key([]): ([], False)}   # plan -> (removed, fine-tune?)
     for group in FT_ORDER:
         for entry in data["budgets"].values():
+            if group == "shortlist":
+                for c in entry["shortlist"]:
+                    pk = plan_key(c["removed"])
+                    if pk not in todo:
+                        todo[pk] = (c["removed"], bool(c["removed"]) and ft_enabled(ft))
+                continue
             for label, p in entry["plans"].items():
                 g = ("best proxy" if label == entry["best_proxy"] else "proxy") if label.startswith("proxy:") else \
                     ("random" if label.startswith("random:") else label)
@@ -198,6 +203,8 @@ def run(args: argparse.Namespace) -> dict:
                                                      progress="fine-tune" if args.progress else None))
             res["finetune_s"] = time.perf_counter() - t_ft
             res["after"] = cache.timed("evaluate", lambda: evaluate(model, final_batches, device).top1)
+            rs = cache.timed("evaluate", lambda: evaluate(model, score_batches, device))
+            res["after_score"], res["after_score_loss"] = rs.top1, rs.loss    # what the build chooses on
             cache.save()
         print(f"[{i}/{len(todo)}] -{len(removed)} blocks: {res['before']:.2%}"
               + (f" -> {res['after']:.2%} fine-tuned" if "after" in res else "")
@@ -255,6 +262,22 @@ def time_build(args: argparse.Namespace, budget_ms: int) -> dict:
 
 # ---------------------------------------------------------------- rows, verdicts, plot
 
+SCORED = "search's best before fine-tune"   # what the build shipped before the short list (--select scored)
+CHOICE = "build's choice"                    # the short list, each fine-tuned, best on the scoring images
+
+
+def build_choice(data: dict, entry: dict) -> list[str] | None:
+    """The plan `edgeprune build` ships: ``choose`` over the short list with its fine-tuned scores."""
+    cands = []
+    for c in entry["shortlist"]:
+        f = data["final"].get(plan_key(c["removed"]), {})
+        cand = Candidate(**{**c, "recovered_top1": f.get("after_score"), "recovered_loss": f.get("after_score_loss")})
+        cands.append(cand)
+    if not cands or (len(cands) > 1 and any(c.recovered_top1 is None for c in cands)):
+        return None
+    return choose(cands).removed
+
+
 def rows(data: dict, phase: str) -> dict[str, dict[str, list[float | None]]]:
     """method row -> budget -> final top-1 values (several for random; None when not measured)."""
     out: dict[str, dict[str, list[float | None]]] = {}
@@ -265,10 +288,19 @@ def rows(data: dict, phase: str) -> dict[str, dict[str, list[float | None]]]:
             row = "best proxy" if label.startswith("proxy:") else ("random" if label.startswith("random:") else label)
             out.setdefault(row, {}).setdefault(b, []).append(data["final"].get(plan_key(p["removed"]), {}).get(phase))
         w = entry["winner"]
-        out.setdefault("build's choice", {})[b] = [data["final"].get(plan_key(entry["plans"][w]["removed"]), {})
-                                                   .get(phase)] if w in entry["plans"] else [None]
-    order = [*STRATEGIES, "build's choice", "best proxy", "random"]
+        out.setdefault(SCORED, {})[b] = [data["final"].get(plan_key(entry["plans"][w]["removed"]), {})
+                                         .get(phase)] if w in entry["plans"] else [None]
+        chosen = build_choice(data, entry)
+        out.setdefault(CHOICE, {})[b] = [None if chosen is None else
+                                         data["final"].get(plan_key(chosen), {}).get(phase)]
+    order = [CHOICE, *STRATEGIES, SCORED, "best proxy", "random"]
     return {k: out[k] for k in order if k in out}
+
+
+def rivals(who: str, r: dict) -> list[str]:
+    """The rows ``who`` is compared with: not itself, nor a row that contains it."""
+    skip = {who, SCORED} | ({CHOICE} if who != CHOICE else set())
+    return [o for o in r if o not in skip]
 
 
 def _mean(v: list) -> float | None:
@@ -285,9 +317,9 @@ def fmt(vals: list) -> str:
     return f"{100 * statistics.mean(v):.1f} ({100 * min(v):.1f}-{100 * max(v):.1f})"
 
 
-def table(data: dict, phase: str) -> list[str]:
+def table(data: dict, phase: str, r: dict | None = None) -> list[str]:
     bs = list(data["budgets"])
-    r = rows(data, phase)
+    r = r or rows(data, phase)
     head = "| plan | " + " | ".join(f"{100 * float(b):g}% ({data['budgets'][b]['budget_ms']:.2f} ms)" for b in bs) + " |"
     lines = [head, "|---" * (len(bs) + 1) + "|"]
     for row, by_b in r.items():
@@ -308,14 +340,22 @@ def detail(data: dict) -> list[str]:
     stage = {n: b["stage"] for n, b in data["env"]["blocks"].items()}
     nst = max(stage.values())
     lines = ["| budget | plan | blocks removed (per stage " + "/".join(map(str, range(1, nst + 1))) + ") | "
-             "predicted ms | top-1 scoring | top-1 held-out | after fine-tune |", "|---|---|---|---|---|---|---|"]
+             "predicted ms | top-1 scoring | top-1 scoring after fine-tune | top-1 held-out | after fine-tune |",
+             "|---|---|---|---|---|---|---|---|"]
     for b, entry in data["budgets"].items():
+        chosen = build_choice(data, entry)
+        short = {plan_key(c["removed"]) for c in entry["shortlist"]}
         for label, p in entry["plans"].items():
-            f = data["final"].get(plan_key(p["removed"]), {})
-            mark = (" (winner)" if label == entry["winner"] else "") + (" (kept)" if label == entry["best_proxy"] else "")
+            pk = plan_key(p["removed"])
+            f = data["final"].get(pk, {})
+            mark = ((" (shipped)" if chosen is not None and pk == plan_key(chosen) else "")
+                    + (" (short list)" if pk in short else "")
+                    + (" (best before fine-tune)" if label == entry["winner"] else "")
+                    + (" (kept)" if label == entry["best_proxy"] else ""))
             per = "/".join(str(sum(stage[n] == st for n in p["removed"])) for st in range(1, nst + 1))
             lines.append(f"| {100 * float(b):g}% | {label}{mark} | {len(p['removed'])} ({per}) | {p['latency_ms']:.2f} | "
-                         f"{100 * p['top1']:.1f} | {_pct(f.get('before'))} | {_pct(f.get('after'))} |")
+                         f"{100 * p['top1']:.1f} | {_pct(f.get('after_score'))} | {_pct(f.get('before'))} | "
+                         f"{_pct(f.get('after'))} |")
     return lines
 
 
@@ -323,19 +363,17 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-def verdicts(data: dict, phase: str, se_points: float) -> list[str]:
+def verdicts(data: dict, phase: str, se_points: float, r: dict | None = None) -> list[str]:
     """Plain statements from the numbers, whichever way they go."""
-    r = rows(data, phase)
+    r = r or rows(data, phase)
     out = []
-    for who in ("latency-greedy", "build's choice"):
+    for who in (CHOICE, "latency-greedy"):
         if who not in r:
             continue
         losses = []
         for b in data["budgets"]:
             mine = _mean(r[who][b])
-            for other in r:
-                if other in (who, "build's choice", "latency-greedy"):
-                    continue
+            for other in rivals(who, r):
                 theirs = _mean(r[other][b])
                 if mine is not None and theirs is not None and theirs > mine:
                     losses.append((b, other, 100 * (theirs - mine)))
@@ -377,20 +415,22 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 def goals(data: dict, se_points: float) -> list[str]:
     """The issue's two goals, stated from the numbers, and the facts that bear on them."""
     out = []
-    for phase, what in (("after", "after the same fine-tune (the figure the goal is about)"),
-                        ("before", "before fine-tune (what the search optimises)")):
-        r = rows(data, phase)
-        gaps = []
-        for b in data["budgets"]:
-            mine = _mean(r["latency-greedy"][b])
-            best_other = max(((o, _mean(v[b])) for o, v in r.items()
-                              if o not in ("latency-greedy", "build's choice") and _mean(v[b]) is not None),
-                             key=lambda x: x[1])
-            if mine is not None and best_other[1] > mine:
-                gaps.append(f"{100 * float(b):g}% (-{100 * (best_other[1] - mine):.2f} pts vs {best_other[0]})")
-        out.append(f"- Latency-aware plan never worse than the others, {what}: **"
-                   + ("holds" if not gaps else "does not hold") + "**"
-                   + (f": behind at {', '.join(gaps)}." if gaps else f" at all {len(data['budgets'])} budgets."))
+    for who, label in ((CHOICE, "The build's plan (latency-aware search and proxies short-listed, each fine-tuned, "
+                                "lowest loss on the scoring images)"),
+                       ("latency-greedy", "The latency-greedy plan alone")):
+        for phase, what in (("after", "after the same fine-tune (the figure the goal is about)"),
+                            ("before", "before fine-tune")):
+            r = rows(data, phase)
+            gaps = []
+            for b in data["budgets"]:
+                mine = _mean(r[who][b])
+                best_other = max(((o, _mean(r[o][b])) for o in rivals(who, r) if _mean(r[o][b]) is not None),
+                                 key=lambda x: x[1])
+                if mine is not None and best_other[1] > mine:
+                    gaps.append(f"{100 * float(b):g}% (-{100 * (best_other[1] - mine):.2f} pts vs {best_other[0]})")
+            out.append(f"- {label} never worse than the others, {what}: **"
+                       + ("holds" if not gaps else "does not hold") + "**"
+                       + (f": behind at {', '.join(gaps)}." if gaps else f" at all {len(data['budgets'])} budgets."))
     b = data.get("build")
     if b:
         search_s = sum(sec for name, sec in stages(b["stamped"], b["wall_s"]) if name.startswith("searching"))
@@ -451,7 +491,8 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
     for label, p in entry["plans"].items():
         color, marker, size = styles.get(label, ("0.3", "x", 60))
         pk = plan_key(p["removed"])
-        name = label + (" (build's choice)" if label == entry["winner"] else "") + \
+        chosen = build_choice(data, entry)
+        name = label + (" (build's choice)" if chosen is not None and pk == plan_key(chosen) else "") + \
             (" (kept proxy)" if label == entry["best_proxy"] else "") + \
             (f" (same plan as {seen[pk]})" if pk in seen else "")
         seen.setdefault(pk, label)
@@ -469,7 +510,7 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
 
     bs = list(data["budgets"])
     xs = [data["budgets"][b]["budget_ms"] for b in bs]
-    lstyle = {"latency-greedy": ("C0", "*", "-"), "accuracy-greedy": ("C1", "s", "-"), "knapsack": ("C2", "D", "-"),
+    lstyle = {CHOICE: ("C3", "o", "-"), "latency-greedy": ("C0", "*", "-"), "accuracy-greedy": ("C1", "s", "-"), "knapsack": ("C2", "D", "-"),
               "best proxy": ("C4", "^", "--"), "random": ("0.4", "x", ":")}
     after = rows(data, "after")
     for row, by_b in after.items():
@@ -483,7 +524,7 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
             plan_key(data["budgets"][b]["plans"][row]["removed"])
             == plan_key(data["budgets"][b]["plans"]["latency-greedy"]["removed"]) for b in bs
             if row in data["budgets"][b]["plans"] and "latency-greedy" in data["budgets"][b]["plans"])
-        lead = row == "latency-greedy"
+        lead = row == CHOICE
         ax2.plot(xs, [100 * y if y is not None else float("nan") for y in ys], color=color, marker=marker,
                  linestyle=ls, linewidth=3 if lead else 1.5, markersize=12 if lead else 6, zorder=4 if lead else 3,
                  markerfacecolor="none" if same else color,
@@ -509,7 +550,39 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
     plt.close(fig)
 
 
-def report(data: dict, args: argparse.Namespace, command: str) -> str:
+def mean_rows(datas: list[dict], phase: str) -> dict[str, dict[str, list[float | None]]]:
+    """Each row's figure averaged over runs that differ only in the fine-tune seed."""
+    per = [rows(d, phase) for d in datas]
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for row in per[0]:
+        for b in datas[0]["budgets"]:
+            vals = [_mean(r[row][b]) for r in per if row in r]
+            vals = [v for v in vals if v is not None]
+            out.setdefault(row, {})[b] = [statistics.mean(vals) if len(vals) == len(per) else None]
+    return out
+
+
+def replicate_section(data: dict, replicas: list[dict], se: float) -> list[str]:
+    """Final top-1 of the same plans after fine-tunes with other seeds, and the mean over all seeds."""
+    seeds = [data["config"]["seed"], *(d["config"]["seed"] for d in replicas)]
+    lines = ["## Other fine-tune seeds", "",
+             f"The same plans (the search does not depend on the seed) fine-tuned again with seed "
+             f"{', '.join(str(d['config']['seed']) for d in replicas)} (`--seed`; each run's cache is passed "
+             "with `--replicate`). The build's choice is made in each run from that run's own losses on the "
+             "scoring images, as a build with that seed would make it.", ""]
+    for d in replicas:
+        lines += [f"### Seed {d['config']['seed']}: final top-1 (%) after fine-tune", "", *table(d, "after"), "",
+                  *verdicts(d, "after", se), ""]
+    m = mean_rows([data, *replicas], "after")
+    lines += [f"### Mean over seeds {', '.join(map(str, seeds))}: final top-1 (%) after fine-tune", "",
+              *table(data, "after", m), "",
+              f"Averaging {len(seeds)} fine-tunes divides the fine-tune's share of the noise by about "
+              f"{len(seeds) ** 0.5:.1f}; the held-out images are the same in every run, so their sampling noise "
+              f"(~{se:.1f} pts per figure) stays.", "", *verdicts(data, "after", se, m), ""]
+    return lines
+
+
+def report(data: dict, args: argparse.Namespace, command: str, replicas: list[dict] | None = None) -> str:
     cfg, env, ftc = data["config"], data["env"], data["config"]["finetune"]
     base = data["final"][plan_key([])]["before"]
     n = cfg["final_images"]
@@ -541,8 +614,11 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         + (" WARNING: the split was too small and the two sets are shared." if cfg["shared"] else ""),
         "- Plans: `search(AccuracyOracle(...), predict_without, candidates, budget)` from `edgeprune.pipeline.plan` "
         "gives latency-greedy (the latency-aware plan), accuracy-greedy (the seed's iterative order) and knapsack, "
-        "plus its winner (`build's choice`, the best of the three on the scoring images, which is what `edgeprune "
-        "build` applies). Proxies (norm-ratio, bn-gamma, l1; `rank_blocks`, one-shot): blocks removed in the "
+        f"plus its winner (`{SCORED}`: the best of the three on the scoring images, what `edgeprune build "
+        f"--select scored` ships). `{CHOICE}` is what `edgeprune build` ships by default: the strategies' plans and "
+        f"the proxy plans of {', '.join(BUILD.proxies)} short-listed (at most {BUILD.shortlist} distinct block "
+        "sets, `edgeprune.pipeline.select.shortlist`), each given the fine-tune below, and the lowest loss on the "
+        "scoring images after it (`choose`); the held-out images take no part. Proxies (norm-ratio, bn-gamma, l1; `rank_blocks`, one-shot): blocks removed in the "
         "proxy's order until the predicted latency meets the budget; per budget the proxy kept is the one with the "
         "best top-1 on the scoring images (all three are in the detail table). Random: "
         f"{len(cfg['random_seeds'])} seeds ({', '.join(map(str, cfg['random_seeds']))}), a random order removed "
@@ -580,6 +656,7 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
         "",
         *verdicts(data, "before", se),
         "",
+        *(replicate_section(data, replicas, se) if replicas else []),
         "## Every plan",
         "",
         *detail(data),
@@ -598,10 +675,9 @@ def report(data: dict, args: argparse.Namespace, command: str) -> str:
                   f"{b['cpu_s']:.0f} s CPU (user+sys of the process and its children), exit code "
                   f"{b['exit_code']}. {b['cores']} cores, niceness {b['nice']}, load average "
                   f"{b['loadavg_before'][0]:.2f} before and {b['loadavg_after'][0]:.2f} after (1-minute; other "
-                  "jobs shared the machine). The budget is the 75% budget rounded to whole ms.", "",
+                  "jobs shared the machine). This is the README's first command.", "",
                   "Where the time went (from the arrival time of each progress line the build printed; a "
-                  "stage runs until the next line, so the line announcing the plan also covers the held-out "
-                  "evaluation and the fine-tune, which print no line of their own):", "", "| stage | s |", "|---|---|",
+                  "stage runs until the next line):", "", "| stage | s |", "|---|---|",
                   *[f"| {name} | {sec:.0f} |" for name, sec in stages(b["stamped"], b["wall_s"])], "",
                   "What it printed:", "", "```", b["output"].rstrip(), "```", ""]
     return "\n".join(lines)
@@ -646,18 +722,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the machine is shared)")
     p.add_argument("--skip-build", action="store_true", help="do not time the default build")
+    p.add_argument("--build-budget", type=int, default=15, help="budget (ms) of the timed build (README's: 15)")
     p.add_argument("--build-args", default="", help="extra flags for the timed build (dry runs)")
     p.add_argument("--build-out", default="/tmp/ep-bench-build")
     p.add_argument("--cache", default=None, help="results JSON (default: runs/budget_plans/<model>-<hash>.json)")
     p.add_argument("--out", default="docs/build-benchmark.md")
     p.add_argument("--plot", default="docs/build-pareto.png")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--replicate", action="append", default=[],
+                   help="results JSON of a run with another --seed (repeatable): reported beside this one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = ".venv/bin/python benchmarks/budget_plans.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data = run(args)
     plot(data, Path(args.plot))
-    write_atomic(Path(args.out), report(data, args, command.strip()).encode())
+    replicas = [json.loads(Path(p).read_text()) for p in args.replicate]
+    write_atomic(Path(args.out), report(data, args, command.strip(), replicas).encode())
     print(f"wrote {args.out} and {args.plot}", flush=True)
 
 

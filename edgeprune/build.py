@@ -265,7 +265,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
                             {"attempts": attempts, "budget_ms": budget_ms})
 
     # fine-tune (checkpointed per epoch in the cache); with several plans on the short list each
-    # gets the same fine-tune and the best on the scoring images ships
+    # gets the same fine-tune and the lowest loss on the scoring images ships
     tune = cfg.finetune_epochs > 0 and bool(fitting[0].removed)
     ft_cfg = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, kd=cfg.kd, temperature=cfg.temperature,
                             alpha=cfg.alpha, seed=cfg.seed) if tune else None
@@ -296,7 +296,8 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     plan_label = "+".join(chosen.proposed_by)
     say(f"plan: {plan_label}, remove {len(chosen.removed)} blocks, {chosen.final_ms:.2f} ms on {profile.name}, "
         f"top-1 on scoring images {chosen.top1:.2%}"
-        + (f" ({chosen.recovered_top1:.2%} after fine-tune)" if chosen.recovered_top1 is not None else ""))
+        + (f" ({chosen.recovered_top1:.2%}, loss {chosen.recovered_loss:.4f} after fine-tune)"
+           if chosen.recovered_loss is not None else ""))
     final_batches = bundle.batches("val", 250, indices=held.final)
     acc_before = evaluate(loaded.model, final_batches, device, "eval (original)").top1
     pruned = _pruned(chosen.removed)

@@ -95,16 +95,18 @@ def write_report(folder: Path, summary: dict[str, Any], cfg) -> None:
                   "Distinct plans from the strategies above and the proxy rankings "
                   f"({', '.join(getattr(cfg, 'proxies', []) or []) or 'none'}), each exported and its own "
                   "graph predicted or measured. "
-                  + ("Each plan that fits got the same fine-tune; the best top-1 on the scoring images after "
+                  + ("Each plan that fits got the same fine-tune; the lowest loss on the scoring images after "
                      "fine-tune ships, because accuracy before fine-tune is a weak guide to accuracy after it."
                      if sel["mode"] == "recovered" else "The best top-1 before fine-tune ships."),
                   "", "| plan | proposed by | blocks removed | predicted (ms) | final figure (ms) | "
-                  "top-1 scoring, before fine-tune | after fine-tune |", "|---|---|---|---|---|---|---|"]
+                  "top-1 scoring, before fine-tune | after fine-tune | loss after fine-tune |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in sel["candidates"]:
             mark = " (shipped)" if c["removed"] == summary["removed"] else ""
             fin = "-" if c["final_ms"] is None else f"{c['final_ms']:.2f}"
             lines.append(f"| {c['proposed_by'][0]}{mark} | {', '.join(c['proposed_by'])} | {len(c['removed'])} | "
-                         f"{c['latency_ms']:.2f} | {fin} | {_pct(c['top1'])} | {_pct(c['recovered_top1'])} |")
+                         f"{c['latency_ms']:.2f} | {fin} | {_pct(c['top1'])} | {_pct(c['recovered_top1'])} | "
+                         + ("-" if c["recovered_loss"] is None else f"{c['recovered_loss']:.4f}") + " |")
     lines += [
         "",
         f"Plans considered: {len(s['considered'])} (all shown in the plot; the front is the upper-left envelope).",

@@ -29,7 +29,7 @@ def build_command(
     kd: Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model while fine-tuning.")] = False,
     score_images: Annotated[int, typer.Option(help="Validation images that score blocks (the rest measure the result).")] = 500,
     strategy: Annotated[Optional[list[str]], typer.Option(help="Search strategies (repeatable): latency-greedy, accuracy-greedy, knapsack.")] = None,
-    select: Annotated[str, typer.Option(help="recovered: fine-tune every short-listed plan and ship the best on the scoring images; scored: ship the best before fine-tune.")] = "recovered",
+    select: Annotated[str, typer.Option(help="recovered: fine-tune every short-listed plan and ship the lowest loss on the scoring images; scored: ship the best top-1 before fine-tune.")] = "recovered",
     shortlist: Annotated[int, typer.Option(help="Distinct plans (search strategies' and proxies') fine-tuned with --select recovered.")] = 4,
     proxy: Annotated[Optional[list[str]], typer.Option(help="Proxy rankings that propose plans for the short list (repeatable): norm-ratio, bn-gamma, l1, random.")] = None,
     replace_projection: Annotated[bool, typer.Option("--replace-projection", help="Allow removing projection blocks.")] = False,

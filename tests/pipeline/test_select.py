@@ -41,14 +41,14 @@ def test_shortlist_merges_equal_sets_and_keeps_the_best_scored():
     assert [c.label for c in shortlist(plans, 1)] == ["proxy:bn-gamma"]
 
 
-def test_choose_prefers_accuracy_after_fine_tune_and_falls_back_to_before():
+def test_choose_prefers_the_loss_after_fine_tune_and_falls_back_to_before():
     a = Candidate(["a"], 9.0, top1=0.90, loss=0.3, proposed_by=["latency-greedy"])
     b = Candidate(["b"], 8.0, top1=0.80, loss=0.6, proposed_by=["proxy:norm-ratio"])
     assert choose([a, b]) is a                          # nothing fine-tuned: the best before
-    a.recovered_top1, a.recovered_loss = 0.92, 0.25
-    b.recovered_top1, b.recovered_loss = 0.93, 0.24
-    assert choose([a, b]) is b                          # the fine-tune decides
-    b.recovered_top1, b.recovered_loss = 0.92, 0.30
-    assert choose([a, b]) is a                          # tie on top-1: lower loss
+    a.recovered_top1, a.recovered_loss = 0.93, 0.25
+    b.recovered_top1, b.recovered_loss = 0.92, 0.20
+    assert choose([a, b]) is b                          # the fine-tune decides, by its loss
+    b.recovered_top1, b.recovered_loss = 0.92, 0.25
+    assert choose([a, b]) is a                          # equal loss: higher top-1
     with pytest.raises(ValueError):
         choose([])
