@@ -273,6 +273,18 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
+def earlier_runs(path: Path, keep: int = 4) -> list[dict]:
+    """The headline figures of the runs recorded before this one (the previous JSON's, newest first)."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    p = old["summary"]["predict"]
+    head = {"when": old.get("when", "earlier"), "rounds": old.get("rounds"), "within_10pct": p["within_10pct"],
+            "within_5pct": p["within_5pct"], "median_abs_rel_err": p["median_abs_rel_err"],
+            "max_abs_rel_err": p["max_abs_rel_err"], "spearman": p["spearman"]}
+    return [head, *old.get("earlier_runs", [])][:keep]
+
+
 def write_docs(result: dict, path: Path) -> None:
     s = result["summary"]
     host = load_profile("host")
@@ -377,6 +389,10 @@ def write_docs(result: dict, path: Path) -> None:
         d = s[key]
         lines.append(f"| {label} | {_pct(d['within_10pct'])} | {_pct(d['within_5pct'])} | "
                      f"{d['median_abs_rel_err']:.1%} | {d['max_abs_rel_err']:.1%} | {d['spearman']:.3f} |")
+    for e in result.get("earlier_runs", []):
+        lines.append(f"| `predict`, earlier run ({e['when']}, same profile) | {_pct(e['within_10pct'])} | "
+                     f"{_pct(e['within_5pct'])} | {e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} | "
+                     f"{e['spearman']:.3f} |")
     lines += ["", "Goal: 90% within +-10% (nn-Meter 99% on its CPUs, LitePred 98.9%).", "",
               "| family | n | within +-10% | within +-5% | median error | mean signed error | Spearman |",
               "|---|---|---|---|---|---|---|"]
@@ -490,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
               "load": [load_before, os.getloadavg()[0]],
               "variants": [{**asdict(v), "cpu_ms": v.cpu_ms, "wall_ms": v.wall_ms} for v in variants],
               "arm_rows": arm_rows()}
+    result["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["earlier_runs"] = earlier_runs(args.docs)
     args.docs.parent.mkdir(parents=True, exist_ok=True)
     args.docs.write_text(json.dumps(result, indent=1))
     plot(variants, args.docs.with_suffix(".png"))
