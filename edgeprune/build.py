@@ -62,7 +62,8 @@ class BuildConfig:
     ssh: str | None = None
     remote_python: str | None = None       # python3 on the device (default: the profile's)
     ssh_config: str | None = None          # ssh config file (ssh -F)
-    bench_runs: int = 100
+    bench_runs: int = 100                  # timed runs of a device/host figure
+    bench_rounds: int = 10                 # interleaved before/after rounds on the host (~0.2 s each)
     verify_arm: bool = False
     accelerator: str = "cpu"
     seed: int = 0
@@ -146,7 +147,8 @@ def _measured_ms(result, metric: str) -> float:
 def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     """Run the whole build; return the exit code, a one-line message and the summary figures."""
     from edgeprune import options as o
-    from edgeprune.benchmarks.latency import BenchConfig, measure
+    from edgeprune.benchmarks.compare import CompareConfig, compare
+    from edgeprune.benchmarks.latency import BenchConfig
     from edgeprune.benchmarks.units import parse_duration_ms
     from edgeprune.devices.blocks import block_latency_table
     from edgeprune.devices.predictor import predict
@@ -329,8 +331,10 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
         export_onnx(loaded.model.cpu().eval(), loaded.input_shape, base_onnx, ExportConfig())
     bench = BenchConfig(threads=host.threads, providers=list(host.providers), warmup=10, runs=cfg.bench_runs,
                         device="host")
-    host_before = measure(base_onnx, bench)
-    host_after = measure(model_onnx, bench)
+    # interleaved (A B B A rounds): both models see the same drift of a shared machine, so the
+    # speed-up holds even when the absolute figures wander
+    side = compare(model_onnx, base_onnx, bench, CompareConfig(rounds=cfg.bench_rounds, max_rounds=cfg.bench_rounds))
+    host_after, host_before = side.a, side.b
     final_fig = _device_figure(model_onnx, profile, ssh, cfg, predict)
     before_fig = _device_figure(base_onnx, profile, None if final_fig["source"].startswith("predicted") else ssh,
                                 cfg, predict)
@@ -340,6 +344,8 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
         "budget_ms": budget_ms, "metric": cfg.metric, "device": profile.name, "within_budget": met,
         "device_after": final_fig, "device_before": before_fig,
         "host_after": host_after.to_dict(), "host_before": host_before.to_dict(),
+        "host_ratio": {"after_over_before": side.ratio, "ci": [side.ci_low, side.ci_high],
+                       "confidence": side.confidence, "rounds": side.rounds},
         "host_predicted_after_ms": host_pred.latency_ms, "host_predicted_band": [host_pred.low_ms, host_pred.high_ms],
     }
     update_manifest(stage, "latency", latency_section)

@@ -129,6 +129,11 @@ def write_report(folder: Path, summary: dict[str, Any], cfg) -> None:
         f"p50 {hb['p50_ms']:.3f} / p90 {hb['p90_ms']:.3f} ms | p50 {ha['p50_ms']:.3f} / p90 {ha['p90_ms']:.3f} ms |",
         f"| host, predicted after | | {lat['host_predicted_after_ms']:.3f} ms (band {lat['host_predicted_band'][0]:.3f}-{lat['host_predicted_band'][1]:.3f}) |",
         "",
+        (f"Host speed-up, timed side by side (before and after interleaved in {lat['host_ratio']['rounds']} rounds): "
+         f"after/before = {lat['host_ratio']['after_over_before']:.3f} ({100 * lat['host_ratio']['confidence']:.0f}% "
+         f"interval {lat['host_ratio']['ci'][0]:.3f}-{lat['host_ratio']['ci'][1]:.3f}); the p50/p90 above come from "
+         "the same runs." if lat.get("host_ratio") else ""),
+        "",
         f"Predicted against measured on the host for the final model: {lat['host_predicted_after_ms']:.3f} ms "
         f"predicted, {ha['p50_ms']:.3f} ms measured (p50), ratio {lat['host_predicted_after_ms'] / ha['p50_ms']:.2f}.",
         "",

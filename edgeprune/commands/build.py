@@ -37,7 +37,8 @@ def build_command(
     remote_python: Annotated[Optional[str], typer.Option(help="python3 on the device (default: the profile's).")] = None,
     ssh_config: Annotated[Optional[str], typer.Option(help="ssh config file (ssh -F).")] = None,
     verify_arm: Annotated[bool, typer.Option("--verify-arm", help="Last step: run the artifact on aarch64 onnxruntime under qemu.")] = False,
-    bench_runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per host benchmark.")] = 100,
+    bench_runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per device figure measured (host or SSH).")] = 100,
+    bench_rounds: Annotated[int, typer.Option(help="Interleaved rounds timing the host before/after side by side.")] = 10,
     config: Annotated[Optional[str], typer.Option(help="TOML file with the same keys as these flags.")] = None,
     accelerator: o.Accelerator = "cpu", seed: int = 0, json: o.Json = False,
 ) -> None:
@@ -74,12 +75,17 @@ def _print_summary(outcome) -> None:
         t.add_column("after", justify="right")
         dev_b, dev_a = lat["device_before"], lat["device_after"]
         t.add_row(f"{s['device']} latency ({dev_a['source']})", f"{dev_b['value_ms']:.2f} ms", f"{dev_a['value_ms']:.2f} ms")
-        t.add_row("host latency p50 (measured)", f"{lat['host_before']['p50_ms']:.3f} ms", f"{lat['host_after']['p50_ms']:.3f} ms")
+        t.add_row("host latency p50 (measured, interleaved)", f"{lat['host_before']['p50_ms']:.3f} ms",
+                  f"{lat['host_after']['p50_ms']:.3f} ms")
         t.add_row(f"top-1 ({acc['images']} held-out images)", f"{acc['before']:.2%}",
                   f"{(acc['after_finetune'] if acc['after_finetune'] is not None else acc['after_removal']):.2%}")
         t.add_row("blocks", str(len(s["blocks"])), str(len(s["blocks"]) - len(s["removed"])))
         t.add_row("parameters", f"{s['params']['before']:,}", f"{s['params']['after']:,}")
         console.print(t)
+        r = lat.get("host_ratio")
+        if r:
+            console.print(f"host speed-up {1 / r['after_over_before']:.2f}x ({100 * r['confidence']:.0f}% interval "
+                          f"{1 / r['ci'][1]:.2f}-{1 / r['ci'][0]:.2f}x, {r['rounds']} interleaved rounds)")
         console.print(f"strategy: {s['strategy']}; removed: {', '.join(s['removed']) or 'none'}")
         console.print(f"[green]{outcome.message}[/]")
         console.print(f"artifact: {outcome.artifact} (report.md, front.png, model.onnx, manifest.json)")

@@ -70,6 +70,8 @@ def test_build_meets_a_binding_budget_and_writes_the_artifact(built):
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["latency"]["within_budget"] is True
     assert manifest["latency"]["device_after"]["value_ms"] <= float(budget[:-2])
+    hr = manifest["latency"]["host_ratio"]           # host before/after timed side by side
+    assert hr["ci"][0] <= hr["after_over_before"] <= hr["ci"][1] and hr["rounds"] == 10
     assert manifest["source"]["removed_blocks"] == out["removed"]
     # every strategy ran and the plans trace a front
     assert set(out["search"]["best"]) == {"latency-greedy", "accuracy-greedy", "knapsack"}
