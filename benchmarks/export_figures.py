@@ -26,20 +26,7 @@ from edgeprune.exporters.artifact import ArtifactConfig, build_artifact, version
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.exporters.simplify import simplify_onnx
 from edgeprune.pipeline.data import DataSpec, load_data
-from edgeprune.pipeline.models import ModelSpec, load_model
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    return model.eval()
+from edgeprune.pipeline.models import ModelSpec, load_model, randomize_batchnorm
 
 
 def models(resnet56_weights: str | None) -> list[tuple[str, nn.Module, tuple[int, ...], str]]:
@@ -56,11 +43,11 @@ def models(resnet56_weights: str | None) -> list[tuple[str, nn.Module, tuple[int
                         f"training checkpoint (epoch {epoch}; bundled weights not installed yet)"))
         else:
             loaded = load_model(ModelSpec("cifar_resnet56"))
-            out.append(("bundled ResNet-56", randomize_bn(loaded.model), loaded.input_shape,
+            out.append(("bundled ResNet-56", randomize_batchnorm(loaded.model), loaded.input_shape,
                         "random weights + random BN (bundled weights not installed yet)"))
     for name in ("resnet18", "mobilenet_v2"):
         loaded = load_model(ModelSpec(name, num_classes=10, input_size=64))
-        out.append((name, randomize_bn(loaded.model), loaded.input_shape, "random weights + random BN, 64x64"))
+        out.append((name, randomize_batchnorm(loaded.model), loaded.input_shape, "random weights + random BN, 64x64"))
     return out
 
 

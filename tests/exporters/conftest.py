@@ -9,35 +9,18 @@ import torchvision
 from torch import nn
 
 from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
+from edgeprune.pipeline.models import randomize_batchnorm
 from edgeprune.pipeline.resnet_cifar import resnet56
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random affine parameters and running statistics.
-
-    Fresh models start with identity BatchNorms and (in the bundled ResNet) zeroed residual
-    branches, which would make an export look right while hiding most of the network.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    return model.eval()
 
 
 def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     if name == "resnet56":
-        return randomize_bn(resnet56()), (1, 1, 32, 32)
+        return randomize_batchnorm(resnet56()), (1, 1, 32, 32)
     if name == "resnet18":
-        return randomize_bn(torchvision.models.resnet18(num_classes=10)), (1, 3, 64, 64)
+        return randomize_batchnorm(torchvision.models.resnet18(num_classes=10)), (1, 3, 64, 64)
     if name == "mobilenet_v2":
-        return randomize_bn(torchvision.models.mobilenet_v2(num_classes=10)), (1, 3, 64, 64)
+        return randomize_batchnorm(torchvision.models.mobilenet_v2(num_classes=10)), (1, 3, 64, 64)
     raise KeyError(name)
 
 
@@ -76,7 +59,7 @@ def tiny() -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    return randomize_bn(model), (1, 1, 8, 8)
+    return randomize_batchnorm(model), (1, 1, 8, 8)
 
 
 def _rng_images(shape: tuple[int, ...], n: int = 16, seed: int = 0) -> np.ndarray:
