@@ -68,7 +68,7 @@ from edgeprune.pipeline.select import Candidate, choose, proxy_plans, shortlist,
 from edgeprune.build import BuildConfig
 from edgeprune.pipeline.record import write_atomic
 from edgeprune.benchmarks.ort_runner import cpu_model
-from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path
+from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path, save_figure
 from edgeprune.progress import set_enabled
 
 STRATEGIES = ("latency-greedy", "accuracy-greedy", "knapsack")
@@ -556,11 +556,7 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
     ax2.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{cfg['model']} on {cfg['data']} data, {cfg['device']}: latency-budgeted block-removal plans")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def mean_rows(datas: list[dict], phase: str) -> dict[str, dict[str, list[float | None]]]:

@@ -35,6 +35,19 @@ class ResultsCache:
         return out
 
 
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Write a matplotlib figure to ``path`` through a temporary file and a rename, then close it."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
 def data_digest(bundle) -> str:
     """A short sha256 of a DataBundle's arrays: results are only reused on the same data."""
     h = hashlib.sha256()

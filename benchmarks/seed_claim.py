@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import statistics
 import sys
@@ -49,7 +48,7 @@ from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.prune import rank_blocks, split_val
 from edgeprune.pipeline.record import write_atomic
 from edgeprune.benchmarks.ort_runner import cpu_model
-from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path
+from edgeprune.benchmarks.results_cache import ResultsCache, data_digest, relative_path, save_figure
 from edgeprune.progress import set_enabled
 
 
@@ -306,11 +305,7 @@ def plot(data: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"Block removal on {display_name(cfg).replace('`', '')}: direct removal vs proxies vs random")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def stage_counts(data: dict, k: int) -> list[str]:
