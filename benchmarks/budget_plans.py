@@ -431,7 +431,7 @@ def goals(data: dict, se_points: float, replicas: list[dict] | None = None) -> l
     for who, label in ((CHOICE, "The build's plan (latency-aware search and proxies short-listed, each fine-tuned, "
                                 "lowest loss on the scoring images)"),
                        ("latency-greedy", "The latency-greedy plan alone")):
-        for phase, what in (("after", "after the same fine-tune (the figure the goal is about)"),
+        for phase, what in (("after", f"after the same fine-tune (seed {data['config']['seed']} alone)"),
                             ("before", "before fine-tune")):
             r = rows(data, phase)
             gaps = []
