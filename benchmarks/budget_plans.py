@@ -480,7 +480,7 @@ def goals(data: dict, se_points: float, replicas: list[dict] | None = None) -> l
     return out
 
 
-def plot(data: dict, path: Path, budget: str = "0.6") -> None:
+def plot(data: dict, path: Path, budget: str = "0.6", replicas: list[dict] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -525,7 +525,8 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
     xs = [data["budgets"][b]["budget_ms"] for b in bs]
     lstyle = {CHOICE: ("C3", "o", "-"), "latency-greedy": ("C0", "*", "-"), "accuracy-greedy": ("C1", "s", "-"), "knapsack": ("C2", "D", "-"),
               "best proxy": ("C4", "^", "--"), "random": ("0.4", "x", ":")}
-    after = rows(data, "after")
+    runs = [data, *(replicas or [])]
+    after = mean_rows(runs, "after") if replicas else rows(data, "after")
     for row, by_b in after.items():
         if row not in lstyle:
             continue
@@ -551,7 +552,8 @@ def plot(data: dict, path: Path, budget: str = "0.6") -> None:
         ax2.axhline(100 * base, color="k", linewidth=0.8, linestyle="-.", label="unpruned (no fine-tune)")
     ax2.set_xlabel(f"budget on {cfg['device']} (ms)")
     ax2.set_ylabel(f"top-1 % on {cfg['final_images']} held-out images, after fine-tune")
-    ax2.set_title("Final top-1 per budget (same fine-tune for all)")
+    ax2.set_title("Final top-1 per budget, same fine-tune for all"
+                  + (f"\n(mean over fine-tune seeds {', '.join(str(d['config']['seed']) for d in runs)})" if replicas else ""))
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{cfg['model']} on {cfg['data']} data, {cfg['device']}: latency-budgeted block-removal plans")
@@ -676,7 +678,7 @@ def report(data: dict, args: argparse.Namespace, command: str, replicas: list[di
         "",
         f"Left: at the {_plot_budget(data)} budget, every plan the search measured (grey; top-1 on the scoring "
         "images, predicted latency), the Pareto front of those plans, the budget line and each method's plan. "
-        "Right: final top-1 after fine-tune per budget.",
+        "Right: final top-1 after fine-tune per budget" + (" (mean over the fine-tune seeds; the random band then spans the seeds' means only)." if replicas else "."),
         "",
     ]
     b = data.get("build")
@@ -746,8 +748,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     command = ".venv/bin/python benchmarks/budget_plans.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data = run(args)
-    plot(data, Path(args.plot))
     replicas = [json.loads(Path(p).read_text()) for p in args.replicate]
+    plot(data, Path(args.plot), replicas=replicas)
     write_atomic(Path(args.out), report(data, args, command.strip(), replicas).encode())
     print(f"wrote {args.out} and {args.plot}", flush=True)
 
