@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 from collections import defaultdict
@@ -146,8 +147,6 @@ def interleaved_timings(paths: Sequence[str | Path], threads: int = 1,
     instead of letting them bias whichever model was timed at the wrong moment.
     Returns, per model, its per-round ``(cpu_ms, wall_ms)``.
     """
-    import random
-
     rng = random.Random(seed)
     figures: list[list[tuple[float, float]]] = [[] for _ in paths]
     for r in range(rounds):

@@ -309,7 +309,6 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     if tune:
         pruned = tuned.get(_plan_key(chosen.removed)) or finetuned(chosen)
         acc_ft = evaluate(pruned, final_batches, device, "eval (fine-tuned)").top1
-    plan = chosen
     pruned = pruned.cpu().eval()
 
     # artifact, assembled in the cache and renamed into place at the end
@@ -319,7 +318,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     n_real = min(256, len(held.final))
     accuracy = {"images": len(held.final), "scoring_images": len(held.score), "shared": held.shared,
                 "before": acc_before, "after_removal": acc_removed, "after_finetune": acc_ft}
-    source = {**loaded.source, "removed_blocks": plan.removed, "replace_projection": cfg.replace_projection}
+    source = {**loaded.source, "removed_blocks": chosen.removed, "replace_projection": cfg.replace_projection}
     art = build_artifact(pruned, loaded.input_shape, stage, ArtifactConfig(force=True),
                          images=bundle.preprocess.apply(bundle.x_val[held.final[:n_real]]),
                          labels=bundle.y_val[held.final[:n_real]], preprocess=bundle.preprocess.to_dict(),
@@ -352,7 +351,7 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     update_manifest(stage, "latency", latency_section)
     summary = {
         "device": profile.name, "budget_ms": budget_ms, "metric": cfg.metric, "within_budget": met,
-        "removed": plan.removed, "strategy": plan_label, "search": result.to_dict(), "attempts": attempts,
+        "removed": chosen.removed, "strategy": plan_label, "search": result.to_dict(), "attempts": attempts,
         "selection": {"mode": cfg.select if len(fitting) > 1 and tune else "single",
                       "candidates": [c.to_dict() for c in short], "chosen": _plan_key(chosen.removed)},
         "accuracy": accuracy, "latency": latency_section, "blocks": [b.to_dict() for b in blocks],
@@ -374,14 +373,14 @@ def run_build(cfg: BuildConfig, say: Say = lambda _m: None) -> BuildOutcome:
     summary["wall_s"] = time.time() - t_start
     write_report(stage, summary, cfg)
     (stage / "build-config.toml").write_text(cfg.to_toml())
-    update_manifest(stage, "build", {"config": asdict(cfg), "strategy": plan_label, "removed": plan.removed,
+    update_manifest(stage, "build", {"config": asdict(cfg), "strategy": plan_label, "removed": chosen.removed,
                                      "wall_s": summary["wall_s"]})
     target = out / "artifact"
     _replace_dir(stage, target)
     msg = (f"budget met without removing anything: {final_fig['value_ms']:.2f} ms ({final_fig['source']}) "
-           f"<= {budget_ms:g} ms" if not plan.removed else
+           f"<= {budget_ms:g} ms" if not chosen.removed else
            f"budget met: {final_fig['value_ms']:.2f} ms ({final_fig['source']}) <= {budget_ms:g} ms after removing "
-           f"{len(plan.removed)} blocks")
+           f"{len(chosen.removed)} blocks")
     if not met:  # cannot happen: the loop above only exits with a plan that fits
         raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
     return BuildOutcome(EXIT_OK, msg, summary, target)

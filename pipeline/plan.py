@@ -104,9 +104,6 @@ class SearchResult:
     reachable: bool = True
     floor: Plan | None = None                   # every candidate removed: the fastest reachable
 
-    def chosen(self) -> Plan | None:
-        return self.best.get(self.winner) if self.winner else None
-
     def to_dict(self) -> dict:
         return {"budget_ms": self.budget_ms, "base": self.base.to_dict(), "winner": self.winner,
                 "reachable": self.reachable, "floor": self.floor.to_dict() if self.floor else None,
