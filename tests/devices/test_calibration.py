@@ -14,7 +14,6 @@ from edgeprune.devices import calibration as cal
 from edgeprune.devices.graph import Kernel, detect_kernels
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.profiles import LatencyModel, load_profile
-from edgeprune.devices.reference import HARDWARE, physics_model
 from edgeprune.devices.suite import synthetic_model, synthetic_suite
 from edgeprune.errors import EdgepruneError
 
@@ -70,7 +69,7 @@ def test_profile_fit_recovers_known_constants():
 
 
 def test_timings_fit_recovers_group_scales():
-    base = physics_model(HARDWARE["rpi4"])
+    base = load_profile("rpi4").latency_model
     truth_scales = {"conv": 1.7, "dwconv": 2.5, "rest": 0.5}
     timings = []
     for sm in synthetic_suite(12, seed=4, max_mmacs=40):
@@ -90,7 +89,7 @@ def test_empty_fits_are_refused():
     with pytest.raises(EdgepruneError):
         cal.fit_from_profiles([], "x")
     with pytest.raises(EdgepruneError):
-        cal.fit_from_timings([], "x", physics_model(HARDWARE["rpi5"]))
+        cal.fit_from_timings([], "x", load_profile("rpi5").latency_model)
 
 
 def test_burst_median_ignores_preempted_runs():

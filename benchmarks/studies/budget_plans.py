@@ -2,11 +2,11 @@
 
 Run (the committed figures):
 
-    nice -n 5 .venv/bin/python benchmarks/budget_plans.py
+    nice -n 5 .venv/bin/python benchmarks/studies/budget_plans.py
 
 Dry run on random weights with tiny settings (minutes, not the figures):
 
-    .venv/bin/python benchmarks/budget_plans.py --model cifar_resnet56 --budgets 0.9,0.6 --score-images 100 \
+    .venv/bin/python benchmarks/studies/budget_plans.py --model cifar_resnet56 --budgets 0.9,0.6 --score-images 100 \
         --final-images 200 --finetune-steps 2 --random-seeds 0 --build-args "--finetune-epochs 0.01 --bench-runs 5" \
         --out /tmp/budget-plans.md --plot /tmp/budget-plans.png --cache /tmp/budget-plans.json
 
@@ -66,9 +66,9 @@ from edgeprune.pipeline.prune import rank_blocks, split_val
 from edgeprune.pipeline.select import proxy_plans, shortlist, until_budget
 from edgeprune.pipeline.record import write_atomic
 from edgeprune.benchmarks.ort_runner import cpu_model
-from edgeprune.benchmarks.results_cache import ResultsCache, data_digest
+from results_cache import ResultsCache, data_digest
 from edgeprune.progress import set_enabled
-from edgeprune.benchmarks.budget_report import BUILD, PROXIES, STRATEGIES, plan_key, plot, report
+from budget_report import BUILD, PROXIES, STRATEGIES, plan_key, plot, report
 
 FT_ORDER = ("shortlist", "latency-greedy", "accuracy-greedy", "knapsack", "best proxy", "random", "proxy")  # most important first
 NOT_FINETUNED = ("proxy",)   # proxies not kept: top-1 before fine-tune only
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="results JSON of a run with another --seed (repeatable): reported beside this one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = ".venv/bin/python benchmarks/budget_plans.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ".venv/bin/python benchmarks/studies/budget_plans.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data = run(args)
     replicas = [json.loads(Path(p).read_text()) for p in args.replicate]
     plot(data, Path(args.plot), replicas=replicas)

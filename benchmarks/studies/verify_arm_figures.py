@@ -3,7 +3,7 @@ how long preparing the aarch64 userland takes (cold and warm), and the verify-ar
 for torchvision resnet18 and mobilenet_v2 (random weights, torch.onnx.export dynamo=True)
 on the cores of the bundled device profiles.
 
-    nice -n 10 .venv/bin/python benchmarks/verify_arm_figures.py [--versions 1.26.0,1.31.1] [--bundled ARTIFACT]
+    nice -n 10 .venv/bin/python benchmarks/studies/verify_arm_figures.py [--versions 1.26.0,1.31.1] [--bundled ARTIFACT]
 
 Prints markdown. No inference is timed: latency under emulation means nothing.
 """

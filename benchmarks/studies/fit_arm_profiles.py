@@ -1,6 +1,6 @@
 """Fit the ARM boards' latency models to the published reference latencies.
 
-For each board in ``edgeprune.devices.reference`` the reference architectures are
+For each board in ``reference.py`` the reference architectures are
 exported at the benchmark's input size, turned into kernels (no NCHWc: that is x86), and
 a first-principles model (peak MAC rate and memory bandwidth of the board) is scaled per
 kernel group — convolutions, depthwise convolutions, the rest — to the published ncnn
@@ -8,7 +8,7 @@ kernel group — convolutions, depthwise convolutions, the rest — to the publi
 residuals and leave-one-out errors are written into the profile; onnxruntime's gap to ncnn
 becomes ``runtime_factor`` and its uncertainty is folded into the expected error.
 
-    nice -n 10 .venv/bin/python benchmarks/fit_arm_profiles.py
+    nice -n 10 .venv/bin/python benchmarks/studies/fit_arm_profiles.py
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from edgeprune.devices.calibration import ModelTiming, fit_from_timings
 from edgeprune.devices.graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.profiles import load_profile, save_profile
-from edgeprune.devices.reference import (HARDWARE, ORT_GAP_UNCERTAINTY, ORT_OVER_NCNN,
+from reference import (HARDWARE, ORT_GAP_UNCERTAINTY, ORT_OVER_NCNN,
                                          ORT_OVER_NCNN_SOURCE, REFERENCE_MODELS, REFERENCES,
                                          physics_model)
 from edgeprune.devices.suite import export_torchvision
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = math.ceil(math.hypot(loo_rms, ORT_GAP_UNCERTAINTY) * 100) / 100
         lm = replace(lm, runtime_factor=ORT_OVER_NCNN, fitted_on=(
             f"{today}: first-principles model scaled per kernel group to {len(refs)} published ncnn "
-            f"{profile.threads}-thread fp32 latencies (benchmarks/fit_arm_profiles.py), times the "
+            f"{profile.threads}-thread fp32 latencies (benchmarks/studies/fit_arm_profiles.py), times the "
             f"onnxruntime/ncnn gap {ORT_OVER_NCNN}"),
             fit={**lm.fit, "residuals": residuals, "loo_rms_rel_err": round(loo_rms, 4),
                  "ort_gap_uncertainty": ORT_GAP_UNCERTAINTY})
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "expected_error": (f"leave-one-out RMS error of the fit ({loo_rms:.1%}) combined with "
                                f"+-{ORT_GAP_UNCERTAINTY:.0%} for carrying the onnxruntime/ncnn gap "
                                "to this board")})
-        save_profile(new, path, f"{board}: latency constants fitted by benchmarks/fit_arm_profiles.py; "
+        save_profile(new, path, f"{board}: latency constants fitted by benchmarks/studies/fit_arm_profiles.py; "
                                 "no onnxruntime figure on this board was available.")
         print(f"{board}: group scales {lm.fit['group_scales']}, LOO RMS {loo_rms:.1%}, "
               f"expected error +-{expected:.0%}")

@@ -1,6 +1,6 @@
 """The committed recipe that trains the bundled default model (ResNet-56 on Fashion-MNIST).
 
-    python -m edgeprune.pipeline.train_default --data /usr/share/datasets/fashion-mnist \
+    python benchmarks/studies/train_default.py --data /usr/share/datasets/fashion-mnist \
         --epochs 16 --workdir runs/default
 
 Recipe: 28x28 images zero-padded to 32x32, scaled to [0, 1], normalised with the

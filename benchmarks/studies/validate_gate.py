@@ -20,7 +20,7 @@ Steps:
 
 Run (long; nice it on a shared machine)::
 
-    nice -n 10 .venv/bin/python benchmarks/validate_gate.py --out docs/gate_validation
+    nice -n 10 .venv/bin/python benchmarks/studies/validate_gate.py --out docs/gate_validation
 """
 
 from __future__ import annotations

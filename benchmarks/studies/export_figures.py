@@ -1,6 +1,6 @@
 """Export figures for docs/export.md: onnxsim node counts and verification of three models.
 
-Run: nice -n 10 .venv/bin/python benchmarks/export_figures.py [--out docs/export.md] [--resnet56-weights CKPT]
+Run: nice -n 10 .venv/bin/python benchmarks/studies/export_figures.py [--out docs/export.md] [--resnet56-weights CKPT]
 
 Models: the bundled ResNet-56 (its trained weights when they are installed, else random
 weights), torchvision resnet18 and mobilenet_v2 (random weights, 64x64 input, 10 classes).
@@ -90,7 +90,7 @@ def main() -> None:
     cmd_extra = f" --resnet56-weights {args.resnet56_weights}" if args.resnet56_weights else ""
     text = f"""# Export: onnxsim and verification figures
 
-Produced by `nice -n 10 .venv/bin/python benchmarks/export_figures.py{cmd_extra}` on {platform.machine()} with
+Produced by `nice -n 10 .venv/bin/python benchmarks/studies/export_figures.py{cmd_extra}` on {platform.machine()} with
 torch {ver['torch']}, onnx {ver['onnx']}, onnxruntime {ver['onnxruntime']}, onnxsim {ver['onnxsim']},
 onnxscript {ver['onnxscript']}; opset 18, static batch 1, onnxruntime CPU provider, 1 thread.
 Real images: the first {args.images} images of the bundled Fashion-MNIST validation subset, preprocessed

@@ -5,7 +5,7 @@ fits the kernel-sum latency model, cross-validates it, and writes the constants,
 statistics and the expected error into ``devices/profiles/host.toml``. The validation
 models (ResNet-56, torchvision ResNet-18/50, MobileNetV2) are never part of the suite.
 
-Run on a shared machine with ``nice -n 10 .venv/bin/python benchmarks/fit_host_profile.py``.
+Run on a shared machine with ``nice -n 10 .venv/bin/python benchmarks/studies/fit_host_profile.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeprune.devices.calibrate import CalibrationConfig, calibrate_local
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
