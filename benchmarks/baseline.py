@@ -10,9 +10,7 @@ and the figures themselves (latency; memory unless skipped).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from edgeprune.benchmarks.memory import MemoryResult
 from edgeprune.benchmarks.modelfile import ModelFile, inspect_model
 from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import read_json, write_json_atomic
 
 SCHEMA = "edgeprune.baseline/1"
 _LATENCY_REQUIRED = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
@@ -80,16 +79,7 @@ def save_baseline(baseline: Baseline, path: str | os.PathLike[str]) -> Path:
         raise EdgepruneError(f"baseline path is a directory: {target}")
     if not target.parent.exists():
         raise EdgepruneError(f"folder for the baseline does not exist: {target.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(baseline.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_json_atomic(target, baseline.to_dict())
 
 
 def _need(d: Any, key: str, kind: type | tuple[type, ...], where: str, path: Path) -> Any:
@@ -103,14 +93,7 @@ def _need(d: Any, key: str, kind: type | tuple[type, ...], where: str, path: Pat
 def load_baseline(path: str | os.PathLike[str]) -> Baseline:
     """Read and validate a baseline; any defect is one clear EdgepruneError line."""
     p = Path(path)
-    if not p.exists():
-        raise EdgepruneError(f"baseline file not found: {p}")
-    if not p.is_file():
-        raise EdgepruneError(f"baseline is not a file: {p}")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"malformed baseline {p}: not JSON ({e.__class__.__name__})") from None
+    d = read_json(p, "baseline file")
     if not isinstance(d, dict):
         raise EdgepruneError(f"malformed baseline {p}: expected a JSON object")
     if d.get("schema") != SCHEMA:

@@ -1,10 +1,10 @@
 """``edgeprune bench`` as a library call: latency, optional A-vs-B ratio, memory, baseline.
 
-With ``BenchRequest.ssh`` set (``--ssh``, or a device profile with an ``ssh`` line) the
-model is measured on that device instead (:func:`edgeprune.devices.ssh.bench_over_ssh`):
-the same latency figures and memory probes, run there by the self-contained runner. The
-interleaved A/B ratio (``--vs``) keeps both models in one process on this host, so it is
-not available over SSH.
+Where the model is measured is a :class:`~edgeprune.benchmarks.targets.MeasuringTarget`
+(``edgeprune.devices.targets.resolve_target`` picks it from ``--device``/``--ssh``): this
+host by default, or a device over SSH, which gives the same latency figures and memory
+probes, run there by the self-contained runner. The interleaved A/B ratio (``--vs``) keeps
+both models in one process on this host, so a remote target refuses it.
 """
 
 from __future__ import annotations
@@ -12,19 +12,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgeprune.benchmarks import ort_runner
 from edgeprune.benchmarks.baseline import make_baseline, save_baseline
 from edgeprune.benchmarks.compare import CompareConfig, Comparison, compare
-from edgeprune.benchmarks.latency import BenchConfig, measure
-from edgeprune.benchmarks.memory import MemoryResult, measure_memory
+from edgeprune.benchmarks.latency import BenchConfig
+from edgeprune.benchmarks.memory import MemoryResult
 from edgeprune.benchmarks.modelfile import ModelFile, inspect_model
 from edgeprune.benchmarks.stats import LatencyResult
+from edgeprune.benchmarks.targets import HostTarget, MeasuringTarget
 from edgeprune.errors import EdgepruneError
-
-if TYPE_CHECKING:
-    from edgeprune.devices.ssh import SshConfig
 
 
 @dataclass
@@ -35,7 +33,6 @@ class BenchRequest:
     memory_repeats: int = 3
     save_baseline: str | None = None
     compare: CompareConfig = field(default_factory=CompareConfig)
-    ssh: "SshConfig | None" = None     # measure on this device over SSH instead of here
 
 
 @dataclass
@@ -65,13 +62,16 @@ def check_output_path(path: str | os.PathLike[str], what: str) -> None:
         raise EdgepruneError(f"folder for {what} does not exist: {p.parent}")
 
 
-def run_bench(req: BenchRequest, cfg: BenchConfig) -> BenchReport:
+def run_bench(req: BenchRequest, cfg: BenchConfig,
+              target: MeasuringTarget | None = None) -> BenchReport:
+    """Measure ``req.model`` (and ``req.vs``) with ``cfg`` on ``target`` (default: this host)."""
+    target = target if target is not None else HostTarget()
     cfg.validate()
     if req.vs is not None and req.save_baseline is not None:
         raise EdgepruneError("--save-baseline records one model; run it without --vs")
     if req.vs is not None and cfg.time_budget_s is not None:
         raise EdgepruneError("--time-budget applies to one model; with --vs set --rounds")
-    if req.vs is not None and req.ssh is not None:
+    if req.vs is not None and target.remote:
         raise EdgepruneError("--vs is not available over SSH (the interleaved A/B ratio runs both "
                              "models in one process on this host); bench each model on the device, "
                              "or compare them here without --ssh")
@@ -79,42 +79,41 @@ def run_bench(req: BenchRequest, cfg: BenchConfig) -> BenchReport:
         check_output_path(req.save_baseline, "--save-baseline")
     models = [req.model] + ([req.vs] if req.vs is not None else [])
     infos = [inspect_model(m) for m in models]   # missing/garbled files fail before timing
+    if req.memory and req.memory_repeats < 1:
+        raise EdgepruneError(f"memory repeats must be at least 1, got {req.memory_repeats}")
+    repeats = req.memory_repeats if req.memory else 0
 
-    if req.ssh is not None:
-        return _bench_over_ssh(req, req.ssh, cfg, infos[0])
-    comparison = None
-    if req.vs is not None:
-        comparison = compare(req.model, req.vs, cfg, req.compare)
-        results = [comparison.a, comparison.b]
-        if cfg.profile:
-            for r, m in zip(results, models):
-                spec = ort_runner.SessionSpec(m, cfg.threads, list(cfg.providers))
-                sess, _ = ort_runner.open_session(spec)
-                feeds = ort_runner.make_feeds(sess, cfg.shapes, cfg.seed)
-                del sess
-                r.extra["profile"] = ort_runner.profile_ops(spec, feeds, 50, cfg.top)
-    else:
-        results = [measure(req.model, cfg)]
+    if req.vs is None:
+        latency, mem = target.bench(req.model, cfg, memory_repeats=repeats)
+        memory = [mem] if mem is not None else []
+        return BenchReport([latency], None, memory, _save(req, cfg, infos[0], latency, memory),
+                           _notes(target, cfg, latency, memory))
 
-    memory = [measure_memory(m, cfg, repeats=req.memory_repeats) for m in models] \
-        if req.memory else []
-
+    comparison = compare(req.model, req.vs, cfg, req.compare)
+    results = [comparison.a, comparison.b]
+    if cfg.profile:
+        for r, m in zip(results, models):
+            spec = ort_runner.SessionSpec(m, cfg.threads, list(cfg.providers))
+            sess, _ = ort_runner.open_session(spec)
+            feeds = ort_runner.make_feeds(sess, cfg.shapes, cfg.seed)
+            del sess
+            r.extra["profile"] = ort_runner.profile_ops(spec, feeds, 50, cfg.top)
+    memory = [m for m in (target.memory(p, cfg, repeats) for p in models) if m is not None] \
+        if repeats else []
     return BenchReport(results, comparison, memory, _save(req, cfg, infos[0], results[0], memory))
 
 
-def _bench_over_ssh(req: BenchRequest, ssh: "SshConfig", cfg: BenchConfig,
-                    info: ModelFile) -> BenchReport:
-    from edgeprune.devices.ssh import bench_over_ssh
-
-    latency, mem = bench_over_ssh(req.model, ssh, cfg,
-                                  memory_repeats=req.memory_repeats if req.memory else 0)
-    memory = [mem] if mem is not None else []
+def _notes(target: MeasuringTarget, cfg: BenchConfig, latency: LatencyResult,
+           memory: list[MemoryResult]) -> list[str]:
+    """Where a remote target's figures came from (nothing to say for this host)."""
+    if not target.remote:
+        return []
     profile = f" (device profile {cfg.device})" if cfg.device else ""
-    notes = [f"measured over SSH on {ssh.target}{profile} with {ssh.python}: {latency.cpu}, "
+    notes = [f"measured {target.where}{profile} with {target.python}: {latency.cpu}, "
              f"{latency.extra.get('platform', '?')}"]
     if memory:
         notes.append("memory measured on the device, in fresh runner processes")
-    return BenchReport([latency], None, memory, _save(req, cfg, info, latency, memory), notes)
+    return notes
 
 
 def _save(req: BenchRequest, cfg: BenchConfig, info: ModelFile, latency: LatencyResult,

@@ -18,12 +18,13 @@ threshold pinned, see :mod:`memory`, peak RSS still varies by ~0.2 MiB between i
 runs). When the baseline model is at hand its memory is re-measured now, like latency. Plain budgets (``--budget``,
 ``--max-memory``) need no baseline at all.
 
-On a device over SSH (``ssh=``, from ``check --ssh`` or a profile's ssh line) the candidate's
-latency and memory are measured on the device (:func:`edgeprune.devices.ssh.bench_over_ssh`)
-and judged against the baseline's stored figures (absolute mode): the interleaved ratio needs
-both models in one process on this host. The baseline must have been measured over SSH too,
-and a baseline measured over SSH can only be checked over SSH; anything else is bad input,
-since host and board figures are not comparable.
+Where the candidate is measured is a :class:`~edgeprune.benchmarks.targets.MeasuringTarget`
+(``target=``; ``edgeprune.devices.targets.resolve_target`` picks it from ``check --device``/
+``--ssh``). On a remote one (a device over SSH) the candidate's latency and memory are
+measured on the device and judged against the baseline's stored figures (absolute mode): the
+interleaved ratio needs both models in one process on this host. The baseline must have been
+measured over SSH too, and a baseline measured over SSH can only be checked over SSH; anything
+else is bad input, since host and board figures are not comparable.
 """
 
 from __future__ import annotations
@@ -32,19 +33,17 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgeprune.benchmarks.baseline import Baseline, load_baseline, locate_model
 from edgeprune.benchmarks.compare import CompareConfig, Comparison, compare
-from edgeprune.benchmarks.latency import BenchConfig, measure
-from edgeprune.benchmarks.memory import MemoryResult, measure_memory
+from edgeprune.benchmarks.latency import BenchConfig
+from edgeprune.benchmarks.memory import MemoryResult
 from edgeprune.benchmarks.modelfile import inspect_model
 from edgeprune.benchmarks.stats import LatencyResult
+from edgeprune.benchmarks.targets import HostTarget, MeasuringTarget
 from edgeprune.benchmarks.units import fmt_bytes, fmt_ms
 from edgeprune.errors import EdgepruneError
-
-if TYPE_CHECKING:
-    from edgeprune.devices.ssh import SshConfig
 
 BUDGET_STATS = ("p50", "p90", "p99", "mean")
 
@@ -154,31 +153,33 @@ def _memory_checks(cand: MemoryResult, base: MemoryResult, cfg: GateConfig) -> l
 
 
 def _same_place(base: Baseline, baseline_path: str | os.PathLike[str],
-                ssh: "SshConfig | None") -> None:
+                target: MeasuringTarget) -> None:
     """A host baseline is checked on the host, a device baseline on a device over SSH."""
     source = base.latency.source
     on_device = source.startswith("measured:ssh:")
-    if ssh is not None and not on_device:
+    if target.remote and not on_device:
         raise EdgepruneError(
             f"baseline {baseline_path} was measured on this host ({source}), not over SSH; "
-            f"record one on the device with: edgeprune bench MODEL --ssh {ssh.target} "
+            f"record one on the device with: edgeprune bench MODEL --ssh {target.address} "
             "--save-baseline FILE")
-    if ssh is None and on_device:
-        target = base.latency.extra.get("ssh") or "user@host"
+    if not target.remote and on_device:
+        address = base.latency.extra.get("ssh") or "user@host"
         raise EdgepruneError(
             f"baseline {baseline_path} was measured on a device over SSH ({source}); check on "
-            f"that device with --ssh {target} (or a --device profile with that ssh line)")
+            f"that device with --ssh {address} (or a --device profile with that ssh line)")
 
 
 def run_check(model: str | os.PathLike[str], baseline_path: str | os.PathLike[str] | None,
               cfg: GateConfig, bench: BenchConfig | None = None,
-              ssh: "SshConfig | None" = None) -> GateResult:
+              target: MeasuringTarget | None = None) -> GateResult:
     """Measure ``model`` and judge it against a baseline and/or plain budgets.
 
     ``bench`` defaults to the baseline's recorded settings (so candidate and baseline run
-    alike); without a baseline it defaults to ``BenchConfig()``. With ``ssh`` the candidate
-    is measured on that device (see the module docstring).
+    alike); without a baseline it defaults to ``BenchConfig()``. ``target`` (default: this
+    host) is where the candidate is measured; a remote one is judged against the baseline's
+    stored figures (see the module docstring).
     """
+    target = target if target is not None else HostTarget()
     cfg.validate()
     if baseline_path is None and cfg.budget_ms is None and cfg.max_memory_bytes is None:
         raise EdgepruneError("nothing to check: give --baseline, --budget or --max-memory")
@@ -199,8 +200,8 @@ def run_check(model: str | os.PathLike[str], baseline_path: str | os.PathLike[st
     memory = baseline_memory = None
 
     if base is not None:
-        _same_place(base, baseline_path, ssh)
-        if ssh is not None and cfg.baseline_model is not None:
+        _same_place(base, baseline_path, target)
+        if target.remote and cfg.baseline_model is not None:
             raise EdgepruneError("--baseline-model is for the side-by-side ratio on this host; "
                                  "over SSH the candidate is judged against the baseline's "
                                  "stored figures from the device")
@@ -209,19 +210,17 @@ def run_check(model: str | os.PathLike[str], baseline_path: str | os.PathLike[st
             notes.append(f"settings differ from the baseline's (threads {bench.threads} vs "
                          f"{base.settings.get('threads')}, providers {','.join(bench.providers)} "
                          f"vs {','.join(base.settings.get('providers', []))})")
-        if ssh is None:
+        if not target.remote:
             base_model, why = locate_model(base, baseline_path, cfg.baseline_model)
             notes.append(why)
         else:
             notes.append("over SSH the candidate is compared with the baseline's stored figures "
                          "from the device (the interleaved ratio runs on this host only)")
 
-    if ssh is not None:
-        from edgeprune.devices.ssh import bench_over_ssh
-
-        latency, memory = bench_over_ssh(model, ssh, bench,
-                                         memory_repeats=cfg.memory_repeats if want_memory else 0)
-        notes.append(f"measured over SSH on {ssh.target} ({latency.source})")
+    if target.remote:
+        latency, memory = target.bench(model, bench,
+                                       memory_repeats=cfg.memory_repeats if want_memory else 0)
+        notes.append(f"measured {target.where} ({latency.source})")
     if base is not None and base_model is not None:
         mode = "ratio"
         ccfg = CompareConfig(**{**cfg.compare.__dict__, "threshold": 1 + cfg.tolerance})
@@ -229,15 +228,15 @@ def run_check(model: str | os.PathLike[str], baseline_path: str | os.PathLike[st
         latency = comparison.a
         checks.append(_latency_ratio_check(comparison, cfg.tolerance))
     else:
-        if ssh is None:
-            latency = measure(model, bench)
+        if not target.remote:
+            latency = target.latency(model, bench)
         if base is not None:
             mode = "absolute"
             if latency.cpu != base.latency.cpu or latency.ort_version != base.latency.ort_version:
                 notes.append(f"baseline was measured on {base.latency.cpu} with onnxruntime "
                              f"{base.latency.ort_version}; now {latency.cpu} with "
                              f"{latency.ort_version}: absolute figures may not be comparable")
-            if ssh is None:
+            if not target.remote:
                 notes.append("absolute comparison with stored figures: weaker than a side-by-side "
                              "ratio on a shared machine; keep the baseline model beside the baseline")
             checks.append(_latency_absolute_check(latency, base.latency, cfg.tolerance))
@@ -253,10 +252,10 @@ def run_check(model: str | os.PathLike[str], baseline_path: str | os.PathLike[st
 
     if want_memory:
         if memory is None:
-            memory = measure_memory(model, bench, repeats=cfg.memory_repeats)
+            memory = target.memory(model, bench, repeats=cfg.memory_repeats)
         if cfg.check_memory and base is not None and base.memory is not None:
             if base_model is not None:
-                baseline_memory = measure_memory(base_model, bench, repeats=cfg.memory_repeats)
+                baseline_memory = target.memory(base_model, bench, repeats=cfg.memory_repeats)
                 notes.append("baseline memory re-measured now from the baseline model")
             else:
                 baseline_memory = base.memory

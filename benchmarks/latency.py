@@ -2,14 +2,14 @@
 
 The timing loop itself lives in ``ort_runner.py`` (stdlib + numpy + onnxruntime only) so
 that exactly the same code runs here and on a board; this module adds the settings
-(threads, providers, optionally from a device profile), error mapping and statistics.
+(threads, providers, optionally from a loaded device profile), error mapping and statistics.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edgeprune.benchmarks import ort_runner
 from edgeprune.benchmarks.stats import LatencyResult, summarize
@@ -80,24 +80,25 @@ def parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
         raise EdgepruneError(str(e)) from None
 
 
-def device_settings(name_or_path: str) -> tuple[int, list[str], str]:
-    """Threads, providers and name from a device profile (``edgeprune.devices.profiles``)."""
-    try:
-        from edgeprune.devices.profiles import load_profile
-    except ImportError:
-        raise EdgepruneError("device profiles are not available in this installation "
-                             "(edgeprune.devices.profiles is missing); use --threads/--providers"
-                             ) from None
-    profile = load_profile(name_or_path)
-    return int(profile.threads), list(profile.providers), str(profile.name)
+class DeviceSettings(Protocol):
+    """What a device profile gives a benchmark (``edgeprune.devices.profiles.DeviceProfile``)."""
+
+    name: str
+    threads: int
+    providers: list[str]
 
 
-def resolve_config(base: BenchConfig, *, device: str | None = None, threads: int | None = None,
-                   providers: list[str] | None = None) -> BenchConfig:
-    """``base`` with a device profile applied, then explicit flags on top (flags win)."""
+def resolve_config(base: BenchConfig, *, profile: DeviceSettings | None = None,
+                   threads: int | None = None, providers: list[str] | None = None) -> BenchConfig:
+    """``base`` with a device profile's threads and providers, then explicit flags on top.
+
+    ``profile`` is a loaded profile; ``edgeprune.devices.targets.bench_config`` takes a
+    ``--device`` name or path instead.
+    """
     cfg = BenchConfig(**{**base.__dict__})
-    if device:
-        cfg.threads, cfg.providers, cfg.device = device_settings(device)
+    if profile is not None:
+        cfg.threads, cfg.providers, cfg.device = (int(profile.threads), list(profile.providers),
+                                                  str(profile.name))
     if threads is not None:
         cfg.threads = threads
     if providers is not None:

@@ -6,7 +6,6 @@ its sha256 and size must cover both, or a baseline would not notice changed weig
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import load_onnx, sha256_files
 
 
 @dataclass
@@ -31,10 +31,7 @@ class ModelFile:
 
 
 def _external_locations(path: Path) -> list[str]:
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise EdgepruneError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    proto = load_onnx(path, load_external_data=False)
     locations = set()
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if uses_external_data(tensor):
@@ -52,13 +49,9 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFile:
     if not p.is_file():
         raise EdgepruneError(f"not a file: {p}")
     externals = _external_locations(p)
-    h = hashlib.sha256()
-    total = 0
-    for f in [p] + [p.parent / loc for loc in externals]:
+    files = [p] + [p.parent / loc for loc in externals]
+    for f in files:
         if not f.is_file():
             raise EdgepruneError(f"{p} refers to external data {f.name} which is missing")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        total += f.stat().st_size
-    return ModelFile(str(p), h.hexdigest(), p.stat().st_size, total, externals)
+    total = sum(f.stat().st_size for f in files)
+    return ModelFile(str(p), sha256_files(files), p.stat().st_size, total, externals)

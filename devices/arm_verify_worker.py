@@ -1,8 +1,8 @@
 """Run an ONNX model with the aarch64 onnxruntime; executed *inside* qemu-aarch64.
 
 This file is shipped to the emulated aarch64 Python as it is, so it imports only the
-standard library, numpy and onnxruntime (never edgeprune). ``edgeprune.devices.arm_verify``
-writes a job folder and starts::
+standard library, numpy and onnxruntime (never edgeprune). ``edgeprune.devices.arm_emulator``
+(``run_on_arm``) writes a job folder and starts::
 
     qemu-aarch64-static -cpu CORE -L ROOT ROOT/usr/bin/python3.11 -I -S arm_verify_worker.py JOB_DIR
 

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import onnx
 
 from edgeprune.devices.graph import detect_kernels, spill_fraction
-from edgeprune.devices.predictor import _require_model, as_profile, band, kernel_cost_us
+from edgeprune.devices.predictor import as_profile, band, kernel_cost_us, require_model
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.errors import EdgepruneError
 
@@ -139,7 +139,7 @@ def table_from_onnx(model: onnx.ModelProto, device: DeviceProfile | str,
                     blocks: Sequence[str]) -> BlockLatencyTable:
     """Build the table from an ONNX model exported by torch's dynamo exporter."""
     profile = as_profile(device)
-    lm = _require_model(profile)
+    lm = require_model(profile)
     block_set = set(blocks)
     owner_of_node = {n.name: _owner(_scopes(n), block_set) for n in model.graph.node}
     if blocks and not any(v != REST for v in owner_of_node.values()):

@@ -27,7 +27,9 @@ from edgeprune.devices.graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile, save_profile
 from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model
+from edgeprune.devices.targets import MeasuringTarget, RemoteTarget, resolve_target
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import write_bytes_atomic
 
 Progress = Callable[[str], None]
 
@@ -44,7 +46,7 @@ class CalibrationConfig:
     force: bool = False                    # overwrite ``out``
     ssh: str | None = None                 # user@host[:port]; default: the profile's ssh
     remote_python: str | None = None
-    ssh_config: Path | None = None          # ssh -F file
+    ssh_config: str | os.PathLike[str] | None = None   # ssh -F file
     synthetic: int = 48                    # seeded synthetic networks in the suite
     seed: int = 0
     max_mmacs: float = 250.0               # size cap of a synthetic network (million MACs)
@@ -109,9 +111,7 @@ def build_suite(workdir: Path, synthetic: int, seed: int, architectures: bool,
 
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, model.SerializeToString())   # suite models are small: one file
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -205,27 +205,28 @@ def _base_model(profile: DeviceProfile, machine: str) -> LatencyModel:
     return replace(host, nchwc_block=0 if arm else host.nchwc_block, cache_mb=0.0 if arm else host.cache_mb)
 
 
-def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None) -> CalibrationResult:
-    from edgeprune.devices.ssh import resolve_ssh, time_models_over_ssh
-
+def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None,
+                  target: MeasuringTarget | None = None) -> CalibrationResult:
+    """Calibrate over SSH on ``target`` (default: resolved from ``cfg``; it must be remote)."""
     profile = load_profile(cfg.device)
-    ssh = resolve_ssh(cfg.ssh, profile, remote_python=cfg.remote_python, ssh_config=cfg.ssh_config)
-    if ssh is None:
+    if target is None:
+        target = _target(cfg, profile)
+    if not isinstance(target, RemoteTarget):
         raise EdgepruneError(f"no SSH target for '{profile.name}': pass --ssh user@host[:port]")
-    target = cfg.ssh or profile.ssh
+    written_ssh = cfg.ssh or profile.ssh      # the fitted profile keeps the address as given
     out = _resolve_out(cfg, profile)
     threads = cfg.threads or profile.threads
     suite = build_suite(Path(cfg.workdir or default_workdir()), cfg.synthetic, cfg.seed,
                         cfg.architectures, progress, cfg.max_mmacs)
-    raws = time_models_over_ssh(suite, ssh, threads, profile.providers,
-                                progress=(lambda n: progress(f"timing {n} on {ssh.target}"))
-                                if progress else None)
+    raws = target.time_models(suite, threads, profile.providers,
+                              progress=(lambda n: progress(f"timing {n} on {target.address}"))
+                              if progress else None)
     base = _base_model(profile, str(raws[0].get("machine", "")))
     timings = [cal.ModelTiming(p.stem, detect_kernels(load_model(p), base.nchwc_block),
                                float(np.median(r["samples_ms"]))) for p, r in zip(suite, raws)]
     when = _dt.date.today().isoformat()
     lm = cal.fit_from_timings(timings, f"{when}: median onnxruntime latencies of {len(timings)} "
-                              f"calibration models measured on {ssh.target} over SSH", base)
+                              f"calibration models measured on {target.address} over SSH", base)
     pred = lambda t, m: (m.run_overhead_us + kernels_cost_us(t.kernels, m)) * m.runtime_factor / 1e3  # noqa: E731
     fitted = [pred(t, lm) for t in timings]
     held = [0.0] * len(timings)
@@ -237,7 +238,7 @@ def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None) -> C
                    [t.latency_ms for t in timings], fitted, held, threads,
                    f"measured on the device over SSH (onnxruntime {raws[0].get('ort_version', '?')}); "
                    f"predictor fitted {when} to whole-model latencies of the calibration suite",
-                   {"calibration_cpu": str(raws[0].get("cpu", profile.cpu))}, ssh=target)
+                   {"calibration_cpu": str(raws[0].get("cpu", profile.cpu))}, ssh=written_ssh)
 
 
 # -- shared ------------------------------------------------------------------------------------
@@ -274,16 +275,20 @@ def _header(r: CalibrationResult) -> str:
             f"{r.cross_validated['within_10pct']:.0%} within +-10%.")
 
 
+def _target(cfg: CalibrationConfig, profile: DeviceProfile) -> MeasuringTarget:
+    """Where calibration measures: over SSH when named, else here (never predicted)."""
+    return resolve_target(profile, cfg.ssh, remote_python=cfg.remote_python,
+                          ssh_config=cfg.ssh_config, otherwise="host")
+
+
 def calibrate(cfg: CalibrationConfig, progress: Progress | None = None) -> CalibrationResult:
     """Measure and fit; over SSH when a target is given or the profile names one."""
     if cfg.synthetic < 0:
         raise EdgepruneError("--synthetic must be 0 or more")
-    from edgeprune.devices.ssh import resolve_ssh
-
     profile = load_profile(cfg.device)
-    if resolve_ssh(cfg.ssh, profile, remote_python=cfg.remote_python,
-                   ssh_config=cfg.ssh_config) is not None:
-        return calibrate_ssh(cfg, progress)
+    target = _target(cfg, profile)
+    if target.remote:
+        return calibrate_ssh(cfg, progress, target)
     if profile.name != "host" and not cfg.device.endswith(".toml"):
         raise EdgepruneError(
             f"'{profile.name}' is not this machine and its profile names no SSH target: pass "

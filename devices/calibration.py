@@ -29,8 +29,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgeprune.benchmarks import ort_runner
-from edgeprune.devices.graph import Kernel, kernel_from_profile_event
+from edgeprune.devices.graph import Kernel, kernel_from_profile_event, spill_fraction
 from edgeprune.devices.kernels import FEATURES, KINDS
+from edgeprune.devices.predictor import kernels_cost_us, model_spill
 from edgeprune.devices.profiles import LatencyModel
 from edgeprune.errors import EdgepruneError
 
@@ -275,15 +276,12 @@ def fit_from_profiles(models: Sequence[ProfiledModel], fitted_on: str, nchwc_blo
 
 
 def _model_level_error(models: Sequence[ProfiledModel], lm: LatencyModel) -> float:
-    from edgeprune.devices.predictor import kernels_cost_us
     pred = [lm.run_overhead_us + kernels_cost_us([k for k, _ in pm.kernels], lm) for pm in models]
     return float(np.mean(np.abs(relative_errors(pred, [pm.total_ms * 1e3 for pm in models]))))
 
 
 def _fit_profiles_at(models: Sequence[ProfiledModel], fitted_on: str, nchwc_block: int,
                      cache_mb: float) -> LatencyModel:
-    from edgeprune.devices.graph import spill_fraction
-    from edgeprune.devices.predictor import kernels_cost_us
     cols = [(k, f) for k, f in _columns() if cache_mb > 0 or f != "mb_w_spill"]
     rows, y, totals = [], [], []
     for pm in models:
@@ -333,11 +331,9 @@ def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,
     if not timings:
         raise EdgepruneError("no calibration measurements to fit")
     y = np.array([t.latency_ms * 1e3 for t in timings])
-    from edgeprune.devices.predictor import kernels_cost_us
     groups = {"conv": ("conv1x1", "conv3x3", "convkxk", "gconv"), "dwconv": ("dwconv",)}
     rest = tuple(k for k in KINDS if not any(k in g for g in groups.values()))
     groups["rest"] = rest
-    from edgeprune.devices.predictor import model_spill
     rows = []
     for t in timings:
         spill = model_spill(t.kernels, base)

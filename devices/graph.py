@@ -8,7 +8,8 @@ activation after it) into the convolution and inserting layout reorders. Predict
 latency node by node from the exported graph would charge for work that never runs, so
 this module replays those rules (nn-Meter calls this *kernel detection*) on shapes from
 ONNX shape inference. The NCHWc rules follow onnxruntime's ``nchwc_transformer.cc`` and
-apply only when the device's latency model sets ``nchwc_block`` (16 with AVX-512).
+apply only when the device's latency model sets ``nchwc_block`` (16 with AVX-512). Shapes come
+from ``exporters.graph.infer_shapes`` (dynamic input dimensions = 1 unless given).
 
 ``kernel_from_profile_event`` builds the same :class:`Kernel` from one node of
 onnxruntime's own profiler trace; the host profile is fitted on those.
@@ -23,9 +24,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, shape_inference
+from onnx import TensorProto, helper
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.exporters.graph import Shapes, infer_shapes
+from edgeprune.files import load_onnx
 
 CONV_KINDS = ("conv1x1", "conv3x3", "convkxk", "gconv", "dwconv")
 FUSABLE_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid"}
@@ -157,81 +159,6 @@ def op_kind(op: str) -> str:
     return "other"
 
 
-# -- shapes --------------------------------------------------------------------------
-
-def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model without the data of large initializers (they become typed graph inputs).
-
-    Shape inference only needs the values of small integer tensors (Reshape targets,
-    Pad amounts); leaving the weights out keeps it fast for large models.
-    """
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    g = light.graph
-    g.name = model.graph.name
-    g.node.extend(model.graph.node)
-    g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
-    g.input.extend(model.graph.input)
-    input_names = {i.name for i in model.graph.input}
-    for init in model.graph.initializer:
-        n = math.prod(init.dims) if init.dims else 1
-        if n > 64 and init.data_type not in (TensorProto.INT64, TensorProto.INT32):
-            if init.name not in input_names:
-                g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        else:
-            g.initializer.append(init)
-    light.functions.extend(model.functions)
-    return light
-
-
-def _fix_input_dims(model: onnx.ModelProto, shapes: dict[str, Sequence[int]] | None) -> None:
-    """Give every graph input a static shape: the one asked for, else dynamic dims = 1."""
-    shapes = dict(shapes or {})
-    inits = {i.name for i in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name in inits or not inp.type.HasField("tensor_type"):
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        if inp.name in shapes:
-            want = list(shapes.pop(inp.name))
-            if len(want) != len(dims):
-                raise EdgepruneError(
-                    f"input shape for {inp.name!r} has {len(want)} dims, the model expects {len(dims)}")
-            for d, v in zip(dims, want):
-                d.Clear()
-                d.dim_value = int(v)
-        else:
-            for d in dims:
-                if not d.HasField("dim_value") or d.dim_value <= 0:
-                    d.Clear()
-                    d.dim_value = 1
-    if shapes:
-        raise EdgepruneError(f"unknown model input(s) {', '.join(shapes)} in the input shapes given")
-
-
-def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None
-                 ) -> tuple[dict[str, tuple[list[int], int]], onnx.ModelProto]:
-    """Static shape and dtype of every tensor, and the (light) model they were inferred on."""
-    light = _light_copy(model)
-    _fix_input_dims(light, input_shapes)
-    try:
-        inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-    except Exception as e:  # onnx raises InferenceError and friends
-        raise EdgepruneError(f"ONNX shape inference failed: {str(e).splitlines()[0]}") from None
-    shapes: dict[str, tuple[list[int], int]] = {}
-    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        shapes[vi.name] = (dims, tt.elem_type)
-    for init in model.graph.initializer:
-        shapes[init.name] = (list(init.dims), init.data_type)
-    return shapes, inferred
-
-
 # -- kernel detection ----------------------------------------------------------------
 
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -246,8 +173,7 @@ def _pad(c: int, block: int) -> int:
 
 
 class _Detector:
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[list[int], int]],
-                 nchwc_block: int) -> None:
+    def __init__(self, model: onnx.ModelProto, shapes: Shapes, nchwc_block: int) -> None:
         self.model = model
         self.shapes = shapes
         self.block = nchwc_block
@@ -275,13 +201,13 @@ class _Detector:
 
     def dims(self, t: str) -> list[int] | None:
         s = self.shapes.get(t)
-        if s is None or any(d < 0 for d in s[0]):
+        if s is None or any(d is None for d in s[0]):
             return None
         return s[0]
 
     def nbytes(self, t: str, padded: bool = False) -> float:
         s = self.shapes.get(t)
-        if s is None or any(d < 0 for d in s[0]):
+        if s is None or any(d is None for d in s[0]):
             return 0.0
         dims = list(s[0])
         if padded and self.block and t in self.nchwc and len(dims) >= 2:
@@ -619,18 +545,13 @@ class _Detector:
 def detect_kernels(model: onnx.ModelProto, nchwc_block: int = 0,
                    input_shapes: dict[str, Sequence[int]] | None = None) -> list[Kernel]:
     """Kernels onnxruntime will run for ``model`` (see the module docstring)."""
-    shapes, _ = infer_shapes(model, input_shapes)
+    shapes = infer_shapes(model, input_shapes, strict=False)
     return _Detector(model, shapes, nchwc_block).run()
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
-    p = Path(path)
-    if not p.is_file():
-        raise EdgepruneError(f"model file not found: {path}")
-    try:
-        return onnx.load(str(p), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise EdgepruneError(f"{path} is not a readable ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    """The graph of an ONNX file, without external weight data (kernel detection needs shapes only)."""
+    return load_onnx(path, load_external_data=False)
 
 
 # -- onnxruntime profiler events -------------------------------------------------------

@@ -83,7 +83,8 @@ class Prediction:
         return d
 
 
-def _require_model(profile: DeviceProfile) -> LatencyModel:
+def require_model(profile: DeviceProfile) -> LatencyModel:
+    """The profile's latency model, or a one-line error saying how to get one."""
     if profile.latency_model is None:
         raise EdgepruneError(
             f"device profile '{profile.name}' has no latency model; measure it with "
@@ -96,7 +97,7 @@ def band(profile: DeviceProfile) -> float:
 
 
 def predict_kernels(kernels: Sequence[Kernel], profile: DeviceProfile) -> Prediction:
-    lm = _require_model(profile)
+    lm = require_model(profile)
     spill = model_spill(kernels, lm)
     costs = [kernel_cost_us(k, lm, spill) * lm.runtime_factor / 1e3 for k in kernels]
     run_ms = lm.run_overhead_us * lm.runtime_factor / 1e3
@@ -117,7 +118,7 @@ def as_profile(device: DeviceProfile | str) -> DeviceProfile:
 
 def model_kernels(model: str | Path | onnx.ModelProto, profile: DeviceProfile,
                   input_shapes: dict[str, Sequence[int]] | None = None) -> list[Kernel]:
-    lm = _require_model(profile)
+    lm = require_model(profile)
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     return detect_kernels(proto, lm.nchwc_block, input_shapes)
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edgeprune.devices.address import parse_target
 from edgeprune.devices.kernels import validate_coefficients
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import read_toml, write_text_atomic
 
 try:  # Python 3.11+
     import tomllib
@@ -121,13 +122,7 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     if tomllib is None:  # pragma: no cover
         raise EdgepruneError("reading device profiles needs Python 3.11+ (tomllib)")
     path = _resolve(str(name_or_path))
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise EdgepruneError(f"device profile {path} is not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise EdgepruneError(f"device profile {path} is not a UTF-8 text file") from None
-    return profile_from_dict(data, path)
+    return profile_from_dict(read_toml(path, "device profile"), path)
 
 
 # -- validation ----------------------------------------------------------------------
@@ -232,7 +227,6 @@ def profile_from_dict(data: dict, where: Path | str = "<dict>") -> DeviceProfile
     for key in ("clock_ghz", "ram_gb"):
         _positive(getattr(prof, key), key, where)
     if ssh is not None:
-        from edgeprune.devices.ssh import parse_target
         parse_target(ssh)  # raises a clear error for a malformed target
     return prof
 
@@ -301,13 +295,4 @@ def save_profile(p: DeviceProfile, path: str | Path, header: str = "") -> Path:
     path = Path(path)
     text = dumps_profile(p, header)
     profile_from_dict(tomllib.loads(text), path)  # never write a file we cannot read back
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)

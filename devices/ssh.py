@@ -5,8 +5,9 @@ Nothing of edgeprune is installed on the device: the model and the self-containe
 folder there, run with the profile's providers and threads, and the folder is removed.
 Using the system binaries means the user's ``~/.ssh/config``, keys and agent apply.
 
-:func:`resolve_ssh` decides, for every command, whether and where to go: ``--ssh`` first,
-else the device profile's ``ssh`` line. :func:`bench_over_ssh` is ``edgeprune bench`` on
+:func:`resolve_ssh` says whether and where to go: ``--ssh`` first, else the device
+profile's ``ssh`` line (``edgeprune.devices.targets.resolve_target`` builds on it to decide,
+for every command, where a figure comes from). :func:`bench_over_ssh` is ``edgeprune bench`` on
 the device: latency in one runner process, then (optionally) peak memory in fresh runner
 processes, exactly as on the host.
 """
@@ -21,62 +22,25 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from edgeprune.benchmarks.latency import BenchConfig
+from edgeprune.benchmarks import ort_runner
+from edgeprune.benchmarks.latency import BenchConfig, to_result
+from edgeprune.benchmarks.memory import STABLE_MALLOC_ENV, MemoryResult, memory_result, probe_args
+from edgeprune.benchmarks.modelfile import inspect_model
 from edgeprune.benchmarks.stats import LatencyResult
+from edgeprune.devices.address import SshTarget, parse_target
+from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.errors import EdgepruneError
 
-if TYPE_CHECKING:
-    from edgeprune.benchmarks.memory import MemoryResult
-    from edgeprune.devices.profiles import DeviceProfile
-
-_TARGET = re.compile(
-    r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
-    r"(?::(?P<port>\d{1,5}))?$")
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    host: str                 # host name, ssh-config alias or address (IPv6 without brackets)
-    user: str | None = None
-    port: int | None = None
-
-    @property
-    def destination(self) -> str:
-        """``user@host`` as ssh expects it (port goes to -p / -P)."""
-        return f"{self.user}@{self.host}" if self.user else self.host
-
-    @property
-    def scp_host(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}" if self.user else host
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        s = f"{self.user}@{host}" if self.user else host
-        return f"{s}:{self.port}" if self.port else s
-
-
-def parse_target(text: str) -> SshTarget:
-    """Parse ``user@host[:port]`` (user and port optional; ``[v6addr]:port`` accepted)."""
-    m = _TARGET.match(text.strip()) if text else None
-    if not m or m.group("host").startswith("-"):
-        raise EdgepruneError(
-            f"bad SSH target {text!r}; expected user@host or user@host:port")
-    port = int(m.group("port")) if m.group("port") else None
-    if port is not None and not 0 < port < 65536:
-        raise EdgepruneError(f"bad SSH port {port} in {text!r}; expected 1-65535")
-    return SshTarget(host=m.group("host").strip("[]"), user=m.group("user"), port=port)
-
+__all__ = ["SshConfig", "SshTarget", "bench_over_ssh", "copy_to", "measure_over_ssh", "parse_target",
+           "remote_workdir", "resolve_ssh", "run_ssh", "runner_script", "ssh_error",
+           "time_models_over_ssh"]
 
 # -- running things on the device -------------------------------------------------------
 
 def runner_script() -> Path:
     """The ``ort_runner.py`` that is shipped to the device, byte for byte."""
-    from edgeprune.benchmarks import ort_runner
-
     return Path(ort_runner.__file__).resolve()
 
 
@@ -97,7 +61,7 @@ class SshConfig:
                 "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3", *self.options]
 
 
-def resolve_ssh(ssh: str | None, profile: "DeviceProfile | str | None" = None, *,
+def resolve_ssh(ssh: str | None, profile: DeviceProfile | str | None = None, *,
                 remote_python: str | None = None,
                 ssh_config: str | os.PathLike[str] | None = None) -> SshConfig | None:
     """Where a command measures: ``--ssh`` if given, else the profile's ``ssh`` line.
@@ -107,8 +71,6 @@ def resolve_ssh(ssh: str | None, profile: "DeviceProfile | str | None" = None, *
     are then bad input rather than silently ignored.
     """
     if isinstance(profile, str):
-        from edgeprune.devices.profiles import load_profile
-
         profile = load_profile(profile)
     target = ssh or (profile.ssh if profile is not None else None)
     if not target:
@@ -228,8 +190,6 @@ def remote_workdir(cfg: SshConfig) -> Iterator[str]:
 
 
 def _model_files(model: Path) -> list[Path]:
-    from edgeprune.benchmarks.modelfile import inspect_model
-
     info = inspect_model(model)
     return [model] + [model.parent / loc for loc in info.external_files]
 
@@ -278,7 +238,7 @@ def _parse_runner_output(cfg: SshConfig, proc: subprocess.CompletedProcess) -> l
 
 def bench_over_ssh(model: str | Path, cfg: SshConfig, bench: BenchConfig,
                    device: str | None = None, memory_repeats: int = 0,
-                   memory_runs: int = 10) -> tuple[LatencyResult, "MemoryResult | None"]:
+                   memory_runs: int = 10) -> tuple[LatencyResult, MemoryResult | None]:
     """``edgeprune bench`` on the device: its latency, and its peak memory if asked.
 
     One temporary folder on the device holds the model, its external data and
@@ -289,10 +249,6 @@ def bench_over_ssh(model: str | Path, cfg: SshConfig, bench: BenchConfig,
     Both carry ``source="measured:ssh:<device>"`` (``device`` defaults to ``bench.device``,
     then the target).
     """
-    from edgeprune.benchmarks.latency import to_result
-    from edgeprune.benchmarks.memory import STABLE_MALLOC_ENV, memory_result, probe_args
-    from edgeprune.benchmarks.modelfile import inspect_model
-
     bench.validate()
     if memory_repeats < 0:
         raise EdgepruneError(f"memory repeats must be 0 or more, got {memory_repeats}")

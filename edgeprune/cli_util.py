@@ -8,12 +8,11 @@ import sys
 from typing import Any, Callable
 
 import typer
-from rich.console import Console
 
+from edgeprune.console import console, err_console
 from edgeprune.errors import EdgepruneError
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["console", "err_console", "fail", "print_json", "user_errors"]
 
 
 def fail(message: str, code: int = 2) -> None:

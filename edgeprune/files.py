@@ -1,9 +1,11 @@
 """Files on disk, one way each: hashing, atomic writes, a staged folder, reads that fail in one line.
 
-* ``sha256_file`` - the hex digest of a file, streamed.
+* ``sha256_file`` - the hex digest of a file, streamed; ``sha256_files`` - one digest over
+  several files in order.
 * ``write_bytes_atomic`` / ``write_text_atomic`` / ``write_json_atomic`` / ``save_torch_atomic`` -
   write through a temporary file in the same folder and rename it into place, so a reader
-  (or a resumed run) sees the old file or the new one, never half of one.
+  (or a resumed run) sees the old file or the new one, never half of one. The result gets
+  the permissions a plain ``open()`` would give it (the umask), as does a staged folder.
 * ``replace_folder`` - move a finished folder over an existing one, rolling back on failure;
   ``staged_folder`` - a context manager that yields an empty folder beside the target and
   renames it into place only when the block succeeds.
@@ -22,9 +24,8 @@ import json
 import os
 import shutil
 import tempfile
-import tomllib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from edgeprune.errors import EdgepruneError
 
@@ -32,10 +33,17 @@ PathLike = str | os.PathLike[str]
 
 
 def sha256_file(path: PathLike) -> str:
+    return sha256_files([path])
+
+
+def sha256_files(paths: Iterable[PathLike]) -> str:
+    """One digest over the bytes of ``paths`` in the given order (a model and its external
+    data as one thing); for a single file it equals :func:`sha256_file`."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -47,6 +55,20 @@ def sha256_json(obj: Any, length: int | None = None) -> str:
 
 # ---------------------------------------------------------------- atomic writes
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
     path = Path(path)
@@ -55,6 +77,7 @@ def _write_atomic(path: PathLike, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 would make the result private
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -126,6 +149,7 @@ def staged_folder(target: PathLike, check: Callable[[Path], None] | None = None)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(staging, 0o777 & ~_umask())   # mkdtemp's 0700 would make the result private
         yield staging
         if check:
             check(target)          # it may have appeared meanwhile
@@ -151,15 +175,23 @@ def read_json(path: PathLike, what: str = "JSON file") -> Any:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{p} is not valid JSON: {e}") from None
+        raise EdgepruneError(f"{what} {p} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise EdgepruneError(f"cannot read {what} {p}: {e.strerror or e}") from None
 
 
 def read_toml(path: PathLike, what: str = "TOML file") -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        raise EdgepruneError(f"reading a {what} needs Python 3.11+ (tomllib)") from None
     p = _existing_file(path, what)
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{p} is not valid TOML: {e}") from None
+        raise EdgepruneError(f"{what} {p} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise EdgepruneError(f"cannot read {what} {p}: {e.strerror or e}") from None
 
 
 def load_onnx(path: PathLike, load_external_data: bool = True):

@@ -1,4 +1,9 @@
-"""CLI options shared by every command that takes a model and data, declared once."""
+"""CLI options declared once: every option used by more than one command, with one help text.
+
+Commands annotate parameters with these (``json_out: o.Json = False``); the default stays in
+the command's signature, so the same option can default differently where it must
+(``--device`` is required by ``calibrate``, ``host`` for ``predict``).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,47 @@ Channels = Annotated[Optional[int], typer.Option(help="Channels fed to the model
 Resize = Annotated[str, typer.Option(help="Fit images to the model input: auto, pad, resize, or none.")]
 Accelerator = Annotated[str, typer.Option(help="Torch device for scoring/fine-tuning/eval: cpu, cuda, cuda:N.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
+
+# -- where a figure comes from: a device profile, and the device over SSH
+Device = Annotated[Optional[str], typer.Option("--device", help="Device profile: a name from `edgeprune devices` "
+                                               "or a TOML path.")]
+Ssh = Annotated[Optional[str], typer.Option("--ssh", metavar="USER@HOST[:PORT]", help="Measure on this device over "
+                                            "SSH (default: the --device profile's ssh line, if any).")]
+RemotePython = Annotated[Optional[str], typer.Option("--remote-python", help="python3 on the device (default: the "
+                                                     "profile's, or python3).")]
+SshConfigFile = Annotated[Optional[str], typer.Option("--ssh-config", metavar="FILE", help="ssh config file (ssh -F).")]
+
+# -- how onnxruntime times a model
+Threads = Annotated[Optional[int], typer.Option("--threads", help="intra_op_num_threads (default: the --device "
+                                                "profile's, else the baseline's, else 1).")]
+Providers = Annotated[Optional[str], typer.Option("--providers", help="Execution providers in preference order, "
+                                                  "comma-separated (default: the --device profile's, else the "
+                                                  "baseline's, else CPU).")]
+Warmup = Annotated[int, typer.Option("--warmup", help="Untimed runs first.")]
+Runs = Annotated[Optional[int], typer.Option("--runs", show_default=False, help="Timed runs (default 100).")]
+Shape = Annotated[Optional[list[str]], typer.Option("--shape", help="Input shape NAME=1x3x32x32 (repeatable); "
+                                                    "dynamic dims default to 1.")]
+Rounds = Annotated[int, typer.Option("--rounds", help="Interleaved A/B rounds of the side-by-side ratio.")]
+
+# -- scoring, removing and fine-tuning blocks
+ScoreImages = Annotated[int, typer.Option("--score-images", help="Validation images held out to score blocks "
+                                          "(the rest measure the result).")]
+Criterion = Annotated[str, typer.Option("--criterion", help="direct (remove and measure), norm-ratio, bn-gamma, l1, "
+                                        "random.")]
+Mode = Annotated[str, typer.Option("--mode", help="oneshot (score once) or iterative (remove the weakest, re-score, "
+                                   "repeat).")]
+ReplaceProjection = Annotated[bool, typer.Option("--replace-projection", help="Also remove projection blocks, "
+                                                 "replacing each by its shortcut path alone.")]
+FinetuneEpochs = Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs after removal (0: none).")]
+Kd = Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model while fine-tuning.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random (random criterion, shuffling, "
+                                   "fine-tuning).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size.")]
+
+# -- outputs and their checks
+Force = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists.")]
+Atol = Annotated[float, typer.Option("--atol", help="Absolute tolerance on the output difference.")]
+Rtol = Annotated[float, typer.Option("--rtol", help="Tolerance relative to the largest reference output.")]
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:

@@ -7,6 +7,8 @@ from typing import Iterable, Iterator, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from edgeprune.console import err_console
+
 T = TypeVar("T")
 _enabled = os.environ.get("EDGEPRUNE_PROGRESS", "1") != "0"
 
@@ -21,8 +23,6 @@ def track(items: Iterable[T], description: str | None, total: int | None = None)
     if not description or not _enabled:
         yield from items
         return
-    from edgeprune.cli_util import err_console
-
     if not err_console.is_terminal:  # a pipe or a log file: no bars, no blank lines
         yield from items
         return

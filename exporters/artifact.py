@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,6 +34,7 @@ from torch import nn
 
 from edgeprune import __version__
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import read_json, sha256_file, staged_folder, write_json_atomic
 from edgeprune.exporters import runtime
 from edgeprune.exporters.graph import count_macs, io_spec, node_module_paths, operator_counts, parameter_count
 from edgeprune.exporters.memory import static_memory
@@ -68,14 +67,6 @@ class ArtifactResult:
 
 # ---------------------------------------------------------------- files and checksums
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _payload_files(folder: Path) -> list[Path]:
     """Every regular file of the artifact except the manifest itself, sorted."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
@@ -107,10 +98,7 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise EdgepruneError(f"{folder} is not an edgeprune artifact: {MANIFEST} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{path} is not valid JSON: {e}") from e
+    data = read_json(path, "artifact manifest")
     if not isinstance(data, dict) or "schema_version" not in data:
         raise EdgepruneError(f"{path} is not an edgeprune manifest (no schema_version)")
     return data
@@ -122,21 +110,6 @@ def _as_json(data: dict[str, Any]) -> dict[str, Any]:
         return json.loads(json.dumps(data, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise EdgepruneError(f"the manifest cannot hold this value: {e}") from e
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -170,13 +143,14 @@ def update_manifest(artifact_dir: str | Path, key: str, value: Any) -> dict[str,
             raise EdgepruneError(f"refusing to update {folder / MANIFEST}: {changed[0]}")
         manifest[key] = value
         manifest["files"] = file_table(folder)
-        _write_json_atomic(folder / MANIFEST, manifest)
+        write_json_atomic(folder / MANIFEST, manifest, strict=True)
     return manifest
 
 
 # ---------------------------------------------------------------- atomic folder
 
 def _check_target(target: Path, force: bool) -> None:
+    """The rule for ``out_dir``: new, or (with ``force``) an existing artifact or empty folder."""
     if not target.exists():
         return
     if not target.is_dir():
@@ -185,33 +159,6 @@ def _check_target(target: Path, force: bool) -> None:
         raise EdgepruneError(f"{target} already exists; pass --force to replace it")
     if any(target.iterdir()) and not (target / MANIFEST).is_file():
         raise EdgepruneError(f"refusing to replace {target}: it is not an edgeprune artifact (no {MANIFEST})")
-
-
-@contextlib.contextmanager
-def staged_folder(target: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``target``; on success it is renamed to ``target``
-    (replacing an existing artifact only with ``force``), on any failure it is removed."""
-    target = Path(target).absolute()
-    _check_target(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield staging
-        _check_target(target, force)          # it may have appeared meanwhile
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, old / "artifact")
-            try:
-                os.rename(staging, target)
-            except BaseException:
-                os.rename(old / "artifact", target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------- the artifact
@@ -263,7 +210,7 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
     if classes is not None and len(classes) == 0:
         classes = None
 
-    with staged_folder(out_dir, cfg.force) as stage:
+    with staged_folder(out_dir, check=lambda target: _check_target(target, cfg.force)) as stage:
         work = stage / ".work"
         work.mkdir()
         say("exporting to ONNX")
@@ -349,6 +296,6 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
         shutil.rmtree(work)
         manifest = _as_json(manifest)
         manifest["files"] = file_table(stage)
-        _write_json_atomic(stage / MANIFEST, manifest)
+        write_json_atomic(stage / MANIFEST, manifest, strict=True)
         final = Path(out_dir).absolute()
     return ArtifactResult(path=final, manifest=manifest)

@@ -1,6 +1,8 @@
-"""Facts read from an ONNX graph: operators, MACs, parameters, and the module path of each node.
+"""Facts read from an ONNX graph: tensor shapes, operators, MACs, parameters, and the module path of each node.
 
 Everything here works on a ``ModelProto`` with ONNX's own shape inference; nothing runs.
+:func:`infer_shapes` is the one shape inference of edgeprune: the static memory figures
+(``exporters.memory``) and the latency predictor's kernel detection (``devices.graph``) use it.
 """
 
 from __future__ import annotations
@@ -8,42 +10,113 @@ from __future__ import annotations
 import ast
 import math
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+from edgeprune.errors import EdgepruneError
 
 # Node metadata the dynamo exporter writes; the stack trace holds absolute paths of the
 # build machine, which do not belong in an artifact handed to another team.
 DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace",)
 
 
-def fixed_batch(proto: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
-    """A copy of ``proto`` whose symbolic input/output dimensions are set to ``batch``, shapes inferred."""
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    for vi in list(m.graph.input) + list(m.graph.output):
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.dim_value = batch
-    del m.graph.value_info[:]
-    return shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+Shapes = dict[str, tuple[list[int | None], int]]   # tensor -> (dims, ONNX element type)
 
 
-def tensor_shapes(proto: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:
-    """name -> (shape with None for unknown dims, ONNX element type) for every typed value."""
-    out: dict[str, tuple[list[int | None], int]] = {}
-    g = proto.graph
+def infer_shapes(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 batch: int = 1, strict: bool = True) -> Shapes:
+    """Shape and ONNX element type of every tensor of ``proto``, by ONNX shape inference
+    (with data propagation); nothing runs and ``proto`` is left as it is.
+
+    * Graph inputs are made static first: an input ``input_shapes`` names gets that shape;
+      in the others every symbolic or non-positive dimension becomes ``batch``.
+    * **Unknown dimensions are None**: a dimension inference could not resolve stays None
+      (callers treat a tensor with one as of unknown size); a tensor inference could not
+      type at all is missing from the result.
+    * Initializers have their own dims. Inference runs on a copy without the data of large
+      non-integer initializers (they become typed graph inputs): it needs the values of small
+      integer tensors only (Reshape targets, Pad amounts), and big models stay cheap.
+    * The shapes the model declares beyond its inputs (``value_info``, the graph outputs) are
+      kept as hints only when the inputs keep their declared shapes (they type what ONNX has
+      no schema for); once an input dimension is set here they may describe other shapes, so
+      ``value_info`` is left out and the outputs' shapes are inferred anew.
+    * ``strict``: an operator whose inference fails raises; False leaves what it would have
+      typed unknown. Either way a failure raises :class:`EdgepruneError` in one line.
+    """
+    light = _light_copy(proto, input_shapes, batch)
+    try:
+        inferred = shape_inference.infer_shapes(light, strict_mode=strict, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises InferenceError, ValidationError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgepruneError(f"ONNX shape inference failed: {first}") from None
+    shapes: Shapes = {}
+    g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        out[vi.name] = (dims, tt.elem_type)
-    for init in g.initializer:
-        out[init.name] = (list(init.dims), init.data_type)
-    return out
+        shapes[vi.name] = ([d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim], tt.elem_type)
+    for init in proto.graph.initializer:
+        shapes[init.name] = (list(init.dims), init.data_type)
+    return shapes
+
+
+def _light_copy(proto: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None,
+                batch: int) -> onnx.ModelProto:
+    """What :func:`infer_shapes` runs on: static inputs, small initializers only."""
+    light = onnx.ModelProto()
+    light.ir_version = proto.ir_version
+    light.opset_import.extend(proto.opset_import)
+    light.functions.extend(proto.functions)
+    g = light.graph
+    g.name = proto.graph.name
+    g.node.extend(proto.graph.node)
+    g.input.extend(proto.graph.input)
+    g.output.extend(proto.graph.output)
+    initializers = {i.name for i in proto.graph.initializer}
+    if _make_inputs_static(g, initializers, input_shapes, batch):
+        for out in g.output:          # declared for other input shapes: inferred anew
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.ClearField("shape")
+    else:
+        g.value_info.extend(proto.graph.value_info)
+    input_names = {i.name for i in g.input}
+    for init in proto.graph.initializer:
+        n = math.prod(init.dims) if init.dims else 1
+        if n <= 64 or init.data_type in (TensorProto.INT64, TensorProto.INT32):
+            g.initializer.append(init)
+        elif init.name not in input_names:
+            g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
+def _make_inputs_static(graph: onnx.GraphProto, initializers: set[str],
+                        input_shapes: Mapping[str, Sequence[int]] | None, batch: int) -> bool:
+    """Give every (non-initializer) graph input static dims; True if any dimension was set."""
+    wanted = dict(input_shapes or {})
+    changed = False
+    for inp in graph.input:
+        if inp.name in initializers or not inp.type.HasField("tensor_type"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in wanted:
+            want = [int(v) for v in wanted.pop(inp.name)]
+            if len(want) != len(dims):
+                raise EdgepruneError(
+                    f"input shape for {inp.name!r} has {len(want)} dims, the model expects {len(dims)}")
+        else:
+            want = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in dims]
+        for d, v in zip(dims, want):
+            if not (d.HasField("dim_value") and d.dim_value == v):
+                d.Clear()
+                d.dim_value = v
+                changed = True
+    if wanted:
+        raise EdgepruneError(f"unknown model input(s) {', '.join(wanted)} in the input shapes given")
+    return changed
 
 
 def itemsize(elem_type: int) -> int:
@@ -91,9 +164,8 @@ def _macs(node: onnx.NodeProto, shapes: dict) -> int:
 
 def count_macs(proto: onnx.ModelProto, batch: int = 1) -> int:
     """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes at the given batch size."""
-    m = fixed_batch(proto, batch)
-    shapes = tensor_shapes(m)
-    return int(sum(_macs(n, shapes) for n in m.graph.node))
+    shapes = infer_shapes(proto, batch=batch)
+    return int(sum(_macs(n, shapes) for n in proto.graph.node))
 
 
 def io_spec(proto: onnx.ModelProto, layout: str | None = None) -> dict[str, list[dict]]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import onnx
 
-from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.graph import constant_bytes, fixed_batch, itemsize, tensor_shapes
+from edgeprune.files import load_onnx
+from edgeprune.exporters.graph import constant_bytes, infer_shapes, itemsize
 
 
 @dataclass
@@ -41,27 +41,18 @@ class StaticMemory:
 
 
 def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        return onnx.load(str(model))
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a bad file
-        raise EdgepruneError(f"{model} is not a readable ONNX model: {e}") from e
+    return model if isinstance(model, onnx.ModelProto) else load_onnx(model)
 
 
 def static_memory(model: str | Path | onnx.ModelProto, batch: int = 1) -> StaticMemory:
     """Weight bytes and peak activation memory of an ONNX model (path or ModelProto).
 
-    Symbolic (dynamic) dimensions are set to ``batch`` first.
+    Symbolic (dynamic) dimensions of the inputs are set to ``batch`` first (see
+    ``exporters.graph.infer_shapes``; a tensor with an unknown dimension is left out).
     """
-    try:
-        m = fixed_batch(_load(model), batch)
-    except onnx.shape_inference.InferenceError as e:
-        raise EdgepruneError(f"ONNX shape inference failed: {e}") from e
-    g = m.graph
-    shapes = tensor_shapes(m)
+    proto = _load(model)
+    shapes = infer_shapes(proto, batch=batch)
+    g = proto.graph
     inits = {i.name for i in g.initializer}
     weight_bytes = sum(math.prod(i.dims) * itemsize(i.data_type) for i in g.initializer)
     weight_bytes += sum(constant_bytes(n) for n in g.node if n.op_type == "Constant")

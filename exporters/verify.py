@@ -2,10 +2,10 @@
 
 Two input sets: random inputs (standard normal, seeded), and real validation images when
 the caller has them. For each: max and mean absolute difference of every output, and top-1
-agreement of the first output. A check passes when the max difference is within
-``atol + rtol * max|torch output|`` and, on real images, the top-1 agreement is at least
-``min_top1_agreement``. Random inputs are not held to top-1 agreement: their logits are
-often near-ties that a 1e-6 difference flips.
+agreement of the first output (``exporters.output_diff``, the comparison every check uses).
+A check passes when each output's max difference is within ``atol + rtol * max|torch output|``
+and, on real images, the top-1 agreement is at least ``min_top1_agreement``. Random inputs are
+not held to top-1 agreement: their logits are often near-ties that a 1e-6 difference flips.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import runtime
 from edgeprune.exporters.onnx_export import model_device, one_line
+from edgeprune.exporters.output_diff import Comparison, compare_outputs
 
 VERIFY_FAILED_EXIT = 1   # the model exported but does not compute what PyTorch computes
 
@@ -35,19 +36,6 @@ class VerifyConfig:
     seed: int = 0
     threads: int = 1
     device: str | None = None     # torch device for the reference run; None = the model's own
-
-
-@dataclass
-class Comparison:
-    n: int
-    max_abs_diff: float
-    mean_abs_diff: float
-    max_abs_reference: float
-    tolerance: float
-    top1_agreement: float
-
-    def within(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
 
 
 @dataclass
@@ -73,29 +61,19 @@ class VerifyResult:
                                  exit_code=VERIFY_FAILED_EXIT)
 
 
-def tolerance(reference: Sequence[np.ndarray], atol: float, rtol: float) -> float:
-    return atol + rtol * max(float(np.abs(r).max()) for r in reference)
-
-
-def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
-            atol: float, rtol: float) -> Comparison:
-    """Differences between two lists of model outputs (first output used for top-1)."""
+def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], atol: float, rtol: float,
+            min_top1_agreement: float | None = None, names: Sequence[str] | None = None) -> Comparison:
+    """Two runs' outputs, one batch-stacked array per output in the same order (see
+    ``exporters.output_diff``). Different output counts or shapes are an error here, not a
+    failed check: the graphs do not describe the same model."""
     if len(reference) != len(candidate):
         raise EdgepruneError(f"the models have {len(reference)} and {len(candidate)} outputs")
-    diffs = []
     for r, c in zip(reference, candidate):
         if r.shape != c.shape:
             raise EdgepruneError(f"output shapes differ: {r.shape} vs {c.shape}")
-        diffs.append(np.abs(r.astype(np.float64) - c.astype(np.float64)))
-    r0, c0 = reference[0].reshape(len(reference[0]), -1), candidate[0].reshape(len(candidate[0]), -1)
-    return Comparison(
-        n=len(r0),
-        max_abs_diff=float(max(d.max() for d in diffs)),
-        mean_abs_diff=float(np.mean([d.mean() for d in diffs])),
-        max_abs_reference=float(max(np.abs(r).max() for r in reference)),
-        tolerance=tolerance(reference, atol, rtol),
-        top1_agreement=float((r0.argmax(1) == c0.argmax(1)).mean()),
-    )
+    names = list(names) if names is not None else [f"#{i}" for i in range(len(reference))]
+    return compare_outputs([dict(zip(names, reference))], [dict(zip(names, candidate))], atol, rtol,
+                           min_top1_agreement)
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:
@@ -145,10 +123,11 @@ def verify_onnx(model: nn.Module, onnx_path: str | Path, input_shape: Sequence[i
                              exit_code=VERIFY_FAILED_EXIT) from e
     failures: list[str] = []
 
+    names = [o.name for o in sess.get_outputs()]
     xr = random_inputs(input_shape, cfg.random_inputs, cfg.seed)
-    rand = compare(torch_outputs(model, xr, cfg.device), runtime.run(sess, xr), cfg.atol, cfg.rtol)
+    rand = compare(torch_outputs(model, xr, cfg.device), runtime.run(sess, xr), cfg.atol, cfg.rtol, names=names)
     if not rand.within():
-        failures.append(f"random inputs: max abs diff {rand.max_abs_diff:.3g} > {rand.tolerance:.3g}")
+        failures.append(f"random inputs: {rand.reason}")
 
     real, accuracy = None, None
     if images is not None and len(images):
@@ -157,12 +136,9 @@ def verify_onnx(model: nn.Module, onnx_path: str | Path, input_shape: Sequence[i
             raise EdgepruneError(f"validation images have shape {tuple(xi.shape[1:])}, "
                                  f"the model expects {tuple(input_shape[1:])}")
         ref, got = torch_outputs(model, xi, cfg.device), runtime.run(sess, xi)
-        real = compare(ref, got, cfg.atol, cfg.rtol)
+        real = compare(ref, got, cfg.atol, cfg.rtol, cfg.min_top1_agreement, names=names)
         if not real.within():
-            failures.append(f"real images: max abs diff {real.max_abs_diff:.3g} > {real.tolerance:.3g}")
-        if real.top1_agreement < cfg.min_top1_agreement:
-            failures.append(f"real images: top-1 agreement {real.top1_agreement:.2%} "
-                            f"< {cfg.min_top1_agreement:.2%}")
+            failures.append(f"real images: {real.reason}")
         if labels is not None:
             y = as_numpy(labels[:len(xi)]).astype(np.int64)
             accuracy = {"n": int(len(y)),

@@ -44,7 +44,7 @@ class Block:
 
 
 @dataclass
-class _Residual:
+class Residual:
     """What tracing found inside one module."""
 
     graph: fx.GraphModule
@@ -73,7 +73,8 @@ def _strip_pass_through(n: fx.Node, gm: fx.GraphModule) -> fx.Node:
     return n
 
 
-def _ancestors(n: fx.Node) -> set[fx.Node]:
+def ancestors(n: fx.Node) -> set[fx.Node]:
+    """Every node ``n`` depends on, directly or not (``n`` itself excluded)."""
     seen, stack = set(), [n]
     while stack:
         cur = stack.pop()
@@ -84,7 +85,7 @@ def _ancestors(n: fx.Node) -> set[fx.Node]:
     return seen
 
 
-def _analyse(module: nn.Module) -> _Residual | None:
+def analyse(module: nn.Module) -> Residual | None:
     """Trace ``module`` and decide whether it is a residual block."""
     if not list(module.children()):
         return None
@@ -105,20 +106,20 @@ def _analyse(module: nn.Module) -> _Residual | None:
     a, b = end.args[0], end.args[1]
     sa, sb = _strip_pass_through(a, gm), _strip_pass_through(b, gm)
     for branch, shortcut in ((a, sb), (b, sa)):
-        if shortcut is x and x in _ancestors(branch):
-            return _Residual(gm, end, branch, shortcut, True, act)
+        if shortcut is x and x in ancestors(branch):
+            return Residual(gm, end, branch, shortcut, True, act)
     # Projection: both operands depend on x, and neither path passes through the other.
-    anc_a, anc_b = _ancestors(sa) | {sa}, _ancestors(sb) | {sb}
+    anc_a, anc_b = ancestors(sa) | {sa}, ancestors(sb) | {sb}
     if x in anc_a and x in anc_b and sb not in anc_a and sa not in anc_b:
         # the shortcut is the operand computed by fewer operations
         def ops(s: set[fx.Node]) -> int:
             return sum(1 for n in s if n.op in ("call_module", "call_function", "call_method"))
         branch, shortcut = (a, b) if ops(anc_a) >= ops(anc_b) else (b, a)
-        return _Residual(gm, end, branch, shortcut, False, act)
+        return Residual(gm, end, branch, shortcut, False, act)
     return None
 
 
-def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[str, int], dict[str, tuple]]:
+def macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[str, int], dict[str, tuple]]:
     """MACs per qualified module name (FLOPs/2 from torch's FlopCounterMode), and I/O shapes."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -147,15 +148,15 @@ def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dic
     return macs, shapes
 
 
-def find_residual_modules(model: nn.Module) -> dict[str, _Residual]:
+def find_residual_modules(model: nn.Module) -> dict[str, Residual]:
     """Every outermost submodule of ``model`` that traces to a residual block, by name."""
-    found: dict[str, _Residual] = {}
+    found: dict[str, Residual] = {}
     for name, mod in model.named_modules():
         if not name or any(name.startswith(f + ".") for f in found):
             continue  # a block inside an already-found block is covered by the outer one
         if isinstance(mod, nn.Sequential) and len(mod) == 1:
             continue  # a one-block stage: report the block itself
-        res = _analyse(mod)
+        res = analyse(mod)
         if res is not None:
             found[name] = res
     return found
@@ -167,7 +168,7 @@ def discover(model: nn.Module, input_shape: tuple[int, ...]) -> list[Block]:
     model.eval()
     try:
         residuals = find_residual_modules(model)
-        macs, shapes = _macs_by_module(model, input_shape)
+        macs, shapes = macs_by_module(model, input_shape)
     finally:
         model.train(was_training)
     order = {name: i for i, name in enumerate(shapes)}  # hooks fire in execution order
@@ -195,12 +196,12 @@ class ShortcutOnly(fx.GraphModule):
 
 def shortcut_module(block: nn.Module) -> nn.Module:
     """A module computing only the shortcut path of a projection block (plus its activation)."""
-    res = _analyse(block)
+    res = analyse(block)
     if res is None:
         raise EdgepruneError("not a residual block")
     g = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    keep = _ancestors(res.shortcut) | {res.shortcut}
+    keep = ancestors(res.shortcut) | {res.shortcut}
     for n in res.graph.graph.nodes:
         if n in keep:
             env[n] = g.node_copy(n, lambda a: env[a])
@@ -217,10 +218,10 @@ def shortcut_modules(model: nn.Module, name: str) -> list[str]:
     What stays of a projection block replaced by its shortcut (``remove_blocks(...,
     replace_projection=True)``): the latency model keeps these when it removes the block.
     """
-    res = _analyse(model.get_submodule(name))
+    res = analyse(model.get_submodule(name))
     if res is None:
         raise EdgepruneError(f"{name} is not a residual block")
-    path = _ancestors(res.shortcut) | {res.shortcut}
+    path = ancestors(res.shortcut) | {res.shortcut}
     return [f"{name}.{n.target}" for n in res.graph.graph.nodes if n in path and n.op == "call_module"]
 
 

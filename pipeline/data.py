@@ -29,6 +29,9 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
+RESIZE_MODES = ("auto", "pad", "resize", "none")
+
+
 @dataclass
 class DataSpec:
     """What the user asked for with ``--data`` and the preprocessing flags."""
@@ -37,8 +40,17 @@ class DataSpec:
     mean: tuple[float, ...] | None = None      # None: the dataset's own (computed on train)
     std: tuple[float, ...] | None = None
     channels: int | None = None                # None: must match the model
-    resize: str = "auto"                       # auto | pad | resize | none
+    resize: str = "auto"                       # one of RESIZE_MODES
     classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise EdgepruneError(f"--resize must be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]}, "
+                                 f"got {self.resize!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(float(v) for v in value))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import save_torch_atomic
 from edgeprune.progress import track
 
 
@@ -130,10 +131,8 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
             next(bar, None)
         epoch += 1
         if ckpt is not None:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step, "epoch": epoch}, tmp)
-            tmp.replace(ckpt)
+            save_torch_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                     "sched": sched.state_dict(), "step": step, "epoch": epoch})
     for _ in bar:
         pass
     return model.eval()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.blocks import Block, _analyse, remove_blocks, shortcut_module
+from edgeprune.pipeline.blocks import Block, analyse, ancestors, remove_blocks, shortcut_module
 from edgeprune.progress import track
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -164,7 +164,7 @@ def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequ
     inputs = _block_inputs(model, [b.name for b in blocks], batches, ctx.device)
     out = {}
     for b in blocks:
-        res = _analyse(model.get_submodule(b.name))
+        res = analyse(model.get_submodule(b.name))
         interp = fx.Interpreter(res.graph, garbage_collect_values=False)
         ratios = []
         for x in inputs[b.name]:
@@ -178,11 +178,10 @@ def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequ
 
 def _branch_modules(model: nn.Module, block: Block) -> list[nn.Module]:
     """Leaf modules on the residual branch (not on the shortcut) of a block."""
-    res = _analyse(model.get_submodule(block.name))
-    from edgeprune.pipeline.blocks import _ancestors
-    shortcut_nodes = _ancestors(res.shortcut) | {res.shortcut}
+    res = analyse(model.get_submodule(block.name))
+    shortcut_nodes = ancestors(res.shortcut) | {res.shortcut}
     mods = []
-    for n in _ancestors(res.branch) | {res.branch}:
+    for n in ancestors(res.branch) | {res.branch}:
         if n.op == "call_module" and n not in shortcut_nodes:
             mods.append(res.graph.get_submodule(n.target))
     return mods

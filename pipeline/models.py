@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import sha256_file
 from edgeprune.pipeline import resnet_cifar
 from edgeprune.pipeline.data import FASHION_MNIST_CLASSES
 
@@ -93,14 +94,6 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
     return model.eval()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- the family registry

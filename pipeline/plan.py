@@ -163,10 +163,38 @@ def _knapsack(oneshot: dict[str, float], saved: dict[str, float], need: float, r
     return choice[cap] if best[cap] < INF else names
 
 
+@dataclass
+class SearchSpace:
+    """What every strategy searches: the oracle, the latency model, the candidates, the budget;
+    a strategy appends every plan it measures to ``considered`` and returns its best that fits."""
+
+    oracle: AccuracyOracle
+    latency: Latency
+    candidates: list[str]
+    budget_ms: float
+    base: Plan
+    considered: list[Plan]
+    front_points: int = 8
+
+
+Strategy = Callable[[SearchSpace], "Plan | None"]
+
+STRATEGIES: dict[str, Strategy] = {
+    "latency-greedy": lambda s: _greedy("latency-greedy", s.oracle, s.latency, s.candidates, s.budget_ms,
+                                        "ratio", s.considered),
+    "accuracy-greedy": lambda s: _greedy("accuracy-greedy", s.oracle, s.latency, s.candidates, s.budget_ms,
+                                         "accuracy", s.considered),
+    "knapsack": lambda s: _knapsack_strategy(s.oracle, s.latency, s.candidates, s.budget_ms, s.base,
+                                             s.considered, s.front_points),
+}
+
+
 def search(oracle: AccuracyOracle, latency: Latency, candidates: Sequence[str], budget_ms: float,
-           strategies: Sequence[str] = ("latency-greedy", "accuracy-greedy", "knapsack"),
-           front_points: int = 8) -> SearchResult:
-    """Run the strategies; return every plan considered and the best within budget."""
+           strategies: Sequence[str] = tuple(STRATEGIES), front_points: int = 8) -> SearchResult:
+    """Run the strategies (names in :data:`STRATEGIES`); return every plan considered and the best within budget."""
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}")
     candidates = list(candidates)
     base_top1, base_loss = oracle([])
     base = Plan("none", [], latency([]), base_top1, base_loss)
@@ -184,14 +212,8 @@ def search(oracle: AccuracyOracle, latency: Latency, candidates: Sequence[str], 
         result.reachable = False
         return result
     for strategy in strategies:
-        if strategy == "accuracy-greedy":
-            plan = _greedy(strategy, oracle, latency, candidates, budget_ms, "accuracy", considered)
-        elif strategy == "latency-greedy":
-            plan = _greedy(strategy, oracle, latency, candidates, budget_ms, "ratio", considered)
-        elif strategy == "knapsack":
-            plan = _knapsack_strategy(oracle, latency, candidates, budget_ms, base, considered, front_points)
-        else:
-            raise ValueError(f"unknown strategy {strategy!r}")
+        plan = STRATEGIES[strategy](SearchSpace(oracle, latency, candidates, budget_ms, base, considered,
+                                                front_points))
         if plan is not None:
             result.best[strategy] = plan
             considered.append(plan)

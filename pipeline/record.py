@@ -7,61 +7,39 @@ model and loads the pruned weights, so every later stage accepts a pruned model.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 
 SCHEMA = "edgeprune/prune-record"
 SCHEMA_VERSION = 1
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_prune_record(out: str | Path, model: torch.nn.Module, base_spec: dict[str, Any], removed: list[str],
                       replace_projection: bool, extra: dict[str, Any]) -> tuple[Path, Path]:
     """Write the pruned weights to ``out`` and the record next to it (``.json``); return both paths."""
-    from edgeprune.pipeline.models import sha256_file
-
     weights = Path(out)
     if weights.suffix == ".json":
         raise EdgepruneError("--out names the weights file (e.g. pruned.pt); the record is written beside it")
     record_path = weights.with_suffix(".json")
-    import io
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    write_atomic(weights, buf.getvalue())
+    write_bytes_atomic(weights, buf.getvalue())
     record = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": base_spec, "removed": removed,
               "replace_projection": replace_projection, "weights": weights.name,
               "weights_sha256": sha256_file(weights), **extra}
-    write_atomic(record_path, (json.dumps(record, indent=2, default=str) + "\n").encode())
+    write_json_atomic(record_path, record)
     return weights, record_path
 
 
 def read_prune_record(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise EdgepruneError(f"prune record not found: {path}")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{path} is not valid JSON: {e}") from None
+    record = read_json(path, "prune record")
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         raise EdgepruneError(f"{path} is not an edgeprune prune record (schema {SCHEMA!r})")
     for key in ("model", "removed", "weights"):
@@ -73,7 +51,7 @@ def read_prune_record(path: str | Path) -> dict[str, Any]:
 def load_prune_record(spec):
     """Rebuild a pruned model (a LoadedModel): base model, same removal, pruned weights (checksum verified)."""
     from edgeprune.pipeline.blocks import discover, remove_blocks
-    from edgeprune.pipeline.models import LoadedModel, ModelSpec, load_model, load_state_dict_strict, read_checkpoint, sha256_file
+    from edgeprune.pipeline.models import LoadedModel, ModelSpec, load_model, load_state_dict_strict, read_checkpoint
 
     path = Path(spec.name)
     record = read_prune_record(path)

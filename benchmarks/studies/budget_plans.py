@@ -39,7 +39,6 @@ it is computed, keyed by the configuration, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -64,7 +63,7 @@ from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.plan import AccuracyOracle, Plan, search
 from edgeprune.pipeline.prune import rank_blocks, split_val
 from edgeprune.pipeline.select import proxy_plans, shortlist, until_budget
-from edgeprune.pipeline.record import write_atomic
+from edgeprune.files import sha256_json, write_text_atomic
 from edgeprune.benchmarks.ort_runner import cpu_model
 from results_cache import ResultsCache, data_digest
 from edgeprune.progress import set_enabled
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
               "score_images": len(held.score), "final_images": len(final_idx), "shared": held.shared,
               "random_seeds": args.random_seeds, "finetune": ft.to_dict(), "seed": args.seed,
               "build_args": args.build_args, "build_budget": args.build_budget, "version": 2}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    digest = sha256_json(config, 10)
     cache_path = Path(args.cache) if args.cache else Path("runs/budget_plans") / f"{args.model}-{digest}.json"
     cache = ResultsCache(cache_path, config, {"memo": {}, "rankings": {}, "budgets": {}, "final": {}, "build": None})
     data = cache.data
@@ -153,9 +152,9 @@ def run(args: argparse.Namespace) -> dict:
         entry["best_proxy"] = max((f"proxy:{c}" for c in PROXIES),
                                   key=lambda k: (entry["plans"][k]["top1"], -entry["plans"][k]["loss"]))
         # the build's short list, from the same calls as edgeprune.build
-        pool = [*result.best.values(), *proxy_plans({c: data["rankings"][c] for c in BUILD.proxies}, latency,
+        pool = [*result.best.values(), *proxy_plans({c: data["rankings"][c] for c in BUILD.search.proxies}, latency,
                                                     budget, oracle)]
-        entry["shortlist"] = [c.to_dict() for c in shortlist(pool, BUILD.shortlist)]
+        entry["shortlist"] = [c.to_dict() for c in shortlist(pool, BUILD.search.shortlist)]
         data["budgets"][name] = entry
         cache.save()
         print(f"budget {name} ({budget:.2f} ms): winner {result.winner}; " + "; ".join(
@@ -286,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     data = run(args)
     replicas = [json.loads(Path(p).read_text()) for p in args.replicate]
     plot(data, Path(args.plot), replicas=replicas)
-    write_atomic(Path(args.out), report(data, args, command.strip(), replicas).encode())
+    write_text_atomic(Path(args.out), report(data, args, command.strip(), replicas))
     print(f"wrote {args.out} and {args.plot}", flush=True)
 
 

@@ -392,7 +392,7 @@ def report(data: dict, args: argparse.Namespace, command: str, replicas: list[di
         "gives latency-greedy (the latency-aware plan), accuracy-greedy (the seed's iterative order) and knapsack, "
         f"plus its winner (`{SCORED}`: the best of the three on the scoring images, what `edgeprune build "
         f"--select scored` ships). `{CHOICE}` is what `edgeprune build` ships by default: the strategies' plans and "
-        f"the proxy plans of {', '.join(BUILD.proxies)} short-listed (at most {BUILD.shortlist} distinct block "
+        f"the proxy plans of {', '.join(BUILD.search.proxies)} short-listed (at most {BUILD.search.shortlist} distinct block "
         "sets, `edgeprune.pipeline.select.shortlist`), each given the fine-tune below, and the lowest loss on the "
         "scoring images after it (`choose`); the held-out images take no part. Proxies (norm-ratio, bn-gamma, l1; `rank_blocks`, one-shot): blocks removed in the "
         "proxy's order until the predicted latency meets the budget; per budget the proxy kept is the one with the "

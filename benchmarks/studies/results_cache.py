@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeprune.pipeline.record import write_atomic
+from edgeprune.files import write_bytes_atomic, write_json_atomic
 
 
 class ResultsCache:
@@ -23,7 +23,7 @@ class ResultsCache:
                 print(f"resuming from {path}", flush=True)
 
     def save(self) -> None:
-        write_atomic(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
+        write_json_atomic(self.path, self.data, indent=1)
 
     def add_seconds(self, phase: str, seconds: float) -> None:
         self.data["seconds"][phase] = self.data["seconds"].get(phase, 0.0) + seconds
@@ -36,15 +36,14 @@ class ResultsCache:
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
-    """Write a matplotlib figure to ``path`` through a temporary file and a rename, then close it."""
-    import os
+    """Write a matplotlib figure to ``path`` atomically (format from the suffix), then close it."""
+    import io
 
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip(".") or None)
+    write_bytes_atomic(path, buf.getvalue())
     plt.close(fig)
 
 

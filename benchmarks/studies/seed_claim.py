@@ -28,8 +28,6 @@ soon as it is computed, keyed by the configuration, so an interrupted run resume
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import platform
 import statistics
 import sys
@@ -46,7 +44,7 @@ from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.importance import ScoreContext, candidates_for, removal_accuracy
 from edgeprune.pipeline.models import ModelSpec, load_model
 from edgeprune.pipeline.prune import rank_blocks, split_val
-from edgeprune.pipeline.record import write_atomic
+from edgeprune.files import sha256_json, write_text_atomic
 from edgeprune.benchmarks.ort_runner import cpu_model
 from results_cache import ResultsCache, data_digest, relative_path, save_figure
 from edgeprune.progress import set_enabled
@@ -124,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
               "timing_images": args.timing_images, "timing_repeats": args.timing_repeats,
               "score_batch": args.batch_size}
     cache_path = Path(args.cache) if args.cache else Path("runs/seed_claim") / (
-        f"{args.model}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]}.json")
+        f"{args.model}-{sha256_json(config, 10)}.json")
     cache = ResultsCache(cache_path, config, {"rankings": {}, "removal": {}, "finetune": {}, "timing": None})
     data = cache.data
     print(f"{args.model}: {len(blocks)} blocks, {len(cands)} identity candidates; scoring on "
@@ -502,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     data = run(args)
     plot(data, Path(args.plot))
     out = Path(args.out)
-    write_atomic(out, report(data, args, command.strip()).encode())
+    write_text_atomic(out, report(data, args, command.strip()))
     print(f"wrote {out} and {args.plot}", flush=True)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeprune.files import save_torch_atomic
 from edgeprune.pipeline.idx import find_idx_split, read_idx
 from edgeprune.pipeline.resnet_cifar import resnet56
 
@@ -129,9 +130,8 @@ def main() -> None:
                "test_loss": tloss, "seconds": time.time() - t0}
         history.append(rec)
         print(json.dumps(rec), flush=True)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                    "history": json.dumps(history)}, ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)
+        save_torch_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
+                                 "history": json.dumps(history)})
     model.eval()
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     torch.save(sd, work / "resnet56_fmnist.pt")

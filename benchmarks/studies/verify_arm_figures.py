@@ -14,10 +14,12 @@ import argparse
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from edgeprune.devices import arm_verify as av
+from edgeprune.devices.arm_emulator import GUEST_PYTHON, describe_exit, find_qemu, no_core_dumps, qemu_facts
+from edgeprune.devices.arm_userland import DEFAULT_ORT_VERSION, ArmEnv, prepare_arm_env
+from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
+from edgeprune.errors import EdgepruneError
 
 VERSIONS = ["1.20.1", "1.21.1", "1.22.1", "1.23.2", "1.24.4", "1.25.1", "1.26.0", "1.27.0",
             "1.28.0", "1.29.0", "1.30.0", "1.31.1"]
@@ -36,13 +38,13 @@ def export(name: str, folder: Path) -> Path:
     return path
 
 
-def imports_without_fix(env: av.ArmEnv, qemu: Path, cpu: str) -> str:
+def imports_without_fix(env: ArmEnv, qemu: Path, cpu: str) -> str:
     """`import onnxruntime` with the host's /proc/cpuinfo showing through (no per-run prefix)."""
     code = f"import sys; sys.path.insert(0, {str(env.site)!r}); import onnxruntime"
-    proc = subprocess.run([str(qemu), "-cpu", cpu, "-L", str(env.root), str(env.root) + av.GUEST_PYTHON,
+    proc = subprocess.run([str(qemu), "-cpu", cpu, "-L", str(env.root), str(env.root) + GUEST_PYTHON,
                            "-I", "-S", "-c", code], capture_output=True, text=True, timeout=600,
-                          preexec_fn=av._no_core_dumps)
-    return "imports" if proc.returncode == 0 else av._describe_exit(proc.returncode, proc.stderr)
+                          preexec_fn=no_core_dumps)
+    return "imports" if proc.returncode == 0 else describe_exit(proc.returncode, proc.stderr)
 
 
 def fmt(x: float | None) -> str:
@@ -55,8 +57,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--bundled", help="artifact folder of the bundled model, if one exists")
     args = ap.parse_args()
-    qemu = av.find_qemu()
-    emulator, _ = av.qemu_facts(qemu)
+    qemu = find_qemu()
+    emulator, _ = qemu_facts(qemu)
     work = Path(tempfile.mkdtemp(prefix="verify-arm-figures-"))
     print(f"emulator: {emulator}\n")
     try:
@@ -66,28 +68,28 @@ def main() -> None:
         print("| run | from cache | seconds |\n|---|---|---|")
         cache = work / "cache"
         for run in ("cold", "warm"):
-            env = av.prepare_arm_env(av.DEFAULT_ORT_VERSION, cache, str(qemu))
+            env = prepare_arm_env(DEFAULT_ORT_VERSION, cache, str(qemu))
             print(f"| {run} | {env.from_cache} | {env.prepare_s:.2f} |")
 
         print("\n## onnxruntime releases under the emulator (resnet18, cortex-a72, 1 random input)\n")
         print("| onnxruntime | numpy | cold preparation s | import without cpuinfo fix | verify-arm | max abs diff |")
         print("|---|---|---|---|---|---|")
         for version in [v for v in args.versions.split(",") if v]:
-            vcache = cache if version == av.DEFAULT_ORT_VERSION else work / f"cache-{version}"
+            vcache = cache if version == DEFAULT_ORT_VERSION else work / f"cache-{version}"
             try:
-                env = av.prepare_arm_env(version, vcache, str(qemu))
-            except av.EdgepruneError as e:
+                env = prepare_arm_env(version, vcache, str(qemu))
+            except EdgepruneError as e:
                 print(f"| {version} | - | - | - | preparation failed: {e} | - |")
                 continue
             raw = imports_without_fix(env, qemu, "cortex-a72")
-            r = av.verify_arm(resnet18, av.ArmVerifyConfig(cpu="cortex-a72", ort_version=version, samples=1,
-                                                          cache_dir=vcache))
+            r = verify_arm(resnet18, ArmVerifyConfig(cpu="cortex-a72", ort_version=version, samples=1,
+                                                    cache_dir=vcache))
             prep = "cached" if env.from_cache else f"{env.prepare_s:.1f}"
             print(f"| {version} | {env.numpy_version} | {prep} | {raw} | {r.verdict} | {fmt(r.max_abs_diff)} |")
             if vcache != cache:
                 shutil.rmtree(vcache, ignore_errors=True)
 
-        print(f"\n## Verdicts, onnxruntime {av.DEFAULT_ORT_VERSION}, {args.samples} random inputs each\n")
+        print(f"\n## Verdicts, onnxruntime {DEFAULT_ORT_VERSION}, {args.samples} random inputs each\n")
         print("| model | device | core | verdict | max abs diff | largest abs x86 output | tolerance | "
               "top-1 agreement | core hwcaps |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -96,8 +98,8 @@ def main() -> None:
             targets.append(("bundled artifact", Path(args.bundled)))
         for name, path in targets:
             for device in DEVICES:
-                r = av.verify_arm(path, av.ArmVerifyConfig(device=device, samples=args.samples, cache_dir=cache,
-                                                          write_manifest=False))
+                r = verify_arm(path, ArmVerifyConfig(device=device, samples=args.samples, cache_dir=cache,
+                                                    write_manifest=False))
                 top1 = "-" if r.top1_agreement is None else f"{r.top1_agreement:.0%}"
                 print(f"| {name} | {device} | {r.qemu_cpu} | {r.verdict} | {fmt(r.max_abs_diff)} | "
                       f"{fmt(r.max_abs_x86)} | {fmt(r.tolerance)} | {top1} | {' '.join(r.hwcaps)} |")

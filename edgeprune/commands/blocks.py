@@ -14,18 +14,12 @@ from edgeprune.progress import set_enabled
 
 ORDER = 20
 
-ReplaceProjection = Annotated[bool, typer.Option("--replace-projection",
-                              help="Also remove projection blocks, replacing each by its shortcut path alone.")]
-ScoreImages = Annotated[int, typer.Option(help="Held-out validation images used to score blocks.")]
-Criterion = Annotated[str, typer.Option(help="direct (remove and measure), norm-ratio, bn-gamma, l1, random.")]
-Mode = Annotated[str, typer.Option(help="oneshot (score once) or iterative (remove the weakest, re-score, repeat).")]
-
 
 @user_errors
 def blocks_command(
     model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
-    json: o.Json = False,
+    json_out: o.Json = False,
 ) -> None:
     """List the residual blocks of a model: name, stage, kind, parameters, MACs."""
     from edgeprune.pipeline.blocks import discover
@@ -34,7 +28,7 @@ def blocks_command(
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
     found = discover(loaded.model, loaded.input_shape)
     total_macs = _total_macs(loaded)
-    if json:
+    if json_out:
         print_json({"model": model, "input_shape": list(loaded.input_shape), "total_macs": total_macs,
                     "total_params": sum(p.numel() for p in loaded.model.parameters()),
                     "blocks": [b.to_dict() for b in found]})
@@ -51,7 +45,7 @@ def blocks_command(
 
 
 def _total_macs(loaded) -> int:
-    from edgeprune.pipeline.blocks import _macs_by_module
+    from edgeprune.pipeline.blocks import macs_by_module as _macs_by_module
     macs, _ = _macs_by_module(loaded.model, loaded.input_shape)
     return sum(v for k, v in macs.items() if k and "." not in k)
 
@@ -72,16 +66,16 @@ def score_command(
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
     resize: o.Resize = "auto",
-    criterion: Criterion = "direct", mode: Mode = "oneshot", score_images: ScoreImages = 1000,
-    replace_projection: ReplaceProjection = False, seed: int = 0, batch_size: int = 250,
-    accelerator: o.Accelerator = "cpu", json: o.Json = False,
+    criterion: o.Criterion = "direct", mode: o.Mode = "oneshot", score_images: o.ScoreImages = 1000,
+    replace_projection: o.ReplaceProjection = False, seed: o.Seed = 0, batch_size: o.BatchSize = 250,
+    accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
 ) -> None:
     """Score every removable block by a criterion (default: direct removal) and rank them."""
     from edgeprune.pipeline.evaluate import resolve_device
     from edgeprune.pipeline.importance import ScoreContext
     from edgeprune.pipeline.prune import candidates, rank_blocks, split_val
 
-    if json:
+    if json_out:
         set_enabled(False)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                    data, mean, std, channels, resize)
@@ -90,7 +84,7 @@ def score_command(
     batches = list(bundle.batches("val", batch_size, indices=held.score))
     ctx = ScoreContext(resolve_device(accelerator), seed, replace_projection, progress=f"scoring ({criterion})")
     ranking = rank_blocks(loaded.model, cands, batches, ctx, criterion, mode)
-    if json:
+    if json_out:
         print_json({"model": model, "data": data, "images": len(held.score), **ranking.to_dict()})
         return
     table = Table(title=f"{criterion} importance ({mode}) on {len(held.score)} held-out images; "
@@ -117,16 +111,19 @@ def prune_command(
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
     resize: o.Resize = "auto",
-    criterion: Criterion = "direct", mode: Mode = "iterative", score_images: ScoreImages = 1000,
-    replace_projection: ReplaceProjection = False,
-    finetune_epochs: Annotated[float, typer.Option(help="Fine-tune epochs after removal (0: none).")] = 0.0,
+    criterion: o.Criterion = "direct", mode: o.Mode = "iterative", score_images: o.ScoreImages = 1000,
+    replace_projection: o.ReplaceProjection = False,
+    finetune_epochs: o.FinetuneEpochs = 0.0,
     finetune_steps: Annotated[Optional[int], typer.Option(help="Fine-tune for exactly N steps instead.")] = None,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.01,
-    kd: Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model while fine-tuning.")] = False,
-    temperature: float = 4.0, alpha: float = 0.9, batch_size: int = 128, seed: int = 0,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
-    accelerator: o.Accelerator = "cpu", json: o.Json = False,
+    kd: o.Kd = False,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature (with --kd).")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the distillation loss (with --kd); 1 - alpha weighs "
+                                         "the labels.")] = 0.9,
+    batch_size: o.BatchSize = 128, seed: o.Seed = 0,
+    force: o.Force = False,
+    accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
 ) -> None:
     """Remove blocks (the K least important, or named ones), optionally fine-tune, write weights + record."""
     from pathlib import Path
@@ -142,7 +139,7 @@ def prune_command(
     out_path = Path(out)
     if not force and (out_path.exists() or out_path.with_suffix(".json").exists()):
         raise EdgepruneError(f"{out_path} or its record exists; pass --force to overwrite")
-    if json:
+    if json_out:
         set_enabled(False)
     device = resolve_device(accelerator)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
@@ -177,7 +174,7 @@ def prune_command(
          "accuracy": accuracy,
          "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
                     "after": sum(p.numel() for p in pruned.parameters())}})
-    if json:
+    if json_out:
         print_json({"weights": str(wpath), "record": str(rpath), "removed": plan.removed, "accuracy": accuracy})
         return
     console.print(f"removed {len(plan.removed)} blocks: {', '.join(plan.removed) or '(none)'}")

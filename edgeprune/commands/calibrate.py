@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from edgeprune import options as o
 from edgeprune.cli_util import console, err_console, print_json, user_errors
 from edgeprune.devices.calibrate import CalibrationConfig, calibrate
 
@@ -15,26 +16,28 @@ ORDER = 42
 
 @user_errors
 def calibrate_command(
-    device: str = typer.Option(..., "--device", help="Profile to calibrate: name or TOML path "
-                               "('host' measures this machine)."),
-    ssh: Optional[str] = typer.Option(None, "--ssh", help="Measure this device: user@host[:port]."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Fitted profile to write "
-                                       "(default <device>-calibrated.toml)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
-    synthetic: int = typer.Option(48, "--synthetic", help="Synthetic networks in the suite."),
-    architectures: bool = typer.Option(True, "--architectures/--no-architectures",
-                                       help="Add the torchvision architectures to the suite."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic networks."),
-    max_mmacs: float = typer.Option(250.0, "--max-mmacs", help="Size cap of a synthetic network "
-                                    "(million MACs)."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Cache of suite ONNX files "
-                                           "(default ~/.cache/edgeprune/calibration)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads (default: the profile's)."),
-    remote_python: Optional[str] = typer.Option(None, "--remote-python", help="python3 on the device."),
-    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (ssh -F)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    device: o.Device,
+    ssh: o.Ssh = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Fitted profile to write "
+                                                "(default <device>-calibrated.toml).")] = None,
+    force: o.Force = False,
+    synthetic: Annotated[int, typer.Option("--synthetic", help="Synthetic networks in the suite.")] = 48,
+    architectures: Annotated[bool, typer.Option("--architectures/--no-architectures",
+                                                help="Add the torchvision architectures to the suite.")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic networks.")] = 0,
+    max_mmacs: Annotated[float, typer.Option("--max-mmacs", help="Size cap of a synthetic network "
+                                             "(million MACs).")] = 250.0,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Cache of suite ONNX files "
+                                                    "(default ~/.cache/edgeprune/calibration).")] = None,
+    threads: o.Threads = None,
+    remote_python: o.RemotePython = None,
+    ssh_config: o.SshConfigFile = None,
+    json_out: o.Json = False,
 ) -> None:
-    """Fit a device's latency model from measurements and write the profile; report the fit error."""
+    """Fit a device's latency model from measurements and write the profile; report the fit error.
+
+    --device host (or a TOML file of this machine) is measured here; any other over SSH.
+    """
     cfg = CalibrationConfig(device=device, out=out, force=force, ssh=ssh, remote_python=remote_python,
                             ssh_config=ssh_config,
                             synthetic=synthetic, seed=seed, max_mmacs=max_mmacs,

@@ -3,60 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from edgeprune import options as o
 from edgeprune.benchmarks.baseline import load_baseline
 from edgeprune.benchmarks.bench import check_output_path
 from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.gate import GateConfig, run_check, write_junit
-from edgeprune.benchmarks.latency import BenchConfig, parse_providers, resolve_config
+from edgeprune.benchmarks.latency import BenchConfig, parse_providers
 from edgeprune.benchmarks.report import print_gate
 from edgeprune.benchmarks.units import parse_bytes, parse_duration_ms, parse_fraction
 from edgeprune.cli_util import console, err_console, print_json, user_errors
-from edgeprune.devices.ssh import resolve_ssh
+from edgeprune.devices.targets import bench_config, resolve_target
 
 ORDER = 61
 
 
 @user_errors
 def check(
-    model: Path = typer.Argument(..., help="Candidate ONNX model."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline JSON from "
-                                            "`edgeprune bench --save-baseline`."),
-    baseline_model: Optional[Path] = typer.Option(None, "--baseline-model", help="Where the "
-                                                  "baseline's model is, if not at its recorded path."),
-    tolerance: str = typer.Option("5%", "--tolerance", help="Allowed latency slowdown (5% or 0.05)."),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Plain latency budget, e.g. 30ms."),
-    budget_stat: str = typer.Option("p50", "--budget-stat", help="Statistic the budget applies "
-                                    "to: p50, p90, p99 or mean."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Plain budget for the "
-                                             "peak memory (arena on), e.g. 200MB."),
-    memory_tolerance: str = typer.Option("10%", "--memory-tolerance", help="Allowed memory growth "
-                                         "over the baseline."),
-    memory_slack: str = typer.Option("1MiB", "--memory-slack", help="Extra memory allowed on top "
-                                     "of the tolerance (peak RSS varies ~0.2 MiB)."),
-    memory: bool = typer.Option(True, "--memory/--no-memory", help="Check memory against the "
-                                "baseline."),
-    device: Optional[str] = typer.Option(None, "--device", help="Device profile giving threads "
-                                         "and providers (default: the baseline's settings); "
-                                         "checked on the device over SSH when it has an ssh line."),
-    ssh: Optional[str] = typer.Option(None, "--ssh", help="Measure the candidate on this device "
-                                      "over SSH: user@host[:port]; needs a baseline measured "
-                                      "there (bench --ssh --save-baseline)."),
-    remote_python: Optional[str] = typer.Option(None, "--remote-python", help="python3 on the "
-                                                "device (default: the profile's, or python3)."),
-    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (ssh -F)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Override intra_op_num_threads."),
-    providers: Optional[str] = typer.Option(None, "--providers", help="Override providers."),
-    rounds: int = typer.Option(20, "--rounds", help="Interleaved rounds before the first look."),
-    max_rounds: int = typer.Option(80, "--max-rounds", help="Most rounds when the result is "
-                                   "borderline."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable verdict on stdout."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
+    model: Annotated[Path, typer.Argument(help="Candidate ONNX model.")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON from `edgeprune bench "
+                                                     "--save-baseline` (over SSH: one measured on that device, "
+                                                     "bench --ssh --save-baseline).")] = None,
+    baseline_model: Annotated[Optional[Path], typer.Option("--baseline-model", help="Where the baseline's model "
+                                                           "is, if not at its recorded path.")] = None,
+    tolerance: Annotated[str, typer.Option("--tolerance", help="Allowed latency slowdown (5% or 0.05).")] = "5%",
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Plain latency budget, e.g. 30ms.")] = None,
+    budget_stat: Annotated[str, typer.Option("--budget-stat", help="Statistic the budget applies to: p50, p90, "
+                                             "p99 or mean.")] = "p50",
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Plain budget for the peak memory "
+                                                      "(arena on), e.g. 200MB.")] = None,
+    memory_tolerance: Annotated[str, typer.Option("--memory-tolerance", help="Allowed memory growth over the "
+                                                  "baseline.")] = "10%",
+    memory_slack: Annotated[str, typer.Option("--memory-slack", help="Extra memory allowed on top of the "
+                                              "tolerance (peak RSS varies ~0.2 MiB).")] = "1MiB",
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Check memory against the "
+                                         "baseline.")] = True,
+    device: o.Device = None,
+    ssh: o.Ssh = None,
+    remote_python: o.RemotePython = None,
+    ssh_config: o.SshConfigFile = None,
+    threads: o.Threads = None,
+    providers: o.Providers = None,
+    rounds: o.Rounds = 20,
+    max_rounds: Annotated[int, typer.Option("--max-rounds", help="Most rounds when the first look is "
+                                            "borderline.")] = 80,
+    json_out: o.Json = False,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here.")] = None,
 ) -> None:
-    """Fail (exit 1) when MODEL is slower or bigger than the baseline or a budget allows."""
+    """Fail (exit 1) when MODEL is slower or bigger than the baseline or a budget allows.
+
+    Settings default to the baseline's; with --device, the profile's (and its ssh line, or --ssh).
+    """
     cfg = GateConfig(
         tolerance=parse_fraction(tolerance, "--tolerance"),
         memory_tolerance=parse_fraction(memory_tolerance, "--memory-tolerance"),
@@ -70,10 +70,10 @@ def check(
     if junit is not None:
         check_output_path(junit, "--junit")
     start = load_baseline(baseline).bench_config if baseline is not None else BenchConfig()
-    bench = resolve_config(start, device=device, threads=threads,
-                           providers=parse_providers(providers))
-    target = resolve_ssh(ssh, device, remote_python=remote_python, ssh_config=ssh_config)
-    result = run_check(model, baseline, cfg, bench, ssh=target)
+    bench = bench_config(start, device, threads=threads, providers=parse_providers(providers))
+    target = resolve_target(device, ssh, remote_python=remote_python, ssh_config=ssh_config,
+                            otherwise="host")
+    result = run_check(model, baseline, cfg, bench, target)
     if junit is not None:
         write_junit(result, junit)
     if result.latency.fallback:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from edgeprune import options as o
 from edgeprune.cli_util import console, print_json, user_errors
 from edgeprune.devices.profiles import list_profiles, load_profile
 
@@ -19,8 +20,8 @@ def _err(e: float | None) -> str:
 
 @user_errors
 def devices(
-    name: Optional[str] = typer.Argument(None, help="Show one profile in full (name or TOML path)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    name: Annotated[Optional[str], typer.Argument(help="Show one profile in full (name or TOML path).")] = None,
+    json_out: o.Json = False,
 ) -> None:
     """List device profiles: CPU, cores, clock, threads, providers, RAM, latency source, expected error."""
     if name is not None:

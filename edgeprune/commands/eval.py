@@ -24,12 +24,12 @@ def eval_command(
     resize: o.Resize = "auto",
     split: Annotated[str, typer.Option(help="train or val.")] = "val",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N images.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    batch_size: o.BatchSize = 256,
     accelerator: o.Accelerator = "cpu",
-    json: o.Json = False,
+    json_out: o.Json = False,
 ) -> None:
     """Print top-1 accuracy and loss of a model on a dataset split."""
-    if json:
+    if json_out:
         set_enabled(False)
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
     bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
@@ -39,7 +39,7 @@ def eval_command(
     result = evaluate(loaded.model, bundle.batches(split, batch_size, indices=indices),
                       resolve_device(accelerator), progress=f"eval {split}")
     out = {"model": model, "data": data, "split": split, **result.to_dict()}
-    if json:
+    if json_out:
         print_json(out)
     else:
         console.print(f"{model} on {data} [{split}]: top-1 [bold]{result.top1:.2%}[/] "

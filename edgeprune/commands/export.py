@@ -71,19 +71,22 @@ def export_command(
         "--data", "-d", help="Validation data for verification, test vectors, preprocessing and labels "
         "(default: the bundled data for --model default, none otherwise: random inputs only).")] = None,
     mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None, resize: o.Resize = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact folder.")] = False,
+    force: o.Force = False,
     opset: Annotated[Optional[int], typer.Option(help=f"ONNX opset (default: the device profile's, else {DEFAULT_OPSET}).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="Device profile whose opset to use.")] = None,
+    device: o.Device = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (default: static batch 1).")] = False,
     val_images: Annotated[int, typer.Option(help="Real validation images to verify on.")] = 256,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance of ONNX vs PyTorch outputs.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Tolerance relative to the largest PyTorch output.")] = 1e-4,
+    atol: o.Atol = 1e-4,
+    rtol: o.Rtol = 1e-4,
     min_agreement: Annotated[float, typer.Option(help="Minimum top-1 agreement on real images (0-1).")] = 0.99,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
     accelerator: o.Accelerator = "cpu",
-    json: o.Json = False,
+    json_out: o.Json = False,
 ) -> None:
-    """Export a model to ONNX, simplify, verify, and write an artifact folder with manifest.json."""
+    """Export a model to ONNX, simplify, verify, and write an artifact folder with manifest.json.
+
+    Outputs are compared with PyTorch's (--atol, --rtol); --device gives the profile's opset.
+    """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.evaluate import resolve_device
@@ -115,7 +118,7 @@ def export_command(
     source = {**loaded.source, "opset_from": opset_from}
     # a prune record may know the accuracy before and after pruning
     accuracy = source.get("accuracy") if isinstance(source.get("accuracy"), dict) else None
-    if json:
+    if json_out:
         result = build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, images=images, labels=labels,
                                 preprocess=preprocess, classes=classes, source=source, accuracy=accuracy)
         print_json(result.manifest)

@@ -7,46 +7,47 @@ on the device and the measured figure is printed beside the prediction.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from edgeprune.benchmarks.latency import parse_shapes
+from edgeprune import options as o
+from edgeprune.benchmarks.latency import BenchConfig, parse_shapes
 from edgeprune.cli_util import console, print_json, user_errors
-from edgeprune.devices.predictor import predict
 from edgeprune.devices.profiles import load_profile
-from edgeprune.devices.ssh import measure_over_ssh, resolve_ssh
+from edgeprune.devices.targets import PredictedTarget, bench_config, resolve_target
 
 ORDER = 41
 
 
 @user_errors
 def predict_command(
-    model: Path = typer.Argument(..., help="ONNX model."),
-    device: str = typer.Option("host", "--device", help="Device profile: name or TOML path."),
-    top: int = typer.Option(10, "--top", help="Heaviest kernels to list."),
-    shape: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape NAME=1x3x32x32 "
-                                              "(repeatable); dynamic dims default to 1."),
-    ssh: Optional[str] = typer.Option(None, "--ssh", help="Also measure on this device: user@host[:port] "
-                                      "(default: the profile's ssh, if any)."),
-    measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure over SSH when a target is known."),
-    remote_python: Optional[str] = typer.Option(None, "--remote-python", help="python3 on the device "
-                                                "(default: the profile's, or python3)."),
-    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (ssh -F)."),
-    runs: int = typer.Option(100, "--runs", help="Timed runs on the device."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed runs first on the device."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    device: o.Device = "host",
+    top: Annotated[int, typer.Option("--top", help="Heaviest kernels to list.")] = 10,
+    shape: o.Shape = None,
+    ssh: o.Ssh = None,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Measure over SSH when a target is "
+                                          "known.")] = True,
+    remote_python: o.RemotePython = None,
+    ssh_config: o.SshConfigFile = None,
+    runs: o.Runs = 100,
+    warmup: o.Warmup = 10,
+    json_out: o.Json = False,
 ) -> None:
-    """Predict latency on a device: total, error band, heaviest kernels (and measure over SSH)."""
+    """Predict latency on a device: total, error band, heaviest kernels (and measure over SSH).
+
+    When --ssh or the profile's ssh line names the device, the model is also measured there.
+    """
     profile = load_profile(device)
     shapes = parse_shapes(shape)
-    pred = predict(model, profile, shapes or None)
-    cfg = resolve_ssh(ssh, profile, remote_python=remote_python, ssh_config=ssh_config)
+    pred = PredictedTarget(profile).prediction(model, shapes or None)
+    target = resolve_target(profile, ssh, remote_python=remote_python, ssh_config=ssh_config)
     measured = None
-    if cfg is not None and measure:
-        measured = measure_over_ssh(model, cfg, profile.name, profile.threads, profile.providers,
-                                    warmup=warmup, runs=runs, shapes=shapes or None)
+    if measure and target.remote:
+        cfg = bench_config(BenchConfig(warmup=warmup, runs=runs, shapes=dict(shapes)), profile)
+        measured = target.latency(model, cfg)
     if json_out:
         out = {"model": str(model), "prediction": pred.to_dict(top)}
         if measured is not None:
@@ -67,7 +68,7 @@ def predict_command(
                   f"{k.share:.1%}")
     console.print(t)
     if measured is not None:
-        console.print(f"measured on {profile.name} via {cfg.target}: p50 [bold]{measured.p50_ms:.3f} ms[/] "
+        console.print(f"measured on {profile.name} via {target.address}: p50 [bold]{measured.p50_ms:.3f} ms[/] "
                       f"(p90 {measured.p90_ms:.3f}, {measured.runs} runs, {measured.provider_used}, "
                       f"onnxruntime {measured.ort_version}, {measured.cpu}); prediction "
                       f"{pred.latency_ms / measured.p50_ms - 1:+.1%}", highlight=False)

@@ -44,16 +44,15 @@ def _print(r: ArmVerifyResult, default_version: bool) -> None:
 @user_errors
 def verify_arm_command(
     path: Annotated[str, typer.Argument(metavar="ARTIFACT_OR_MODEL", help="Artifact folder or .onnx model.")],
-    device: Annotated[Optional[str], typer.Option(help="Device profile (name or .toml) whose core is emulated "
-                                                  "[default: rpi4 unless --cpu is given].")] = None,
+    device: o.Device = None,
     cpu: Annotated[Optional[str], typer.Option(help="qemu -cpu model to emulate (e.g. cortex-a53); overrides the "
                                                "profile's core.")] = None,
     onnxruntime: Annotated[str, typer.Option("--onnxruntime", help="aarch64 onnxruntime release to run; pick the "
                                              "one your board uses.")] = DEFAULT_ORT_VERSION,
     samples: Annotated[int, typer.Option(help="Inputs to run (golden vectors of an artifact, else random).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance on the output difference.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Tolerance relative to the largest x86 output.")] = 1e-4,
+    atol: o.Atol = 1e-4,
+    rtol: o.Rtol = 1e-4,
     min_top1: Annotated[float, typer.Option(help="Least top-1 agreement (fraction) to pass.")] = 1.0,
     qemu: Annotated[Optional[str], typer.Option(help="Emulator binary [default: qemu-aarch64-static].")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where prepared aarch64 environments are cached "
@@ -61,18 +60,20 @@ def verify_arm_command(
     timeout: Annotated[float, typer.Option(help="Seconds allowed for the emulated run.")] = 1800.0,
     no_manifest: Annotated[bool, typer.Option("--no-manifest", help="Do not write the artifact's verify_arm "
                                               "section.")] = False,
-    json: o.Json = False,
+    json_out: o.Json = False,
 ) -> None:
     """Run the model on the aarch64 onnxruntime under qemu with the board's core, and compare with x86.
+
+    The core emulated is the --device profile's (default: rpi4, unless --cpu names one).
 
     Exit code 0 when the outputs agree, 1 when they do not (or the aarch64 side fails), 2 on bad input.
     """
     config = ArmVerifyConfig(device=device, cpu=cpu, ort_version=onnxruntime, samples=samples, seed=seed,
                              atol=atol, rtol=rtol, min_top1_agreement=min_top1, qemu=qemu, cache_dir=cache_dir,
                              timeout_s=timeout, write_manifest=not no_manifest)
-    log = (lambda _msg: None) if json else (lambda msg: _say(msg, to=err_console))
+    log = (lambda _msg: None) if json_out else (lambda msg: _say(msg, to=err_console))
     result = verify_arm(path, config, log=log)
-    if json:
+    if json_out:
         print_json(result.to_dict())
     else:
         _print(result, default_version=onnxruntime == DEFAULT_ORT_VERSION)

@@ -153,7 +153,7 @@ def test_plain_budgets(models):
 
 
 @pytest.mark.parametrize("content, fragment", [
-    ("{not json", "not JSON"),
+    ("{not json", "not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
     ('{"schema": "other/1"}', "schema"),
     ("__DROP_P50__", "missing latency.p50_ms"),

@@ -41,12 +41,19 @@ def test_to_result_rejects_incomplete_runner_output():
 
 
 def test_device_profile_sets_threads_and_providers_and_flags_win():
-    cfg = resolve_config(BenchConfig(), device="rpi4")
+    from edgeprune.devices.targets import bench_config
+
+    cfg = bench_config(BenchConfig(), "rpi4")
     assert cfg.device == "rpi4" and cfg.threads == 4 and cfg.providers == ["CPUExecutionProvider"]
-    cfg = resolve_config(BenchConfig(), device="rpi4", threads=2)
+    cfg = bench_config(BenchConfig(), "rpi4", threads=2)
     assert cfg.threads == 2
     with pytest.raises(EdgepruneError):
-        resolve_config(BenchConfig(), device="no-such-board")
+        bench_config(BenchConfig(), "no-such-board")
+    # benchmarks itself takes a loaded profile (it imports nothing of edgeprune.devices)
+    from edgeprune.devices.profiles import load_profile
+
+    assert resolve_config(BenchConfig(), profile=load_profile("rpi4"), providers=["X"]).providers == ["X"]
+    assert resolve_config(BenchConfig(threads=3)).threads == 3
 
 
 def test_bootstrap_interval_brackets_the_median():

@@ -21,7 +21,11 @@ from typer.testing import CliRunner
 
 from edgeprune.cli import app
 from edgeprune.devices import arm_verify as av
+from edgeprune.devices.arm_cores import CORES, core_from_profile, fake_cpuinfo
+from edgeprune.devices.arm_emulator import emulate, find_qemu, run_on_arm
+from edgeprune.devices.arm_userland import ArmEnv, prepare_arm_env
 from edgeprune.errors import EdgepruneError
+from edgeprune.exporters.output_diff import compare_outputs
 
 runner = CliRunner()
 FMNIST = Path(__file__).resolve().parents[2] / "pipeline" / "assets" / "fmnist_subset.npz"
@@ -50,7 +54,7 @@ def qemu() -> Path:
     reason = _install_qemu()
     if reason:
         pytest.skip(reason)
-    return av.find_qemu()
+    return find_qemu()
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +63,8 @@ def arm_cache(tmp_path_factory, qemu) -> Path:
 
 
 @pytest.fixture(scope="session")
-def arm_env(arm_cache, qemu) -> av.ArmEnv:
-    env = av.prepare_arm_env(av.DEFAULT_ORT_VERSION, arm_cache, str(qemu))
+def arm_env(arm_cache, qemu) -> ArmEnv:
+    env = prepare_arm_env(av.DEFAULT_ORT_VERSION, arm_cache, str(qemu))
     assert not env.from_cache
     return env
 
@@ -141,12 +145,12 @@ def test_bare_onnx_in_a_subprocess_on_cortex_a53(tiny_onnx, arm_env, arm_cache):
 def test_a_different_model_on_the_arm_side_is_reported(tiny_onnx, other_onnx, arm_env, qemu):
     feeds = av.random_feeds(av.model_inputs(tiny_onnx), 3, seed=0)
     x86 = av.run_on_host(tiny_onnx, feeds)
-    arm = av.run_on_arm(arm_env, qemu, "cortex-a72", other_onnx, feeds)
+    arm = run_on_arm(arm_env, qemu, "cortex-a72", other_onnx, feeds)
     assert arm.ok, arm.error
-    same = av.compare_outputs(x86, av.run_on_arm(arm_env, qemu, "cortex-a72", tiny_onnx, feeds).outputs)
-    assert same.verdict == "pass"
-    cmp = av.compare_outputs(x86, arm.outputs)
-    assert cmp.verdict == "fail"
+    same = compare_outputs(x86, run_on_arm(arm_env, qemu, "cortex-a72", tiny_onnx, feeds).outputs)
+    assert same.within()
+    cmp = compare_outputs(x86, arm.outputs)
+    assert not cmp.within()
     assert cmp.max_abs_diff > cmp.tolerance
     assert "differs by" in cmp.reason
 
@@ -155,20 +159,20 @@ def test_a_model_the_arm_side_cannot_load_fails_the_verdict(tiny_onnx, arm_env, 
     feeds = av.random_feeds(av.model_inputs(tiny_onnx), 1, seed=0)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
-    run = av.run_on_arm(arm_env, qemu, "cortex-a72", broken, feeds)
+    run = run_on_arm(arm_env, qemu, "cortex-a72", broken, feeds)
     assert not run.ok and run.error
     assert run.info["machine"] == "aarch64"
 
 
 def test_second_preparation_comes_from_the_cache(arm_env, arm_cache, qemu):
-    again = av.prepare_arm_env(av.DEFAULT_ORT_VERSION, arm_cache, str(qemu))
+    again = prepare_arm_env(av.DEFAULT_ORT_VERSION, arm_cache, str(qemu))
     assert again.from_cache and again.path == arm_env.path
     assert again.info["wheels_sha256"] == arm_env.info["wheels_sha256"]
 
 
 def test_failed_preparation_leaves_nothing_in_the_cache(tmp_path, qemu):
     with pytest.raises(EdgepruneError, match="0.0.1"):
-        av.prepare_arm_env("0.0.1", tmp_path, str(qemu))
+        prepare_arm_env("0.0.1", tmp_path, str(qemu))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -216,19 +220,19 @@ def test_bad_input_is_one_line_exit_2(args, message, tiny_onnx, tmp_path):
 @pytest.mark.parametrize("device, core", [("rpi3", "cortex-a53"), ("rpi4", "cortex-a72"),
                                           ("rpi5", "cortex-a76"), ("jetson-nano", "cortex-a57")])
 def test_profiles_map_to_qemu_cores(device, core):
-    assert av.core_from_profile(device) == core
-    assert core in av.CORES
+    assert core_from_profile(device) == core
+    assert core in CORES
 
 
 def test_fake_cpuinfo_names_the_emulated_core():
-    text = av.fake_cpuinfo("cortex-a72", 2)
+    text = fake_cpuinfo("cortex-a72", 2)
     assert text.count("processor\t:") == 2
     assert "CPU part\t: 0xd08" in text and "CPU implementer\t: 0x41" in text
-    assert av.fake_cpuinfo("unknown-core", 2) is None
+    assert fake_cpuinfo("unknown-core", 2) is None
 
 
 def test_golden_vectors_are_cut_into_model_batches(tmp_path):
-    spec = [av._InputSpec("input", [1, 1, 4, 4], np.dtype(np.float32))]
+    spec = [av.InputSpec("input", [1, 1, 4, 4], np.dtype(np.float32))]
     np.savez(tmp_path / "g.npz", input=np.zeros((5, 1, 4, 4), np.float64), logits=np.zeros((5, 3)))
     feeds = av.golden_feeds(tmp_path / "g.npz", spec, samples=3)
     assert len(feeds) == 3 and feeds[0]["input"].shape == (1, 1, 4, 4) and feeds[0]["input"].dtype == np.float32
@@ -239,14 +243,24 @@ def test_golden_vectors_are_cut_into_model_batches(tmp_path):
 
 def test_compare_reports_shape_and_top1_disagreement():
     a = [{"y": np.array([[0.0, 1.0]], np.float32)}]
-    assert av.compare_outputs(a, [{"y": np.array([[0.0, 1.0, 2.0]], np.float32)}]).verdict == "fail"
-    flipped = av.compare_outputs(a, [{"y": np.array([[1.0, 0.0]], np.float32)}], atol=10)
-    assert flipped.verdict == "fail" and flipped.top1_agreement == 0.0 and "top-1" in flipped.reason
+    assert not compare_outputs(a, [{"y": np.array([[0.0, 1.0, 2.0]], np.float32)}]).within()
+    flipped = compare_outputs(a, [{"y": np.array([[1.0, 0.0]], np.float32)}], atol=10, min_top1_agreement=1.0)
+    assert not flipped.within() and flipped.top1_agreement == 0.0 and "top-1" in flipped.reason
+
+
+def test_compare_non_finite_values():
+    nan, inf = np.float32("nan"), np.float32("inf")
+    ref = [{"y": np.array([[nan, inf, 1.0]], np.float32)}]
+    same = compare_outputs(ref, [{"y": np.array([[nan, inf, 1.0]], np.float32)}])
+    assert same.within() and same.max_abs_diff == 0.0 and same.max_abs_reference == 1.0
+    for other in ([[nan, -inf, 1.0]], [[0.0, inf, 1.0]], [[nan, 5.0, 1.0]]):
+        cmp = compare_outputs(ref, [{"y": np.array(other, np.float32)}], sides=("x86", "aarch64"))
+        assert not cmp.within() and "non-finite values that differ between x86 and aarch64" in cmp.reason
 
 
 def test_guest_sees_the_emulated_core_in_proc_cpuinfo(arm_env, qemu, tmp_path):
     """The per-run /proc/cpuinfo that keeps onnxruntime >= 1.28 alive under qemu 7.2."""
-    proc = av._emulate(qemu, "cortex-a53", arm_env.root, tmp_path,
+    proc = emulate(qemu, "cortex-a53", arm_env.root, tmp_path,
                        ["-c", "print(open('/proc/cpuinfo').read())"], timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "CPU part\t: 0xd03" in proc.stdout and "CPU implementer\t: 0x41" in proc.stdout

@@ -124,6 +124,19 @@ def test_remote_runner_error_is_one_line(sshd, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_remote_target_figure_is_the_build_dict(sshd, model, tmp_path):
+    from edgeprune.devices.targets import RemoteTarget, resolve_target
+
+    prof = board_profile(sshd, tmp_path)
+    t = resolve_target(str(prof), ssh_config=str(sshd.client_config))
+    assert isinstance(t, RemoteTarget) and t.address == sshd.target and t.python == VENV_PY
+    fig = t.figure(model, "p90", runs=5)
+    r = fig.measured
+    assert r.runs == 5 and r.threads == 4 and r.extra["ssh"] == sshd.target
+    assert fig.to_dict() == {"value_ms": r.p90_ms, "source": "measured:ssh:labpi", "p50_ms": r.p50_ms,
+                             "p90_ms": r.p90_ms, "threads": 4, "provider": "CPUExecutionProvider"}
+
+
 def test_predict_cli_measures_over_ssh_in_a_subprocess(sshd, model):
     cmd = [sys.executable, "-c", "from edgeprune.cli import main; main()", "predict", str(model),
            "--device", "host", "--ssh", sshd.target, "--ssh-config", str(sshd.client_config),

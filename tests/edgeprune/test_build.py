@@ -105,13 +105,15 @@ def test_rerun_reuses_cache_and_config_file_gives_same_plan(built):
 def test_interrupted_build_resumes_from_cached_scores(built):
     tmp, args, budget, first = built
     cmd = [sys.executable, "-m", "edgeprune", "build", *args, "--budget", budget, "--out", str(tmp / "i"), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts the suite in the background has SIGINT ignored, and children inherit that
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while time.time() < deadline and not list(tmp.glob("i/cache/*/accuracy-memo.json")):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    assert proc.wait(timeout=60) == 130, "the build ended before the interrupt reached it"
     assert not (tmp / "i" / "artifact").exists()   # no partial artifact
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.graph import count_macs, node_module_paths, operator_counts, parameter_count
+from edgeprune.exporters.graph import count_macs, infer_shapes, node_module_paths, operator_counts, parameter_count
 from edgeprune.exporters.memory import static_memory
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.exporters.simplify import simplify_onnx
@@ -61,6 +61,53 @@ def test_macs_operators_parameters_by_hand():
     assert count_macs(m) == 8 * 64 * (4 * 9) + 4 * 64 * 8 + 10 * 256
     assert operator_counts(m) == {"Conv": 2, "Add": 1, "Flatten": 1, "Gemm": 1, "Relu": 1}
     assert parameter_count(m) == 8 * 4 * 9 + 4 * 8 + 10 * 256 + 10
+
+
+def test_shape_inference_makes_inputs_static_and_leaves_the_model_alone():
+    m = residual_graph("N")
+    before = m.SerializeToString()
+    F = TensorProto.FLOAT
+    assert infer_shapes(m)["c1"] == ([1, 8, 8, 8], F)
+    assert infer_shapes(m, batch=3)["y"] == ([3, 10], F)
+    assert infer_shapes(m, {"x": [2, 4, 8, 8]})["s"] == ([2, 4, 8, 8], F)
+    assert infer_shapes(m)["w1"] == ([8, 4, 3, 3], F)          # initializers: their own dims
+    assert m.SerializeToString() == before
+    with pytest.raises(EdgepruneError, match="unknown model input"):
+        infer_shapes(m, {"nope": [1]})
+    with pytest.raises(EdgepruneError, match="has 2 dims, the model expects 4"):
+        infer_shapes(m, {"x": [1, 4]})
+
+
+def mystery_graph(batch: int | str) -> onnx.ModelProto:
+    """x -> Relu -> a custom-domain op ONNX has no schema for -> Relu -> y; value_info types its output at batch 1."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mystery", ["a"], ["b"], domain="com.example"),
+             helper.make_node("Relu", ["b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+                          value_info=[helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+
+
+def test_value_info_is_a_hint_only_for_the_shapes_it_was_written_for():
+    assert infer_shapes(mystery_graph(1))["b"] == ([1, 3], TensorProto.FLOAT)
+    # at another input shape the declared shapes are stale: b and y are left unknown (missing)
+    resized = infer_shapes(mystery_graph(1), {"x": [2, 3]}, strict=False)
+    assert resized["a"][0] == [2, 3] and "b" not in resized and "y" not in resized
+    assert "b" not in infer_shapes(mystery_graph("N"), batch=2)
+    partial = mystery_graph("N")          # a dimension inference cannot resolve is None
+    partial.graph.node[1].CopyFrom(helper.make_node("Reshape", ["a", "target"], ["b"]))
+    partial.graph.input.append(helper.make_tensor_value_info("target", TensorProto.INT64, [2]))
+    assert infer_shapes(partial)["b"] == ([None, None], TensorProto.FLOAT)
+
+
+def test_static_model_at_another_batch_is_predicted_at_that_batch():
+    from edgeprune.devices.predictor import predict
+
+    static, dynamic = residual_graph(1), residual_graph("N")
+    for v in ("c1", "r1", "c2", "s", "f"):     # value_info written for batch 1, as exporters do
+        static.graph.value_info.append(helper.make_tensor_value_info(v, TensorProto.FLOAT, None))
+    static = onnx.shape_inference.infer_shapes(static)
+    assert predict(static, "rpi4", {"x": [4, 4, 8, 8]}).latency_ms == predict(dynamic, "rpi4", {"x": [4, 4, 8, 8]}).latency_ms
 
 
 def test_unreadable_model_is_one_clear_error(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import sha256_file
 from edgeprune.pipeline import models
 from edgeprune.pipeline.data import DataSpec, load_data
 from edgeprune.pipeline.evaluate import evaluate
@@ -53,7 +54,7 @@ def test_factory_with_weights(factory_module, tmp_path):
     m = load_model(ModelSpec(f"{factory_module}:tiny", weights=str(tmp_path / "w.pt"), input_size=16))
     x = torch.randn(2, 1, 16, 16)
     assert torch.equal(m.model(x), ref(x))
-    assert m.source["weights_sha256"] == models.sha256_file(tmp_path / "w.pt")
+    assert m.source["weights_sha256"] == sha256_file(tmp_path / "w.pt")
 
 
 def test_factory_errors(factory_module):

@@ -1,0 +1,157 @@
+"""The build report: ``report.md`` and ``front.png`` (accuracy-latency front) in the artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeprune.benchmarks.targets import LatencyFigure
+from edgeprune.build.config import BuildConfig
+from edgeprune.build.result import BuildResult
+from edgeprune.files import write_text_atomic
+from edgeprune.pipeline.plan import pareto_front
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def plot_front(result: BuildResult, path: Path) -> None:
+    import matplotlib  # heavy: only when a report is written
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    search = result.search
+    plans = search.considered
+    front = pareto_front(plans)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter([p.latency_ms for p in plans], [100 * p.top1 for p in plans], s=10, c="#bbbbbb",
+               label=f"plans considered ({len(plans)})")
+    ax.plot([p.latency_ms for p in front], [100 * p.top1 for p in front], "-o", ms=3, c="#1f77b4",
+            label="Pareto front")
+    for name, p in search.best.items():
+        ax.scatter([p.latency_ms], [100 * p.top1], s=40, marker="D", label=f"best {name}")
+    base = search.base
+    ax.scatter([base.latency_ms], [100 * base.top1], s=80, marker="s", c="k", label="unpruned")
+    short = result.selection.candidates
+    if len(short) > 1:
+        ax.scatter([c.latency_ms for c in short], [100 * c.top1 for c in short], s=110, facecolors="none",
+                   edgecolors="#2ca02c", lw=1.5, label=f"short list ({len(short)}, fine-tuned)")
+    c = result.selection.chosen
+    ax.scatter([c.latency_ms], [100 * c.top1], s=220, marker="*", c="#d62728", zorder=5,
+               label=f"shipped ({result.strategy})")
+    budget = result.latency.budget_ms
+    ax.axvline(budget, c="#d62728", ls="--", lw=1, label=f"budget {budget:g} ms")
+    ax.set_xlabel(f"predicted latency on {result.device} (ms, {result.latency.metric})")
+    ax.set_ylabel("top-1 on scoring images, before fine-tune (%)")
+    ax.set_title("Block-removal plans: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _device(f: LatencyFigure) -> str:
+    d = f.to_dict()
+    if f.source.startswith("predicted"):
+        return (f"{d['predicted_ms']:.2f} ms (band {d['low_ms']:.2f}-{d['high_ms']:.2f}, "
+                f"+-{d['expected_error']:.0%}; {f.source})")
+    return f"p50 {d['p50_ms']:.2f} / p90 {d['p90_ms']:.2f} ms ({f.source})"
+
+
+def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
+    plot_front(result, folder / "front.png")
+    s, acc, lat, sel = result.search, result.accuracy, result.latency, result.selection
+    ha, hb, hr = lat.host_after, lat.host_before, lat.host
+    hp = lat.host_predicted
+    budget = lat.budget_ms
+    lines = [
+        f"# edgeprune build report: {cfg.model.name} for {result.device}, budget {budget:g} ms",
+        "",
+        f"**Outcome:** {'within budget' if lat.within_budget else 'OVER BUDGET'}: "
+        f"{lat.device_after.value_ms:.2f} ms ({lat.metric}, {lat.device_after.source}) against {budget:g} ms, "
+        f"removing {len(result.removed)} of {len(result.blocks)} blocks. "
+        "The budget is judged on the exported final model, not on a sum of estimates.",
+        "",
+        "![accuracy-latency front](front.png)",
+        "",
+        "## Plan",
+        "",
+        f"Shipped plan: **{result.strategy}** (best scored by the search: {s.winner}). "
+        f"Blocks removed: {', '.join(result.removed) or 'none'}.",
+        "",
+        "| strategy | blocks removed | predicted latency (ms) | top-1 on scoring images |",
+        "|---|---|---|---|",
+    ]
+    for name, p in sorted(s.best.items(), key=lambda kv: -kv[1].top1):
+        lines.append(f"| {name}{' (best scored)' if name == s.winner else ''} | {len(p.removed)} | "
+                     f"{p.latency_ms:.2f} | {_pct(p.top1)} |")
+    if len(s.best) > 1 and s.winner in s.best:
+        runner_up = max(p.top1 for n, p in s.best.items() if n != s.winner)
+        lines += ["", f"The best-scored strategy leads the runner-up by "
+                      f"{100 * (s.best[s.winner].top1 - runner_up):.2f} points of top-1 on the "
+                      f"{acc.scoring_images} scoring images (before fine-tune)."]
+    lines += ["", "### Short list", "",
+              "Distinct plans from the strategies above and the proxy rankings "
+              f"({', '.join(cfg.search.proxies) or 'none'}), each exported and its own "
+              "graph predicted or measured. "
+              + ("Each plan that fits got the same fine-tune; the lowest loss on the scoring images after "
+                 "fine-tune ships, because accuracy before fine-tune is a weak guide to accuracy after it."
+                 if sel.mode == "recovered" else "The best top-1 before fine-tune ships."),
+              "", "| plan | proposed by | blocks removed | predicted (ms) | final figure (ms) | "
+              "top-1 scoring, before fine-tune | after fine-tune | loss after fine-tune |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in sel.candidates:
+        mark = " (shipped)" if c.removed == result.removed else ""
+        fin = "-" if c.final_ms is None else f"{c.final_ms:.2f}"
+        loss = "-" if c.recovered_loss is None else f"{c.recovered_loss:.4f}"
+        lines.append(f"| {c.label}{mark} | {', '.join(c.proposed_by)} | {len(c.removed)} | {c.latency_ms:.2f} | "
+                     f"{fin} | {_pct(c.top1)} | {_pct(c.recovered_top1)} | {loss} |")
+    lines += [
+        "",
+        f"Plans considered: {len(s.considered)} (all shown in the plot; the front is the upper-left envelope).",
+        "",
+        "## Accuracy",
+        "",
+        f"Measured on {acc.images} validation images that were "
+        f"{'ALSO used for scoring (the split was too small)' if acc.shared else 'not used to score blocks or choose the plan'}.",
+        "",
+        "| model | top-1 |", "|---|---|",
+        f"| original | {_pct(acc.before)} |",
+        f"| blocks removed | {_pct(acc.after_removal)} |",
+        f"| after fine-tune | {_pct(acc.after_finetune)} |",
+        "",
+        "## Latency",
+        "",
+        "| | before | after |", "|---|---|---|",
+        f"| {result.device} | {_device(lat.device_before)} | {_device(lat.device_after)} |",
+        f"| host, measured (onnxruntime {ha.ort_version}, {ha.provider_used}, {ha.threads} threads) | "
+        f"p50 {hb.p50_ms:.3f} / p90 {hb.p90_ms:.3f} ms | p50 {ha.p50_ms:.3f} / p90 {ha.p90_ms:.3f} ms |",
+        f"| host, predicted after | | {hp.latency_ms:.3f} ms (band {hp.low_ms:.3f}-{hp.high_ms:.3f}) |",
+        "",
+        f"Host speed-up, timed side by side (before and after interleaved in {hr.rounds} rounds): "
+        f"after/before = {hr.ratio:.3f} ({100 * hr.confidence:.0f}% interval {hr.ci_low:.3f}-{hr.ci_high:.3f}); "
+        "the p50/p90 above come from the same runs.",
+        "",
+        f"Predicted against measured on the host for the final model: {hp.latency_ms:.3f} ms "
+        f"predicted, {ha.p50_ms:.3f} ms measured (p50), ratio {hp.latency_ms / ha.p50_ms:.2f}.",
+        "",
+        "## Size and memory",
+        "",
+        f"Parameters: {result.params_before:,} -> {result.params_after:,}.",
+    ]
+    mem = result.static_memory
+    if isinstance(mem, dict):
+        lines.append("Static memory of the final model (ONNX shape inference): " +
+                     ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in mem.items()
+                               if not isinstance(v, (dict, list))) + ".")
+    if result.verify_arm:
+        v = result.verify_arm
+        lines += ["", "## ARM verification", "",
+                  f"{v.get('verdict')}: aarch64 onnxruntime {v.get('onnxruntime_aarch64')} on emulated "
+                  f"{v.get('qemu_cpu')}, max abs difference {v.get('max_abs_diff')}, top-1 agreement "
+                  f"{v.get('top1_agreement')}."]
+    lines += ["", "## Reproduce", "", "```", "edgeprune build --config build-config.toml", "```",
+              f"Wall time of this build: {result.wall_s:.0f} s.", ""]
+    write_text_atomic(folder / "report.md", "\n".join(lines))

@@ -1,0 +1,73 @@
+"""``run_build``: the stages of a latency-budgeted build, in order.
+
+The artifact is assembled in the cache's staging folder and renamed to ``<out>/artifact``
+as the very last step, so an interrupted or failed build never leaves a partial artifact.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgeprune.build import stages
+from edgeprune.build.config import BuildConfig
+from edgeprune.build.fitting import SEARCH_ATTEMPTS
+from edgeprune.build.report import write_report
+from edgeprune.build.result import BuildOutcome, BuildResult, Unreachable
+from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
+from edgeprune.errors import EdgepruneError
+from edgeprune.exporters.artifact import update_manifest
+from edgeprune.files import replace_folder, write_text_atomic
+
+EXIT_OK, EXIT_UNREACHABLE = 0, 3
+
+
+def run_build(cfg: BuildConfig, say: stages.Say = lambda _m: None) -> BuildOutcome:
+    """Run the whole build; return the exit code, a one-line message and the result."""
+    started = time.time()
+    inputs = stages.load_inputs(cfg, say)
+    space = stages.block_space(inputs, say)
+    fit = stages.fit_budget(inputs, space, say)
+    if not fit.outcome.fitting:
+        return _unreachable(inputs, fit)
+    tuned = stages.finetune_and_choose(inputs, space, fit.outcome, say)
+    artifact = stages.assemble_artifact(inputs, tuned, say)
+    latency = stages.before_after(inputs, artifact, say)
+    if not latency.within_budget:  # cannot happen: fit_budget only returns plans whose figure fits
+        raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
+    result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
+                         tuned.accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
+                         stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
+                         fit.oracle.evaluations)
+    if cfg.measure.verify_arm:
+        say("verifying on the aarch64 onnxruntime under qemu")
+        arm = verify_arm(artifact.path, ArmVerifyConfig(device=inputs.profile.name), log=say)
+        result.verify_arm = arm.to_dict()
+        if arm.verdict != "pass":
+            raise EdgepruneError(f"ARM verification failed: {arm.reason}", exit_code=1)
+    result.wall_s = time.time() - started
+    write_report(artifact.path, result, cfg)
+    write_text_atomic(artifact.path / "build-config.toml", cfg.to_toml())
+    update_manifest(artifact.path, "build", {"config": cfg.flat(), "strategy": result.strategy,
+                                             "removed": result.removed, "wall_s": result.wall_s})
+    target = replace_folder(artifact.path, Path(cfg.out) / "artifact")
+    fig = latency.device_after
+    budget = f"{fig.value_ms:.2f} ms ({fig.source}) <= {cfg.search.budget_ms:g} ms"
+    message = (f"budget met without removing anything: {budget}" if not result.removed else
+               f"budget met: {budget} after removing {len(result.removed)} blocks")
+    return BuildOutcome(EXIT_OK, message, result, target)
+
+
+def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
+    o, budget = fit.outcome, inputs.cfg.search.budget_ms
+    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.oracle.evaluations)
+    floor = result.floor
+    if not o.reachable and floor is not None:
+        message = (f"budget {budget:g} ms is unreachable by block removal on {inputs.profile.name}: removing all "
+                   f"{len(inputs.candidates)} removable blocks gives {floor.latency_ms:.2f} ms predicted "
+                   f"(+{floor.latency_ms - budget:.2f} ms, {100 * (floor.latency_ms / budget - 1):.0f}% over) "
+                   f"at top-1 {floor.top1:.2%} on the scoring images")
+    else:
+        message = (f"no plan's final figure met {budget:g} ms after {SEARCH_ATTEMPTS} attempts "
+                   f"(closest {o.closest_ms:.2f} ms)")
+    return BuildOutcome(EXIT_UNREACHABLE, message, result)
