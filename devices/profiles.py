@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,11 +23,6 @@ from edgeprune.devices.address import parse_target
 from edgeprune.devices.kernels import validate_coefficients
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import read_toml, write_text_atomic
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    tomllib = None  # type: ignore[assignment]
 
 PROFILE_DIR = "profiles"
 KNOWN_PROVIDERS = {
@@ -119,8 +115,6 @@ def _resolve(name_or_path: str) -> Path:
 
 def load_profile(name_or_path: str) -> DeviceProfile:
     """Load a bundled profile by name (``rpi4``) or a user's profile file by path."""
-    if tomllib is None:  # pragma: no cover
-        raise EdgepruneError("reading device profiles needs Python 3.11+ (tomllib)")
     path = _resolve(str(name_or_path))
     return profile_from_dict(read_toml(path, "device profile"), path)
 

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -181,10 +182,6 @@ def read_json(path: PathLike, what: str = "JSON file") -> Any:
 
 
 def read_toml(path: PathLike, what: str = "TOML file") -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        raise EdgepruneError(f"reading a {what} needs Python 3.11+ (tomllib)") from None
     p = _existing_file(path, what)
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))

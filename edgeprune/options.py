@@ -62,6 +62,9 @@ ReplaceProjection = Annotated[bool, typer.Option("--replace-projection", help="A
                                                  "replacing each by its shortcut path alone.")]
 FinetuneEpochs = Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs after removal (0: none).")]
 Kd = Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model while fine-tuning.")]
+Temperature = Annotated[float, typer.Option("--temperature", help="Distillation temperature (with --kd).")]
+Alpha = Annotated[float, typer.Option("--alpha", help="Weight of the distillation loss (with --kd); 1 - alpha "
+                                      "weighs the labels.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random (random criterion, shuffling, "
                                    "fine-tuning).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size.")]

@@ -19,6 +19,7 @@ Every plan evaluated is kept: together they trace the accuracy-latency Pareto fr
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -111,8 +112,9 @@ class SearchResult:
                 "considered": [p.to_dict() for p in self.considered]}
 
 
-def _greedy(name: str, oracle: AccuracyOracle, latency: Latency, candidates: list[str], budget: float,
-            pick: str, considered: list[Plan]) -> Plan | None:
+def _greedy(name: str, space: "SearchSpace", pick: str) -> Plan | None:
+    oracle, latency, candidates, budget = space.oracle, space.latency, space.candidates, space.budget_ms
+    considered = space.considered
     removed: list[str] = []
     top1, loss = oracle([])
     lat = latency(removed)
@@ -163,6 +165,32 @@ def _knapsack(oneshot: dict[str, float], saved: dict[str, float], need: float, r
     return choice[cap] if best[cap] < INF else names
 
 
+def _knapsack_strategy(name: str, space: "SearchSpace") -> Plan | None:
+    oracle, latency, candidates, budget = space.oracle, space.latency, space.candidates, space.budget_ms
+    base, considered, front_points = space.base, space.considered, space.front_points
+    one = oracle.extend([], candidates)
+    drop = {c: base.top1 - one[c][0] + 1e-3 * (one[c][1] - base.loss) for c in candidates}
+    saved = {c: base.latency_ms - latency([c]) for c in candidates}
+    chosen = None
+    # intermediate budgets trace the front; the last one is the real budget
+    targets = [base.latency_ms - (base.latency_ms - budget) * (i + 1) / front_points for i in range(front_points)]
+    for target in targets:
+        need = base.latency_ms - target
+        for _ in range(6):  # savings are not exactly additive: tighten until the set fits
+            removed = _knapsack(drop, saved, need)
+            lat = latency(removed)
+            if lat <= target or len(removed) == len(candidates):
+                break
+            need += (lat - target) * 1.05
+        top1, loss = oracle(removed)
+        plan = Plan(name, removed, lat, top1, loss)
+        if target is targets[-1]:
+            chosen = plan if lat <= budget else None
+        else:
+            considered.append(plan)
+    return chosen
+
+
 @dataclass
 class SearchSpace:
     """What every strategy searches: the oracle, the latency model, the candidates, the budget;
@@ -177,15 +205,12 @@ class SearchSpace:
     front_points: int = 8
 
 
-Strategy = Callable[[SearchSpace], "Plan | None"]
+Strategy = Callable[[str, SearchSpace], "Plan | None"]      # (its registered name, the space) -> plan
 
 STRATEGIES: dict[str, Strategy] = {
-    "latency-greedy": lambda s: _greedy("latency-greedy", s.oracle, s.latency, s.candidates, s.budget_ms,
-                                        "ratio", s.considered),
-    "accuracy-greedy": lambda s: _greedy("accuracy-greedy", s.oracle, s.latency, s.candidates, s.budget_ms,
-                                         "accuracy", s.considered),
-    "knapsack": lambda s: _knapsack_strategy(s.oracle, s.latency, s.candidates, s.budget_ms, s.base,
-                                             s.considered, s.front_points),
+    "latency-greedy": partial(_greedy, pick="ratio"),
+    "accuracy-greedy": partial(_greedy, pick="accuracy"),
+    "knapsack": _knapsack_strategy,
 }
 
 
@@ -212,8 +237,8 @@ def search(oracle: AccuracyOracle, latency: Latency, candidates: Sequence[str], 
         result.reachable = False
         return result
     for strategy in strategies:
-        plan = STRATEGIES[strategy](SearchSpace(oracle, latency, candidates, budget_ms, base, considered,
-                                                front_points))
+        plan = STRATEGIES[strategy](strategy, SearchSpace(oracle, latency, candidates, budget_ms, base, considered,
+                                                          front_points))
         if plan is not None:
             result.best[strategy] = plan
             considered.append(plan)
@@ -221,31 +246,6 @@ def search(oracle: AccuracyOracle, latency: Latency, candidates: Sequence[str], 
         result.winner = max(result.best, key=lambda s: (result.best[s].top1, -result.best[s].loss,
                                                          -result.best[s].latency_ms))
     return result
-
-
-def _knapsack_strategy(oracle: AccuracyOracle, latency: Latency, candidates: list[str], budget: float,
-                       base: Plan, considered: list[Plan], front_points: int) -> Plan | None:
-    one = oracle.extend([], candidates)
-    drop = {c: base.top1 - one[c][0] + 1e-3 * (one[c][1] - base.loss) for c in candidates}
-    saved = {c: base.latency_ms - latency([c]) for c in candidates}
-    chosen = None
-    # intermediate budgets trace the front; the last one is the real budget
-    targets = [base.latency_ms - (base.latency_ms - budget) * (i + 1) / front_points for i in range(front_points)]
-    for target in targets:
-        need = base.latency_ms - target
-        for _ in range(6):  # savings are not exactly additive: tighten until the set fits
-            removed = _knapsack(drop, saved, need)
-            lat = latency(removed)
-            if lat <= target or len(removed) == len(candidates):
-                break
-            need += (lat - target) * 1.05
-        top1, loss = oracle(removed)
-        plan = Plan("knapsack", removed, lat, top1, loss)
-        if target is targets[-1]:
-            chosen = plan if lat <= budget else None
-        else:
-            considered.append(plan)
-    return chosen
 
 
 def pareto_front(plans: Sequence[Plan]) -> list[Plan]:

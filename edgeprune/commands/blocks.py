@@ -45,8 +45,8 @@ def blocks_command(
 
 
 def _total_macs(loaded) -> int:
-    from edgeprune.pipeline.blocks import macs_by_module as _macs_by_module
-    macs, _ = _macs_by_module(loaded.model, loaded.input_shape)
+    from edgeprune.pipeline.blocks import macs_by_module
+    macs, _ = macs_by_module(loaded.model, loaded.input_shape)
     return sum(v for k, v in macs.items() if k and "." not in k)
 
 
@@ -118,9 +118,7 @@ def prune_command(
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 0.01,
     kd: o.Kd = False,
-    temperature: Annotated[float, typer.Option(help="Distillation temperature (with --kd).")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="Weight of the distillation loss (with --kd); 1 - alpha weighs "
-                                         "the labels.")] = 0.9,
+    temperature: o.Temperature = 4.0, alpha: o.Alpha = 0.9,
     batch_size: o.BatchSize = 128, seed: o.Seed = 0,
     force: o.Force = False,
     accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
