@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeprune.devices.profiles import load_profile
 from edgeprune.errors import EdgepruneError
 
 
@@ -51,11 +52,8 @@ _CORE_IN_TEXT = re.compile(r"(cortex-a\d+|neoverse-[nv]\d|a64fx)", re.IGNORECASE
 
 def core_from_profile(device: str) -> str:
     """The qemu -cpu model for a device profile's core (its ``cpu`` text names it)."""
-    from edgeprune.devices.profiles import load_profile
-
     profile = load_profile(device)
-    core = getattr(profile, "core", None)         # a dedicated field, if profiles gain one
-    match = _CORE_IN_TEXT.search(str(core or profile.cpu))
+    match = _CORE_IN_TEXT.search(profile.cpu)
     if not match:
         raise EdgepruneError(f"device '{profile.name}' ({profile.cpu}) is not an ARM core qemu can emulate; "
                              "pass --cpu (e.g. cortex-a72)")

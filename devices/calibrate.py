@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from edgeprune.devices import calibration as cal
-from edgeprune.devices.graph import detect_kernels, load_model
+from edgeprune.devices import latency_fit as cal
+from edgeprune.devices.kernel_graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile, save_profile
 from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import onnx
 
-from edgeprune.devices.graph import Kernel, detect_kernels, load_model, spill_fraction
+from edgeprune.devices.kernel_graph import Kernel, detect_kernels, load_model, spill_fraction
 from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile
 from edgeprune.errors import EdgepruneError
 

@@ -171,24 +171,22 @@ def _existing_file(path: PathLike, what: str) -> Path:
     return p
 
 
-def read_json(path: PathLike, what: str = "JSON file") -> Any:
+def _parse(path: PathLike, what: str, fmt: str, parse: Callable[[str], Any], errors: tuple[type, ...]) -> Any:
     p = _existing_file(path, what)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{what} {p} is not valid JSON: {e}") from None
+        return parse(p.read_text(encoding="utf-8"))
+    except (*errors, UnicodeDecodeError) as e:
+        raise EdgepruneError(f"{what} {p} is not valid {fmt}: {e}") from None
     except OSError as e:
         raise EdgepruneError(f"cannot read {what} {p}: {e.strerror or e}") from None
+
+
+def read_json(path: PathLike, what: str = "JSON file") -> Any:
+    return _parse(path, what, "JSON", json.loads, (json.JSONDecodeError,))
 
 
 def read_toml(path: PathLike, what: str = "TOML file") -> dict[str, Any]:
-    p = _existing_file(path, what)
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EdgepruneError(f"{what} {p} is not valid TOML: {e}") from None
-    except OSError as e:
-        raise EdgepruneError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    return _parse(path, what, "TOML", tomllib.loads, (tomllib.TOMLDecodeError,))
 
 
 def load_onnx(path: PathLike, load_external_data: bool = True):

@@ -75,23 +75,10 @@ Atol = Annotated[float, typer.Option("--atol", help="Absolute tolerance on the o
 Rtol = Annotated[float, typer.Option("--rtol", help="Tolerance relative to the largest reference output.")]
 
 
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        from edgeprune.errors import EdgepruneError
-        raise EdgepruneError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-
-
 def model_spec(model: str, weights: str | None, num_classes: int | None, in_channels: int | None,
                input_size: int | None, trust: bool) -> ModelSpec:
     return ModelSpec(model, weights, num_classes, in_channels, input_size, trust)
 
 
 def data_spec(data: str, mean: str | None, std: str | None, channels: int | None, resize: str) -> DataSpec:
-    if resize not in ("auto", "pad", "resize", "none"):
-        from edgeprune.errors import EdgepruneError
-        raise EdgepruneError(f"--resize must be auto, pad, resize or none, got {resize!r}")
-    return DataSpec(data, _floats(mean, "--mean"), _floats(std, "--std"), channels, resize)
+    return DataSpec(data, mean, std, channels, resize)        # validates itself

@@ -36,7 +36,7 @@ from edgeprune import __version__
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import read_json, sha256_file, staged_folder, write_json_atomic
 from edgeprune.exporters import runtime
-from edgeprune.exporters.graph import count_macs, io_spec, node_module_paths, operator_counts, parameter_count
+from edgeprune.exporters.onnx_facts import count_macs, io_spec, node_module_paths, operator_counts, parameter_count
 from edgeprune.exporters.memory import static_memory
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx, model_device
 from edgeprune.exporters.ort_format import convert_to_ort

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from edgeprune.files import load_onnx
-from edgeprune.exporters.graph import constant_bytes, infer_shapes, itemsize
+from edgeprune.exporters.onnx_facts import constant_bytes, infer_shapes, itemsize
 
 
 @dataclass

@@ -16,7 +16,7 @@ import onnx
 import onnxsim
 
 from edgeprune.exporters import runtime
-from edgeprune.exporters.graph import copy_node_metadata
+from edgeprune.exporters.onnx_facts import copy_node_metadata
 from edgeprune.exporters.onnx_export import one_line, quiet_output
 from edgeprune.exporters.verify import compare
 

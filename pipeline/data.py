@@ -47,10 +47,14 @@ class DataSpec:
         if self.resize not in RESIZE_MODES:
             raise EdgepruneError(f"--resize must be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]}, "
                                  f"got {self.resize!r}")
-        for name in ("mean", "std"):
+        for name in ("mean", "std"):       # numbers, or the flag's comma-separated text
             value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, tuple(float(v) for v in value))
+            if value is None:
+                continue
+            try:
+                setattr(self, name, tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value)))
+            except (TypeError, ValueError):
+                raise EdgepruneError(f"--{name} takes comma-separated numbers, got {value!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,7 @@ Dry run on random weights with tiny settings (minutes, not the figures):
         --out /tmp/budget-plans.md --plot /tmp/budget-plans.png --cache /tmp/budget-plans.json
 
 For each budget (a fraction of the unpruned model's latency on ``--device`` predicted by the
-block table of ``edgeprune.devices.blocks``), this script builds the block-removal plans that
+block table of ``edgeprune.devices.block_latency``), this script builds the block-removal plans that
 ``edgeprune build`` would consider and the alternatives it should beat, then gives every plan
 the same fine-tune and measures top-1 on images no plan was chosen on:
 
@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.devices.blocks import block_latency_table
+from edgeprune.devices.block_latency import block_latency_table
 from edgeprune.devices.profiles import load_profile
 from edgeprune.pipeline.blocks import discover, remove_blocks
 from edgeprune.pipeline.data import DataSpec, load_data

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.devices.calibration import ModelTiming, fit_from_timings
-from edgeprune.devices.graph import detect_kernels, load_model
+from edgeprune.devices.latency_fit import ModelTiming, fit_from_timings
+from edgeprune.devices.kernel_graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.profiles import load_profile, save_profile
 from reference import (HARDWARE, ORT_GAP_UNCERTAINTY, ORT_OVER_NCNN,

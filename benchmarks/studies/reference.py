@@ -92,7 +92,7 @@ def physics_model(hw: Hardware, node_us: float = 10.0) -> "LatencyModel":
     The ARM fits scale its kernel groups to the published figures; on its own it is a
     roofline-style lower bound, not a prediction.
     """
-    from edgeprune.devices.calibration import FITTED_FEATURES
+    from edgeprune.devices.latency_fit import FITTED_FEATURES
     from edgeprune.devices.profiles import LatencyModel
 
     per_mmac = 1e3 / hw.peak_gmacs          # us per 1e6 MACs

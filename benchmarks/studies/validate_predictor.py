@@ -8,7 +8,7 @@ exported with the dynamo exporter and
 
 * predicted from its own ONNX file (``edgeprune.devices.predictor.predict``), and
 * predicted as "full model minus blocks" from one export of the full model
-  (``edgeprune.devices.blocks.block_latency_table``), the planner's path;
+  (``edgeprune.devices.block_latency.block_latency_table``), the planner's path;
 * measured with onnxruntime (CPU EP, 1 intra-op thread, as the host profile says) in
   interleaved rounds: each round runs every variant (10 warm-up + 10 timed runs) in a
   shuffled order; a variant's figure is the median over rounds of the round's median.
@@ -45,8 +45,8 @@ import torchvision
 from torch import nn
 
 from edgeprune.benchmarks import ort_runner
-from edgeprune.devices.blocks import block_latency_table
-from edgeprune.devices.calibration import error_summary, interleaved_timings
+from edgeprune.devices.block_latency import block_latency_table
+from edgeprune.devices.latency_fit import error_summary, interleaved_timings
 from edgeprune.devices.predictor import predict
 from edgeprune.devices.profiles import list_profiles, load_profile
 from edgeprune.pipeline.resnet_cifar import resnet56

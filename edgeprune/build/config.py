@@ -215,12 +215,7 @@ def default_of(flag: str) -> Any:
 
 
 def _flag_value(flag: str, value: Any) -> Any:
-    """A flag's text as the field holds it (``--mean 0.5,0.4`` -> [0.5, 0.4])."""
-    if flag in ("mean", "std") and isinstance(value, str):
-        try:
-            return [float(v) for v in value.split(",")]
-        except ValueError:
-            raise EdgepruneError(f"--{flag} takes comma-separated numbers, got {value!r}") from None
+    """A flag's value as the field holds it (a repeated flag's tuple becomes a list)."""
     if isinstance(value, tuple):
         return list(value)
     return value

@@ -23,7 +23,7 @@ from edgeprune.build.cache import BuildCache
 from edgeprune.build.config import BuildConfig, SearchConfig
 from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
-from edgeprune.devices.blocks import BlockLatencyTable, block_latency_table
+from edgeprune.devices.block_latency import BlockLatencyTable, block_latency_table
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.devices.targets import resolve_target

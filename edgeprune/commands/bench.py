@@ -14,7 +14,7 @@ from edgeprune import options as o
 from edgeprune.benchmarks.bench import BenchRequest, run_bench
 from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.latency import BenchConfig, parse_providers, parse_shapes
-from edgeprune.benchmarks.report import print_bench
+from edgeprune.benchmarks.tables import print_bench
 from edgeprune.cli_util import console, err_console, print_json, user_errors
 from edgeprune.devices.targets import bench_config, resolve_target
 

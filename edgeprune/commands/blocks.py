@@ -10,6 +10,14 @@ from rich.table import Table
 from edgeprune import options as o
 from edgeprune.cli_util import console, err_console, print_json, user_errors
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.blocks import discover, macs_by_module
+from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.evaluate import evaluate, resolve_device
+from edgeprune.pipeline.finetune import finetune, FinetuneConfig
+from edgeprune.pipeline.importance import ScoreContext
+from edgeprune.pipeline.models import load_model
+from edgeprune.pipeline.prune import candidates, plan_remove_k, PrunePlan, rank_blocks, split_val
+from edgeprune.pipeline.record import save_prune_record
 from edgeprune.progress import set_enabled
 
 ORDER = 20
@@ -22,8 +30,6 @@ def blocks_command(
     json_out: o.Json = False,
 ) -> None:
     """List the residual blocks of a model: name, stage, kind, parameters, MACs."""
-    from edgeprune.pipeline.blocks import discover
-    from edgeprune.pipeline.models import load_model
 
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
     found = discover(loaded.model, loaded.input_shape)
@@ -45,15 +51,11 @@ def blocks_command(
 
 
 def _total_macs(loaded) -> int:
-    from edgeprune.pipeline.blocks import macs_by_module
     macs, _ = macs_by_module(loaded.model, loaded.input_shape)
     return sum(v for k, v in macs.items() if k and "." not in k)
 
 
 def _setup(model, weights, num_classes, in_channels, input_size, trust, data, mean, std, channels, resize):
-    from edgeprune.pipeline.blocks import discover
-    from edgeprune.pipeline.data import load_data
-    from edgeprune.pipeline.models import load_model
 
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust))
     bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
@@ -71,9 +73,6 @@ def score_command(
     accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
 ) -> None:
     """Score every removable block by a criterion (default: direct removal) and rank them."""
-    from edgeprune.pipeline.evaluate import resolve_device
-    from edgeprune.pipeline.importance import ScoreContext
-    from edgeprune.pipeline.prune import candidates, rank_blocks, split_val
 
     if json_out:
         set_enabled(False)
@@ -126,11 +125,6 @@ def prune_command(
     """Remove blocks (the K least important, or named ones), optionally fine-tune, write weights + record."""
     from pathlib import Path
 
-    from edgeprune.pipeline.evaluate import evaluate, resolve_device
-    from edgeprune.pipeline.finetune import FinetuneConfig, finetune
-    from edgeprune.pipeline.importance import ScoreContext
-    from edgeprune.pipeline.prune import PrunePlan, candidates, plan_remove_k, rank_blocks, split_val
-    from edgeprune.pipeline.record import save_prune_record
 
     if (remove is None) == (blocks is None):
         raise EdgepruneError("pass exactly one of --remove K or --blocks NAMES")

@@ -13,7 +13,7 @@ from edgeprune.benchmarks.bench import check_output_path
 from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.gate import GateConfig, run_check, write_junit
 from edgeprune.benchmarks.latency import BenchConfig, parse_providers
-from edgeprune.benchmarks.report import print_gate
+from edgeprune.benchmarks.tables import print_gate
 from edgeprune.benchmarks.units import parse_bytes, parse_duration_ms, parse_fraction
 from edgeprune.cli_util import console, err_console, print_json, user_errors
 from edgeprune.devices.targets import bench_config, resolve_target

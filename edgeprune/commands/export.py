@@ -10,9 +10,14 @@ from rich.table import Table
 
 from edgeprune import options as o
 from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.devices.profiles import load_profile
+from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
 from edgeprune.exporters.onnx_export import ExportConfig
 from edgeprune.exporters.verify import VerifyConfig
+from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.evaluate import resolve_device
+from edgeprune.pipeline.models import load_model
 
 ORDER = 50
 DEFAULT_OPSET = 18
@@ -23,7 +28,6 @@ def resolve_opset(opset: int | None, device: str | None) -> tuple[int, str]:
     if opset is not None:
         return opset, "--opset"
     if device is not None:
-        from edgeprune.devices.profiles import load_profile
 
         prof = load_profile(device)
         if getattr(prof, "opset", None):
@@ -87,10 +91,6 @@ def export_command(
 
     Outputs are compared with PyTorch's (--atol, --rtol); --device gives the profile's opset.
     """
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.pipeline.data import load_data
-    from edgeprune.pipeline.evaluate import resolve_device
-    from edgeprune.pipeline.models import load_model
 
     if not 0 <= min_agreement <= 1:
         raise EdgepruneError(f"--min-agreement is a fraction between 0 and 1, got {min_agreement}")

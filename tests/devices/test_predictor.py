@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
-from edgeprune.devices.calibration import profile_model
-from edgeprune.devices.graph import conv_macs, detect_kernels, load_model, used_taps, valid_taps
+from edgeprune.devices.latency_fit import profile_model
+from edgeprune.devices.kernel_graph import conv_macs, detect_kernels, load_model, used_taps, valid_taps
 from edgeprune.devices.predictor import predict
 from edgeprune.devices.profiles import load_profile
 from edgeprune.devices.suite import synthetic_model

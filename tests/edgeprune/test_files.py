@@ -231,43 +231,29 @@ def test_replace_folder_refuses_a_file(tmp_path):
 
 # ---------------------------------------------------------------- reads that fail in one line
 
-def test_read_json(tmp_path):
+@pytest.mark.parametrize("read, fmt, garbled, bad_bytes, good, expected", [
+    (read_json, "JSON", '{"a": 1,\n\n  oops\n}', b"\xff\xfe\x00garbage", '{"a": [1, 2]}', {"a": [1, 2]}),
+    (read_toml, "TOML", "name = \n[[x", b'name = "\xff"', 'name = "rpi4"\n[cpu]\ncores = 4\n',
+     {"name": "rpi4", "cpu": {"cores": 4}}),
+])
+def test_reads_fail_in_one_line(tmp_path, read, fmt, garbled, bad_bytes, good, expected):
     with pytest.raises(EdgepruneError) as e:
-        read_json(tmp_path / "missing.json", "prune record")
-    assert one_line_error(e, "prune record not found: ").endswith("missing.json")
+        read(tmp_path / "missing", "prune record")
+    assert one_line_error(e, "prune record not found: ").endswith("missing")
     with pytest.raises(EdgepruneError) as e:
-        read_json(tmp_path, "prune record")
+        read(tmp_path, "prune record")
     one_line_error(e, "prune record is not a file")
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"a": 1,\n\n  oops\n}')
+    bad = tmp_path / "bad"
+    bad.write_text(garbled)
     with pytest.raises(EdgepruneError) as e:
-        read_json(bad, "baseline file")
-    one_line_error(e, f"baseline file {bad} is not valid JSON")
-    bad.write_bytes(b"\xff\xfe\x00garbage")
+        read(bad, "device profile")
+    one_line_error(e, f"device profile {bad} is not valid {fmt}")
+    bad.write_bytes(bad_bytes)
     with pytest.raises(EdgepruneError) as e:
-        read_json(bad)
-    one_line_error(e, "is not valid JSON")
-    good = tmp_path / "good.json"
-    good.write_text('{"a": [1, 2]}')
-    assert read_json(good) == {"a": [1, 2]} and read_json(str(good)) == {"a": [1, 2]}
-
-
-def test_read_toml(tmp_path):
-    with pytest.raises(EdgepruneError) as e:
-        read_toml(tmp_path / "missing.toml", "device profile")
-    one_line_error(e, "device profile not found")
-    bad = tmp_path / "bad.toml"
-    bad.write_text("name = \n[[x")
-    with pytest.raises(EdgepruneError) as e:
-        read_toml(bad, "device profile")
-    one_line_error(e, f"device profile {bad} is not valid TOML")
-    bad.write_bytes(b"name = \"\xff\"")
-    with pytest.raises(EdgepruneError) as e:
-        read_toml(bad)
-    one_line_error(e, "is not valid TOML")
-    good = tmp_path / "good.toml"
-    good.write_text('name = "rpi4"\n[cpu]\ncores = 4\n')
-    assert read_toml(good) == {"name": "rpi4", "cpu": {"cores": 4}}
+        read(bad)
+    one_line_error(e, f"is not valid {fmt}")
+    (tmp_path / "good").write_text(good)
+    assert read(tmp_path / "good") == expected and read(str(tmp_path / "good")) == expected
 
 
 def _tiny_model(path: Path, external: bool = False) -> Path:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.graph import node_module_paths
+from edgeprune.exporters.onnx_facts import node_module_paths
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.exporters.verify import verify_onnx
 

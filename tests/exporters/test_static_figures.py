@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.exporters.graph import count_macs, infer_shapes, node_module_paths, operator_counts, parameter_count
+from edgeprune.exporters.onnx_facts import count_macs, infer_shapes, node_module_paths, operator_counts, parameter_count
 from edgeprune.exporters.memory import static_memory
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.exporters.simplify import simplify_onnx

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
-from edgeprune.devices import calibration as cal
-from edgeprune.devices.graph import Kernel, detect_kernels
+from edgeprune.devices import latency_fit as cal
+from edgeprune.devices.kernel_graph import Kernel, detect_kernels
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.profiles import LatencyModel, load_profile
 from edgeprune.devices.suite import synthetic_model, synthetic_suite

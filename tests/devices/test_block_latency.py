@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.devices.blocks import block_latency_table, default_blocks, export_for_blocks, table_from_onnx
+from edgeprune.devices.block_latency import block_latency_table, default_blocks, export_for_blocks, table_from_onnx
 from edgeprune.devices.predictor import predict
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.resnet_cifar import resnet20

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgeprune.benchmarks import ort_runner
-from edgeprune.devices.graph import Kernel, kernel_from_profile_event, spill_fraction
+from edgeprune.devices.kernel_graph import Kernel, kernel_from_profile_event, spill_fraction
 from edgeprune.devices.kernels import FEATURES, KINDS
 from edgeprune.devices.predictor import kernels_cost_us, model_spill
 from edgeprune.devices.profiles import LatencyModel

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edgeprune.exporters.graph import Shapes, infer_shapes
+from edgeprune.exporters.onnx_facts import Shapes, infer_shapes
 from edgeprune.files import load_onnx
 
 CONV_KINDS = ("conv1x1", "conv3x3", "convkxk", "gconv", "dwconv")

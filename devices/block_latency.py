@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import onnx
 
-from edgeprune.devices.graph import detect_kernels, spill_fraction
+from edgeprune.devices.kernel_graph import detect_kernels, spill_fraction
 from edgeprune.devices.predictor import as_profile, band, kernel_cost_us, require_model
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.errors import EdgepruneError
