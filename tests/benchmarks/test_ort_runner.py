@@ -66,12 +66,18 @@ def test_missing_provider_is_a_recorded_fallback_and_a_warning(models):
 
 
 def test_profile_lists_top_ops_from_onnxruntime_profiler(models):
-    p = run(str(models["small"]), "--runs", "5", "--warmup", "1", "--profile", "--top", "1")
+    # which op takes longer is a timing fact of a shared machine; what the profile must get right is
+    # every op type of the graph, its node and call counts, and an order by time
+    p = run(str(models["small"]), "--runs", "5", "--warmup", "1", "--profile", "--top", "5")
     d = json.loads(p.stdout)
     ops = d["profile"]["top_ops"]
-    assert len(ops) == 1 and ops[0]["op_type"] == "MatMul"  # MatMul dwarfs Relu
-    assert ops[0]["nodes"] == 4 and ops[0]["calls"] == 4 * d["profile"]["runs"]
-    assert 0 < ops[0]["share"] <= 1
+    assert {o["op_type"] for o in ops} == {"MatMul", "Relu"}
+    for o in ops:
+        assert o["nodes"] == 4 and o["calls"] == 4 * d["profile"]["runs"] and 0 < o["share"] <= 1
+    assert [o["total_ms"] for o in ops] == sorted((o["total_ms"] for o in ops), reverse=True)
+    assert sum(o["share"] for o in ops) <= 1 + 1e-9
+    p = run(str(models["small"]), "--runs", "5", "--warmup", "1", "--profile", "--top", "1")
+    assert len(json.loads(p.stdout)["profile"]["top_ops"]) == 1
 
 
 def test_time_budget_stops_the_loop(models):
