@@ -80,6 +80,18 @@ class Comparison:
     round_ratios: list[float] = field(default_factory=list)
     threshold: float | None = None
     extended: bool = False          # more rounds than the minimum were needed
+    round_quantile: float = 0.25    # the per-round statistic of each model that the ratios divide
+    a_round_ms: list[float] = field(default_factory=list)
+    b_round_ms: list[float] = field(default_factory=list)
+
+    @property
+    def a_ms(self) -> float:
+        """A's per-round statistic, median over the rounds: the figure ``ratio`` compares."""
+        return float(np.median(self.a_round_ms))
+
+    @property
+    def b_ms(self) -> float:
+        return float(np.median(self.b_round_ms))
 
     @property
     def conclusive(self) -> bool:
@@ -150,6 +162,7 @@ def compare(model_a: str | os.PathLike[str], model_b: str | os.PathLike[str],
 
     rng = np.random.default_rng(cfg.seed)
     ratios: list[float] = []
+    per_round: dict[int, list[float]] = {id(a): [], id(b): []}
 
     def run_rounds(n: int) -> None:
         for _ in range(n):
@@ -157,8 +170,9 @@ def compare(model_a: str | os.PathLike[str], model_b: str | os.PathLike[str],
             got: dict[int, list[float]] = {id(a): [], id(b): []}
             for side in (first, second, second, first):
                 got[id(side)] += side.block(half)
-            q = cfg.round_quantile
-            ratios.append(float(np.quantile(got[id(a)], q) / np.quantile(got[id(b)], q)))
+            for side in (a, b):
+                per_round[id(side)].append(float(np.quantile(got[id(side)], cfg.round_quantile)))
+            ratios.append(per_round[id(a)][-1] / per_round[id(b)][-1])
 
     run_rounds(cfg.rounds)
     extended = False
@@ -173,4 +187,5 @@ def compare(model_a: str | os.PathLike[str], model_b: str | os.PathLike[str],
     return Comparison(a=a.result(bench), b=b.result(bench), ratio=float(np.median(r)),
                       ci_low=lo, ci_high=hi, confidence=cfg.confidence, rounds=len(ratios),
                       half_block=half, round_ratios=ratios, threshold=cfg.threshold,
-                      extended=extended)
+                      extended=extended, round_quantile=cfg.round_quantile, a_round_ms=per_round[id(a)],
+                      b_round_ms=per_round[id(b)])

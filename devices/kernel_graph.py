@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edgeprune.exporters.onnx_facts import Shapes, infer_shapes
+from edgeprune.exporters.onnx_facts import Shapes, infer_shapes, node_module_paths
 from edgeprune.files import load_onnx
 
 CONV_KINDS = ("conv1x1", "conv3x3", "convkxk", "gconv", "dwconv")
@@ -72,6 +72,7 @@ class Kernel:
     has_sum: bool = False        # residual Add fused into the convolution
     nchwc: bool = False          # runs in onnxruntime's blocked layout
     geometry: tuple[int, ...] = ()   # convolutions: (cin_per_group, cout, ho, wo, kh, kw)
+    module: str | None = None    # PyTorch module path of its anchor node ("" = the top module), if recorded
 
     def features(self, spill: float = 0.0) -> dict[str, float]:
         """Work features; ``spill`` is the share of the model's weights beyond the cache."""
@@ -546,7 +547,43 @@ def detect_kernels(model: onnx.ModelProto, nchwc_block: int = 0,
                    input_shapes: dict[str, Sequence[int]] | None = None) -> list[Kernel]:
     """Kernels onnxruntime will run for ``model`` (see the module docstring)."""
     shapes = infer_shapes(model, input_shapes, strict=False)
-    return _Detector(model, shapes, nchwc_block).run()
+    kernels = _Detector(model, shapes, nchwc_block).run()
+    _attach_modules(model, kernels)
+    return kernels
+
+
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def _attach_modules(model: onnx.ModelProto, kernels: Sequence[Kernel]) -> None:
+    """Set each kernel's PyTorch module path, where the export recorded one.
+
+    The path comes from the anchor node's scope (``exporters.onnx_facts.node_module_paths``),
+    else from the first folded node that has one. A convolution with batch norm folded into it
+    carries the batch norm's scope (``layer1.0.bn1``), so for a weighted op whose weight is named
+    after its parameter (``layer1.0.conv1.weight``, as torch names them) the weight's module is
+    used instead when it is the scope itself or a sibling of it (or no scope was recorded).
+    """
+    try:
+        paths = node_module_paths(model)
+    except (ValueError, SyntaxError):   # unreadable scope metadata: the node names have to do
+        paths = {}
+    nodes = {n.name: n for n in model.graph.node if n.name}
+    inits = {i.name for i in model.graph.initializer}
+    for k in kernels:
+        path = next((paths[n] for n in k.nodes if n in paths), None)
+        anchor = nodes.get(k.nodes[0]) if k.nodes else None
+        if anchor is not None and anchor.op_type in WEIGHTED_OPS and len(anchor.input) > 1:
+            w = anchor.input[1]
+            if w in inits and w.endswith(".weight") and len(w) > len(".weight"):
+                owner = w[: -len(".weight")]
+                if path is None or owner == path or _parent(owner) == _parent(path) or _parent(owner) == path:
+                    path = owner
+        k.module = path
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:

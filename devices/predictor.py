@@ -55,6 +55,12 @@ class KernelCost:
     mmacs: float
     fused: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list, repr=False)
+    module: str | None = None       # PyTorch module path ("" = the top module; None = not recorded)
+
+    @property
+    def label(self) -> str:
+        """The module path where the export recorded one, else the ONNX node name."""
+        return self.module or self.name
 
 
 @dataclass
@@ -104,7 +110,7 @@ def predict_kernels(kernels: Sequence[Kernel], profile: DeviceProfile) -> Predic
     total = run_ms + sum(costs)
     err = band(profile)
     kc = [KernelCost(k.name, k.op, k.kind, c, c / total if total else 0.0, k.macs / 1e6,
-                     list(k.fused), list(k.nodes)) for k, c in zip(kernels, costs)]
+                     list(k.fused), list(k.nodes), k.module) for k, c in zip(kernels, costs)]
     return Prediction(
         device=profile.name, latency_ms=total, low_ms=total * (1 - err), high_ms=total * (1 + err),
         expected_error=err, run_overhead_ms=run_ms, runtime_factor=lm.runtime_factor,

@@ -46,3 +46,8 @@ def print_json(obj: Any) -> None:
     """Print JSON on stdout, bypassing rich markup so machines can parse it."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (library code hands its warnings to this through a callback)."""
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)

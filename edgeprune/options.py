@@ -23,10 +23,13 @@ InputSize = Annotated[Optional[int], typer.Option(help="Square input size (defau
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a fully pickled model (runs code from the file).")]
 Data = Annotated[str, typer.Option("--data", "-d", help="'default' (bundled Fashion-MNIST subset), an idx folder, "
                                    "a CIFAR python folder, an ImageFolder tree (train/, val/), or an .npz.")]
-Mean = Annotated[Optional[str], typer.Option(help="Normalisation mean per channel, comma-separated (default: the data's).")]
-Std = Annotated[Optional[str], typer.Option(help="Normalisation std per channel, comma-separated (default: the data's).")]
+Mean = Annotated[Optional[str], typer.Option(help="Normalisation mean per channel, comma-separated numbers, or "
+                                             "imagenet (default: the data's).")]
+Std = Annotated[Optional[str], typer.Option(help="Normalisation std per channel, comma-separated numbers, or "
+                                            "imagenet (default: the data's).")]
 Channels = Annotated[Optional[int], typer.Option(help="Channels fed to the model (3 replicates grayscale data).")]
-Resize = Annotated[str, typer.Option(help="Fit images to the model input: auto, pad, resize, or none.")]
+Resize = Annotated[str, typer.Option(help="Fit images to the model input: auto, pad (zero border), resize (stretch), "
+                                     "crop (shorter side to the input size, then centre crop), or none.")]
 Accelerator = Annotated[str, typer.Option(help="Torch device for scoring/fine-tuning/eval: cpu, cuda, cuda:N.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 
@@ -65,7 +68,7 @@ Kd = Annotated[bool, typer.Option("--kd", help="Distil from the unpruned model w
 Temperature = Annotated[float, typer.Option("--temperature", help="Distillation temperature (with --kd).")]
 Alpha = Annotated[float, typer.Option("--alpha", help="Weight of the distillation loss (with --kd); 1 - alpha "
                                       "weighs the labels.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random (random criterion, shuffling, "
+Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random (random criterion, the scoring/held-out split, shuffling, "
                                    "fine-tuning).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size.")]
 

@@ -5,7 +5,8 @@ Layout (schema documented in docs/manifest.md)::
     model.onnx                  the simplified, verified ONNX model
     model.ort                   the same model in ORT format (onnxruntime's own converter)
     required_operators.config   operators for a reduced-operator onnxruntime build
-    golden.npz                  test vectors: inputs and onnxruntime's reference outputs
+    golden.npz                  test vectors: inputs, onnxruntime's reference outputs and, with data,
+                                the raw images the inputs were made from (raw_0, raw_1, ...)
     manifest.json               everything else, and the sha256 of every other file
 
 The folder is built in a temporary folder beside the target and renamed into place, so a
@@ -173,16 +174,42 @@ def versions() -> dict[str, str]:
     return out
 
 
+RAW_PREFIX = "raw_"              # golden.npz: raw_0, raw_1, ... the raw image of each test vector
+
+
+def _raw_arrays(raw: Sequence[np.ndarray | torch.Tensor], count: int, in_name: str,
+                out_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The raw images of the first ``count`` test vectors as ``raw_<i>`` arrays, (H, W, C) each."""
+    if len(raw) < count:
+        raise EdgepruneError(f"{len(raw)} raw images for {count} test vectors: pass one per image")
+    taken = {f"{RAW_PREFIX}{i}": np.ascontiguousarray(as_numpy(r)) for i, r in enumerate(raw[:count])}
+    for name, a in taken.items():
+        if a.ndim != 3 or a.dtype.kind not in "uif":
+            raise EdgepruneError(f"raw image {name} has shape {list(a.shape)} ({a.dtype}); expected (H, W, C) numbers")
+    clash = sorted(set(taken) & {in_name, *out_names, "label"})
+    if clash:
+        raise EdgepruneError(f"the model's input/output name {clash[0]!r} clashes with golden.npz's raw images")
+    return taken
+
+
 def _golden(sess, inputs: np.ndarray, labels: np.ndarray | None, source: str, in_name: str,
-            out_names: Sequence[str], vcfg: VerifyConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            out_names: Sequence[str], vcfg: VerifyConfig,
+            raw: Sequence[np.ndarray | torch.Tensor] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     outputs = runtime.run(sess, inputs)
     arrays = {in_name: inputs, **dict(zip(out_names, outputs))}
     if labels is not None:
         arrays["label"] = labels.astype(np.int64)
+    raws = _raw_arrays(raw, len(inputs), in_name, out_names) if raw is not None else {}
+    arrays.update(raws)
     info = {"file": GOLDEN, "count": int(len(inputs)), "inputs": source,
             "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in arrays.items()},
             "reference": "outputs of model.onnx in onnxruntime (CPUExecutionProvider)",
-            "tolerance": f"|got - reference| <= {vcfg.atol:g} + {vcfg.rtol:g} * max|reference|"}
+            "tolerance": f"|got - reference| <= {vcfg.atol:g} + {vcfg.rtol:g} * max|reference|",
+            "raw": ({"arrays": f"{RAW_PREFIX}0 .. {RAW_PREFIX}{len(raws) - 1}", "count": len(raws),
+                     "layout": "HWC", "input_of": f"{in_name}[i] is preprocessing.steps applied to {RAW_PREFIX}i",
+                     "what": "each test vector's image as decoded from its file (or as stored in the data file), "
+                             "before any resize: the first step of preprocessing.steps"}
+                    if raws else None)}
     return arrays, info
 
 
@@ -190,6 +217,7 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
                    config: ArtifactConfig | None = None, *,
                    images: np.ndarray | torch.Tensor | None = None,
                    labels: np.ndarray | torch.Tensor | None = None,
+                   raw_images: Sequence[np.ndarray | torch.Tensor] | None = None,
                    preprocess: dict[str, Any] | None = None,
                    classes: Sequence[str] | None = None,
                    source: dict[str, Any] | None = None,
@@ -198,7 +226,10 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
     """Export, simplify, verify and package ``model`` into the artifact folder ``out_dir``.
 
     ``images``/``labels``: preprocessed validation images (N, C, H, W) and their labels, for
-    verification and test vectors (random inputs when absent). ``preprocess``, ``classes``,
+    verification and test vectors (random inputs when absent). ``raw_images``: the raw image
+    (H, W, C, before any resize, as ``preprocess["steps"]`` starts from) of each of ``images``
+    in the same order (at least the first ``golden_count``), stored beside the test vectors
+    so firmware can check its own preprocessing. ``preprocess``, ``classes``,
     ``source`` and ``accuracy`` are copied into the manifest. Raises EdgepruneError with one
     line on bad input (exit 2) or a failed verification (exit 1); nothing is left behind.
     """
@@ -209,6 +240,9 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
     y_real = as_numpy(labels).astype(np.int64) if labels is not None and x_real is not None else None
     if classes is not None and len(classes) == 0:
         classes = None
+    if raw_images is not None and x_real is not None and len(raw_images) < min(cfg.golden_count, len(x_real)):
+        raise EdgepruneError(f"{len(raw_images)} raw images for {min(cfg.golden_count, len(x_real))} test vectors: "
+                             "pass the raw image of each of the first images")
 
     with staged_folder(out_dir, check=lambda target: _check_target(target, cfg.force)) as stage:
         work = stage / ".work"
@@ -239,7 +273,8 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
         else:
             g_in, g_lab, g_src = random_inputs(shape, n_gold, cfg.verify.seed + 1), None, \
                 "random standard-normal inputs (no validation images were given)"
-        arrays, golden_info = _golden(sess, g_in, g_lab, g_src, in_name, out_names, cfg.verify)
+        arrays, golden_info = _golden(sess, g_in, g_lab, g_src, in_name, out_names, cfg.verify,
+                                      raw_images if x_real is not None else None)
         np.savez_compressed(stage / GOLDEN, **arrays)
 
         ort_info = None

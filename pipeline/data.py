@@ -1,18 +1,32 @@
 """Data input: the bundled subset, idx folders, CIFAR python folders, ImageFolder trees, .npz.
 
 ``load_data(DataSpec(...), input_shape, num_classes)`` returns a :class:`DataBundle` holding
-the raw train/val images in memory (uint8 where the source is 8-bit) and the explicit
-:class:`Preprocess` that turns them into the model's input. The preprocessing is recorded
-as a plain dict and later copied into the artifact manifest, so firmware reproduces it
-exactly. Nothing is ever downloaded.
+the train/val images in memory (uint8 where the source is 8-bit) and the explicit
+:class:`Preprocess` that turns them into the model's input. Array formats are held as read;
+an ImageFolder's photos are decoded and, when their size differs from the model's input,
+resized (and centre-cropped) as they are read, so memory stays at one model-sized 8-bit
+image per photo. ``Preprocess.steps()`` lists every step from the raw image (the file as
+decoded, or the array as stored) to the model input, including those the reader did; it is
+copied into the artifact manifest so firmware reproduces it exactly. Nothing is ever
+downloaded.
+
+Normalisation statistics are the data's own (per channel, from a seeded sample of at most
+``STATS_SAMPLE`` training images, in float32 chunks), the bundled model's for ``--data
+default``, numbers given with ``--mean``/``--std`` (then nothing is computed), or a named set
+(``--mean imagenet --std imagenet``). A mismatch worth knowing about (the data's own
+statistics far from the ImageNet ones used, or from those a model is known to expect) is
+reported through the ``warn`` callback of :func:`load_data` (default: ``warnings.warn``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +42,28 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
+# How images whose size differs from the model input are fitted to it:
+#   auto    pick one: none when the sizes match; pad for a small symmetric pad (at most 8 pixels, e.g.
+#           28x28 -> 32x32); for array data otherwise resize; for an ImageFolder of photos otherwise crop
+#   pad     zero pixels added on each side (the size difference must be even and the same on both axes)
+#   resize  stretch to the input size, aspect ratio distorted (bilinear, antialiased)
+#   crop    resize so the image covers the input, the shorter side becoming the input size (bilinear,
+#           antialiased), then centre-crop: torchvision's Resize(s) + CenterCrop(s)
+#   none    refuse data of another size
+RESIZE_MODES = ("auto", "pad", "resize", "crop", "none")
+# Named normalisation statistics (``--mean imagenet --std imagenet``), per RGB channel.
+NAMED_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+STATS_SAMPLE = 2000       # photos (ImageFolder): the data's own mean/std come from a seeded sample of these
+STATS_SEED = 0
+STATS_FIRST = 10000       # array data: from the first images, as always
+MISMATCH_STD = 0.3        # warn when statistics differ by more than this many (used) standard deviations
+GRAY_MODES = ("1", "L", "LA")   # PIL modes of grayscale photos (decoded as L for a one-channel model)
 
-RESIZE_MODES = ("auto", "pad", "resize", "none")
+
+class DataWarning(UserWarning):
+    """A data-preprocessing mismatch worth knowing about (``load_data``'s default ``warn``)."""
 
 
 @dataclass
@@ -37,8 +71,8 @@ class DataSpec:
     """What the user asked for with ``--data`` and the preprocessing flags."""
 
     path: str = "default"
-    mean: tuple[float, ...] | None = None      # None: the dataset's own (computed on train)
-    std: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | str | None = None  # None: the dataset's own (sampled from train); or a name
+    std: tuple[float, ...] | str | None = None   # of NAMED_STATISTICS ("imagenet")
     channels: int | None = None                # None: must match the model
     resize: str = "auto"                       # one of RESIZE_MODES
     classes: list[str] | None = None
@@ -47,26 +81,56 @@ class DataSpec:
         if self.resize not in RESIZE_MODES:
             raise EdgepruneError(f"--resize must be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]}, "
                                  f"got {self.resize!r}")
-        for name in ("mean", "std"):       # numbers, or the flag's comma-separated text
+        for name in ("mean", "std"):       # numbers, the flag's comma-separated text, or a name
             value = getattr(self, name)
             if value is None:
                 continue
+            if isinstance(value, str) and value.strip().lower() in NAMED_STATISTICS:
+                setattr(self, name, value.strip().lower())
+                continue
             try:
-                setattr(self, name, tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value)))
+                numbers = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
             except (TypeError, ValueError):
-                raise EdgepruneError(f"--{name} takes comma-separated numbers, got {value!r}") from None
+                raise EdgepruneError(f"--{name} takes comma-separated numbers or "
+                                     f"{' or '.join(NAMED_STATISTICS)}, got {value!r}") from None
+            if not numbers or not all(math.isfinite(v) for v in numbers) or \
+                    (name == "std" and min(numbers) <= 0):
+                raise EdgepruneError(f"--{name} needs finite numbers{' above 0' if name == 'std' else ''}, "
+                                     f"got {value!r}")
+            setattr(self, name, numbers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def cover_size(src: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) an image of size ``src`` is resized to before a centre crop to ``dst``: scaled by
+    max(H/h, W/w), the side that limits becomes exactly its target and the other is truncated
+    (``int``), as torchvision's ``Resize(s)`` does with the shorter side for a square ``dst``."""
+    (h, w), (th, tw) = src, dst
+    if th * w >= tw * h:                       # th/h >= tw/w: the height limits
+        return th, max(tw, int(th * w / h))
+    return max(th, int(tw * h / w)), tw
+
+
+def crop_box(size: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centre crop of ``dst`` from an image of ``size``:
+    offsets ``round((size - dst) / 2)``, halves to even (Python's ``round``, torchvision's
+    ``CenterCrop``)."""
+    top, left = int(round((size[0] - dst[0]) / 2.0)), int(round((size[1] - dst[1]) / 2.0))
+    return left, top, left + dst[1], top + dst[0]
+
+
 @dataclass
 class Preprocess:
-    """Raw image (N, C, H, W) -> model input, in this order: channels, pad/resize, scale, normalise."""
+    """Raw image -> model input, in this order: decode (image files), channels, pad / resize / crop,
+    scale, normalise, layout. ``geometry_at`` says who did the geometry: ``apply`` here, on the held
+    images; ``load`` the reader, on each decoded 8-bit photo (the images held are already model-sized).
+    ``steps()`` is the same as an ordered list, what the manifest's ``preprocessing.steps`` holds."""
 
-    source_size: tuple[int, int]
+    source_size: tuple[int, int] | None   # [H, W] of the raw images; None when they differ (photos)
     size: tuple[int, int]
-    geometry: str                   # none | pad | resize (bilinear, antialiased)
+    geometry: str                   # none | pad | resize (stretch) | crop (cover + centre crop)
     pad: int                        # zero pixels added on each side before scaling (geometry=pad)
     scale: float                    # multiply raw values by this (1/255 for 8-bit images)
     mean: tuple[float, ...]
@@ -76,22 +140,82 @@ class Preprocess:
     channel_order: str              # "gray", "RGB", or "gray->RGB (replicated)"
     layout: str = "NCHW"
     dtype: str = "float32"
+    decode: str | None = None       # image files: the PIL mode they are converted to (RGB or L); arrays: None
+    source_dtype: str = "uint8"     # dtype of the raw images
+    geometry_at: str = "apply"      # apply | load
+    interpolation: str | None = None  # resize / crop: "bilinear, antialiased"
+    source_sizes: dict[str, Any] | None = None   # image files: {distinct, smallest, largest} [H, W]
+    statistics: dict[str, Any] = field(default_factory=dict)   # where mean/std came from
 
     def apply(self, raw: torch.Tensor) -> torch.Tensor:
         x = raw.float()
         if self.source_channels == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        if self.geometry == "pad":
-            x = F.pad(x, (self.pad,) * 4)
-        elif self.geometry == "resize":
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        if self.geometry_at == "apply":
+            if self.geometry == "pad":
+                x = F.pad(x, (self.pad,) * 4)
+            elif self.geometry == "resize":
+                x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+            elif self.geometry == "crop":
+                covered = cover_size((x.shape[2], x.shape[3]), self.size)
+                x = F.interpolate(x, size=covered, mode="bilinear", antialias=True, align_corners=False)
+                left, top, right, bottom = crop_box(covered, self.size)
+                x = x[:, :, top:bottom, left:right]
         x = x * self.scale
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return ((x - mean) / std).contiguous()
 
+    def steps(self) -> list[dict[str, Any]]:
+        """Every step from the raw image (HWC, as decoded or stored) to the model input, in order."""
+        size = list(self.size)
+        if self.decode is not None:
+            out: list[dict[str, Any]] = [{
+                "op": "decode", "mode": self.decode, "dtype": "uint8", "layout": "HWC",
+                "how": f"PIL: Image.open(file).convert({self.decode!r})"
+                       + (" (L = ITU-R 601-2 luma)" if self.decode == "L" else "")
+                       + "; no EXIF rotation is applied"}]
+        else:
+            out = [{"op": "input", "dtype": self.source_dtype, "layout": "HWC", "channels": self.source_channels,
+                    "size": list(self.source_size) if self.source_size else None}]
+        if self.source_channels == 1 and self.channels == 3:
+            out.append({"op": "replicate_channels", "channels": 3})
+        if self.geometry == "pad":
+            out.append({"op": "pad", "pixels": self.pad, "value": 0,
+                        "how": "the same number of zero pixels on each of the four sides, before scaling"})
+        elif self.geometry in ("resize", "crop"):
+            if self.geometry_at == "load":
+                how = ("PIL: image.resize((w', h'), Image.BILINEAR) on the decoded 8-bit image, when the reader "
+                       "reads it (Pillow widens the bilinear filter when shrinking: antialiased); the result "
+                       "is 8-bit (rounded)")
+                result = "uint8"
+            else:
+                how = ("torch.nn.functional.interpolate(mode='bilinear', antialias=True, align_corners=False) "
+                       "on float32 values (PIL's bilinear resize of a float image agrees to about 1e-3)")
+                result = "float32"
+            common = {"interpolation": "bilinear", "antialias": True, "at": self.geometry_at,
+                      "result_dtype": result, "how": how}
+            if self.geometry == "resize":
+                out.append({"op": "resize", "size": size, "aspect_ratio": "distorted", **common})
+            else:
+                out.append({"op": "resize_shorter_side", "size": size,
+                            "rule": "scale by max(H/h, W/w): the side that limits becomes exactly H (or W), the "
+                                    "other int(H * w / h) (or int(W * h / w)), truncated; for a square input "
+                                    "the shorter side becomes the input size (torchvision Resize(s))",
+                            **common})
+                out.append({"op": "center_crop", "size": size, "at": self.geometry_at,
+                            "rule": "top = round((h' - H) / 2), left = round((w' - W) / 2), halves rounded to "
+                                    "even (Python round; torchvision CenterCrop)"})
+        out.append({"op": "scale", "factor": self.scale, "dtype": "float32",
+                    "how": "x = float32(raw) * factor"})
+        out.append({"op": "normalize", "mean": list(self.mean), "std": list(self.std),
+                    "how": "x[c] = (x[c] - mean[c]) / std[c]"})
+        out.append({"op": "layout", "from": "HWC", "to": self.layout, "channel_order": self.channel_order,
+                    "dtype": self.dtype, "how": "transpose to C, H, W and add the batch dimension"})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "steps": self.steps()}
 
 
 @dataclass
@@ -105,6 +229,8 @@ class DataBundle:
     preprocess: Preprocess
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, list[Path]] = field(default_factory=dict)   # image files of each split, in order
+    warnings: list[str] = field(default_factory=list)            # what load_data warned about
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":
@@ -126,6 +252,17 @@ class DataBundle:
 
     def val_labels(self, n: int, offset: int = 0) -> torch.Tensor:
         return self.y_val[offset:offset + n]
+
+    def raw_images(self, split: str, indices: Sequence[int] | torch.Tensor) -> list[np.ndarray]:
+        """The raw images ``indices`` of ``split`` as ``Preprocess.steps()`` starts from: (H, W, C),
+        an image file as decoded (``preprocess.decode`` mode, 8-bit, before any resize), an array
+        image as stored. Photos are decoded again from their files."""
+        idx = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
+        key = "val" if split in ("val", "test") else split
+        if key in self.files:
+            return [_decode_image(self.files[key][i], self.preprocess.decode or "RGB") for i in idx]
+        x, _ = self.split(split)
+        return [x[i].numpy().transpose(1, 2, 0).copy() for i in idx]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "format": self.format, "train_images": len(self.y_train),
@@ -157,12 +294,43 @@ class Batches:
 
 
 # ---------------------------------------------------------------- format readers
-# Each reader returns (x_train, y_train, x_val, y_val, classes or None, info) as numpy arrays.
+# Each reader returns (x_train, y_train, x_val, y_val, classes or None, info) as numpy arrays, and
+# the ImageFolder reader also what it did to the photos as it read them (a PhotoLoad).
 
-Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, "list[str] | None", dict]
+
+@dataclass
+class Wanted:
+    """What the model takes and the user asked for: what a reader that fits images needs."""
+
+    size: tuple[int, int]
+    channels: int
+    resize: str
 
 
-def _read_default(path: Path, target: tuple[int, int]) -> Raw:
+@dataclass
+class PhotoLoad:
+    """How the ImageFolder reader decoded (and maybe resized) its photos."""
+
+    decode: str                     # PIL mode: RGB or L
+    geometry: str
+    pad: int
+    geometry_at: str                # load: done by the reader; apply: left to Preprocess.apply
+    source_size: tuple[int, int] | None
+    source_sizes: dict[str, Any]
+    files: dict[str, list[Path]]
+
+
+class Raw(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[str] | None
+    info: dict
+    photos: PhotoLoad | None = None
+
+
+def _read_default(path: Path, want: Wanted) -> Raw:
     if not DEFAULT_DATA.is_file():
         raise EdgepruneError(f"bundled data missing: {DEFAULT_DATA} (reinstall edgeprune)")
     with np.load(DEFAULT_DATA, allow_pickle=False) as z:
@@ -172,7 +340,7 @@ def _read_default(path: Path, target: tuple[int, int]) -> Raw:
                        "training set; val: first 200 per class of the test set)"})
 
 
-def _read_idx(path: Path, target: tuple[int, int]) -> Raw:
+def _read_idx(path: Path, want: Wanted) -> Raw:
     splits = []
     for split in ("train", "t10k"):
         found = find_idx_split(path, split)
@@ -214,7 +382,7 @@ def _unpickle_arrays(file: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
-def _read_cifar(path: Path, target: tuple[int, int]) -> Raw:
+def _read_cifar(path: Path, want: Wanted) -> Raw:
     if (path / "data_batch_1").is_file():          # CIFAR-10
         train_files = sorted(path.glob("data_batch_*"))
         test_file, meta_file, label_key, names_key = path / "test_batch", path / "batches.meta", "labels", "label_names"
@@ -244,42 +412,127 @@ def _read_cifar(path: Path, target: tuple[int, int]) -> Raw:
     return xtr, ytr, xva, yva, classes, {"source": str(path)}
 
 
-def _read_imagefolder(path: Path, target: tuple[int, int]) -> Raw:
+@contextlib.contextmanager
+def _image_errors(f: Path) -> Iterator[None]:
+    """Turn what PIL raises for a bad or too large file into one line naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise EdgepruneError(f"image {f} is too large to load: {e} (PIL's decompression-bomb limit, "
+                                 f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
+        except MemoryError:
+            raise EdgepruneError(f"image {f} is too large to load: not enough memory to decode it") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise EdgepruneError(f"cannot read image {f}: {e}") from None
+
+
+def _image_header(f: Path) -> tuple[int, int, str]:
+    """(height, width, PIL mode) of an image file, from its header."""
+    from PIL import Image
+
+    with _image_errors(f), Image.open(f) as im:
+        return im.height, im.width, im.mode
+
+
+def _decode_image(f: Path, mode: str, geometry: str = "none", size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as (H, W, C) uint8 in PIL ``mode``, resized (``resize``) or resized to cover
+    and centre-cropped (``crop``) to ``size`` with PIL's bilinear filter; ``none`` as decoded."""
+    from PIL import Image
+
+    with _image_errors(f), Image.open(f) as opened:
+        im = opened.convert(mode)
+        if geometry == "resize":
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        elif geometry == "crop":
+            covered = cover_size((im.height, im.width), size)
+            im = im.resize((covered[1], covered[0]), Image.BILINEAR).crop(crop_box(covered, size))
+        a = np.asarray(im)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def _read_imagefolder(path: Path, want: Wanted) -> Raw:
     classes = sorted(d.name for d in (path / "train").iterdir() if d.is_dir())
     if not classes:
         raise EdgepruneError(f"{path / 'train'} has no class folders (ImageFolder layout: train/<class>/*.png)")
-    out = []
+    files: dict[str, list[Path]] = {}
+    labels: dict[str, list[int]] = {}
     for split in ("train", "val"):
-        xs, ys = [], []
+        files[split], labels[split] = [], []
         for label, cls in enumerate(classes):
             folder = path / split / cls
-            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
-            for f in files:
-                try:
-                    with Image.open(f) as im:
-                        im = im.convert("RGB").resize((target[1], target[0]), Image.BILINEAR)
-                        xs.append(np.asarray(im).transpose(2, 0, 1))
-                except (UnidentifiedImageError, OSError) as e:
-                    raise EdgepruneError(f"cannot read image {f}: {e}") from None
-                ys.append(label)
+            found = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+            files[split] += found
+            labels[split] += [label] * len(found)
         extra = sorted({d.name for d in (path / split).iterdir() if d.is_dir()} - set(classes))
         if extra:
             raise EdgepruneError(f"{path / split} has classes not in train/: {', '.join(extra[:3])}")
-        if not xs:
+        if not files[split]:
             raise EdgepruneError(f"{path / split} holds no images")
-        out += [np.stack(xs), np.asarray(ys, dtype=np.int64)]
-    return (*out, classes, {"source": str(path), "resized_on_load": list(target)})
+
+    heads = [_image_header(f) for split in ("train", "val") for f in files[split]]
+    sizes = sorted({(h, w) for h, w, _ in heads}, key=lambda hw: (hw[0] * hw[1], hw))
+    decode = "L" if want.channels == 1 and all(m in GRAY_MODES for _, _, m in heads) else "RGB"
+    if len(sizes) == 1:
+        source_size: tuple[int, int] | None = sizes[0]
+        geometry, pad = _geometry(sizes[0], want.size, want.resize, photos=True)
+    else:
+        if want.resize in ("pad", "none"):
+            raise EdgepruneError(f"{path}: the images differ in size (e.g. {sizes[0][0]}x{sizes[0][1]} and "
+                                 f"{sizes[-1][0]}x{sizes[-1][1]}); --resize {want.resize} needs one size: use "
+                                 "--resize crop (or resize, which stretches them)")
+        source_size, geometry, pad = None, ("resize" if want.resize == "resize" else "crop"), 0
+    at = "load" if geometry in ("resize", "crop") else "apply"
+    held = want.size if at == "load" else sizes[0]
+    channels = 1 if decode == "L" else 3
+    out: list[np.ndarray] = []
+    for split in ("train", "val"):
+        try:
+            x = np.empty((len(files[split]), channels, *held), dtype=np.uint8)
+        except MemoryError:
+            raise EdgepruneError(f"{path / split}: {len(files[split])} images of {channels}x{held[0]}x{held[1]} "
+                                 f"need {len(files[split]) * channels * held[0] * held[1] / 2**30:.1f} GiB, "
+                                 "more memory than is free") from None
+        for i, f in enumerate(files[split]):
+            x[i] = _decode_image(f, decode, geometry if at == "load" else "none", want.size).transpose(2, 0, 1)
+        out += [x, np.asarray(labels[split], dtype=np.int64)]
+    photos = PhotoLoad(decode, geometry, pad, at, source_size,
+                       {"distinct": len(sizes), "smallest": list(sizes[0]), "largest": list(sizes[-1])}, files)
+    info = {"source": str(path)}
+    if at == "load":
+        info["resized_on_load"] = list(want.size)
+    return Raw(*out, classes, info, photos)
 
 
-def _read_npz(path: Path, target: tuple[int, int]) -> Raw:
+def _npz_member(z: Any, key: str) -> str:
+    """shape and dtype of an .npz member from its header, without loading it ("" if unreadable)."""
+    try:
+        with z.zip.open(f"{key}.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        return f"{'x'.join(map(str, shape))} {dtype}, {math.prod(shape) * dtype.itemsize / 2**30:.1f} GiB"
+    except Exception:  # noqa: BLE001 - only for the message
+        return ""
+
+
+def _read_npz(path: Path, want: Wanted) -> Raw:
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_val", "y_val") if k not in z.files]
             if missing:
                 raise EdgepruneError(f"{path} lacks arrays {', '.join(missing)} (needs x_train, y_train, x_val, y_val)")
-            arrays = [z[k] for k in ("x_train", "y_train", "x_val", "y_val")]
+            arrays = []
+            for k in ("x_train", "y_train", "x_val", "y_val"):
+                try:
+                    arrays.append(z[k])
+                except MemoryError:
+                    desc = _npz_member(z, k)
+                    raise EdgepruneError(f"{path}: array {k}{f' ({desc})' if desc else ''} is too large to "
+                                         "load into memory") from None
     except EdgepruneError:
         raise
     except (ValueError, OSError, EOFError) as e:
@@ -290,7 +543,7 @@ def _read_npz(path: Path, target: tuple[int, int]) -> Raw:
 @dataclass
 class Format:
     detect: Callable[[Path], bool]
-    read: Callable[[Path, tuple[int, int]], Raw]
+    read: Callable[[Path, Wanted], Raw]
 
 
 FORMATS: dict[str, Format] = {
@@ -314,27 +567,159 @@ def _to_nchw(x: np.ndarray, what: str) -> np.ndarray:
     raise EdgepruneError(f"{what} has shape {x.shape}; expected (N,H,W), (N,C,H,W) or (N,H,W,C) with C in 1, 3")
 
 
-def _geometry(src: tuple[int, int], dst: tuple[int, int], mode: str) -> tuple[str, int]:
+def _geometry(src: tuple[int, int], dst: tuple[int, int], mode: str, photos: bool = False) -> tuple[str, int]:
+    """(geometry, pad) that fits images of size ``src`` to ``dst`` for ``--resize mode``; ``auto``
+    picks crop for photos (ImageFolder), resize for array data, when no small pad fits."""
     if src == dst:
         return "none", 0
     diff = (dst[0] - src[0], dst[1] - src[1])
     can_pad = diff[0] == diff[1] and diff[0] > 0 and diff[0] % 2 == 0
     if mode == "pad" or (mode == "auto" and can_pad and diff[0] <= 8):
         if not can_pad:
-            raise EdgepruneError(f"cannot pad {src} to {dst} symmetrically; use --resize resize")
+            raise EdgepruneError(f"cannot pad {src} to {dst} symmetrically; use --resize resize or crop")
         return "pad", diff[0] // 2
     if mode == "none":
         raise EdgepruneError(f"data images are {src[0]}x{src[1]}, the model expects {dst[0]}x{dst[1]}: "
-                             "pass --resize pad|resize or --input-size")
+                             "pass --resize pad|resize|crop or --input-size")
+    if mode == "crop" or (mode == "auto" and photos):
+        return "crop", 0
     return "resize", 0
 
 
-def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | None = None) -> DataBundle:
-    """Read the data ``spec`` names and fit its preprocessing to a model's ``input_shape``."""
+def _stats_sample(n: int, photos: bool) -> np.ndarray:
+    """Which training images the data's own statistics are computed on: for photos a seeded random
+    sample of at most ``STATS_SAMPLE`` (an ImageFolder is in class order), for array data the
+    first ``STATS_FIRST`` (as always: array files are shuffled, and their statistics stay the same)."""
+    if photos:
+        if n <= STATS_SAMPLE:
+            return np.arange(n)
+        return np.sort(np.random.default_rng(STATS_SEED).choice(n, STATS_SAMPLE, replace=False))
+    return np.arange(min(n, STATS_FIRST))
+
+
+def _channel_stats(x: np.ndarray, scale: float, idx: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of ``x[idx] * scale`` for ``x`` (N, C, H, W), a chunk
+    of at most 2**20 values at a time, never a copy of the whole sample: 8-bit images are summed
+    exactly (int64 sums of the values and their squares); other images in two passes (mean, then
+    squared deviations) with float64 sums, which gives numpy's figures."""
+    step = max(1, (1 << 20) // max(1, int(np.prod(x.shape[1:]))))
+    chunks = [idx[i:i + step] for i in range(0, len(idx), step)]
+    count = max(1, len(idx) * x.shape[2] * x.shape[3])
+    if np.issubdtype(x.dtype, np.integer) and x.dtype.itemsize == 1:
+        total = np.zeros(x.shape[1], dtype=np.int64)
+        squares = np.zeros(x.shape[1], dtype=np.int64)
+        for part in chunks:
+            c = x[part].astype(np.int16)
+            total += c.sum(axis=(0, 2, 3), dtype=np.int64)
+            squares += np.square(c, dtype=np.int64).sum(axis=(0, 2, 3), dtype=np.int64)
+        mean = total / count
+        var = np.maximum(squares / count - mean ** 2, 0.0)
+    else:
+        total = np.zeros(x.shape[1], dtype=np.float64)
+        for part in chunks:
+            total += x[part].sum(axis=(0, 2, 3), dtype=np.float64)
+        mean = total / count
+        deviations = np.zeros(x.shape[1], dtype=np.float64)
+        for part in chunks:
+            d = x[part] - mean.reshape(1, -1, 1, 1)            # float64, one chunk
+            deviations += np.square(d, out=d).sum(axis=(0, 2, 3))
+        var = deviations / count
+    return (tuple(float(v) for v in mean * scale),
+            tuple(float(v) for v in np.sqrt(var) * scale + 1e-8))
+
+
+def _difference(a_mean: Sequence[float], a_std: Sequence[float], mean: Sequence[float], std: Sequence[float]) -> float:
+    """How far statistics (a_mean, a_std) are from (mean, std), in units of ``std``: the largest
+    per-channel shift of the mean or change of the std."""
+    return max(max(abs(am - m), abs(as_ - s)) / s for am, as_, m, s in zip(a_mean, a_std, mean, std))
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return ",".join(f"{v:.3f}" for v in values)
+
+
+def model_statistics(source: dict[str, Any]) -> str | None:
+    """The named statistics a model presumably expects, from its loader's ``source``: ``imagenet``
+    for a torchvision architecture loaded with weights (torchvision's own are trained with them)."""
+    if not source.get("weights") or not isinstance(source.get("model"), str):
+        return None
+    import torchvision
+
+    return "imagenet" if source["model"] in torchvision.models.list_models(module=torchvision.models) else None
+
+
+def _statistics(spec: DataSpec, xtr: np.ndarray, scale: float, channels: int, src_channels: int,
+                expects: str | None, photos: bool
+                ) -> tuple[tuple[float, ...], tuple[float, ...], dict[str, Any], str | None]:
+    """(mean, std, how they were chosen, a warning or None) for the model input."""
+    used: dict[str, tuple[float, ...] | None] = {}
+    origin: dict[str, str] = {}
+    for i, name in enumerate(("mean", "std")):
+        value = getattr(spec, name)
+        if isinstance(value, str):
+            used[name], origin[name] = NAMED_STATISTICS[value][i], value
+        elif value is not None:
+            used[name], origin[name] = tuple(value), "given"
+        elif spec.path == "default":
+            used[name], origin[name] = ((FMNIST_MEAN,), (FMNIST_STD,))[i], "bundled"
+        else:
+            used[name], origin[name] = None, "data"
+    named = sorted({o for o in origin.values() if o in NAMED_STATISTICS})
+    data_used = "data" in origin.values()
+    compare = named[0] if named else (expects if data_used and expects in NAMED_STATISTICS else None)
+    info: dict[str, Any] = {"mean": origin["mean"], "std": origin["std"], "data_mean": None, "data_std": None,
+                            "sample_images": None, "sample": None, "train_images": int(len(xtr)), "seed": None,
+                            "compared_with": None, "difference_std": None}
+    if spec.path == "default" or not (data_used or compare):     # given numbers: nothing computed
+        data_mean = data_std = None
+    else:
+        idx = _stats_sample(len(xtr), photos)
+        data_mean, data_std = _channel_stats(xtr, scale, idx)
+        info.update(data_mean=list(data_mean), data_std=list(data_std), sample_images=int(len(idx)),
+                    sample=("all" if len(idx) == len(xtr) else "seeded random" if photos else "first"),
+                    seed=STATS_SEED if photos and len(idx) < len(xtr) else None)
+    mean = used["mean"] if used["mean"] is not None else data_mean
+    std = used["std"] if used["std"] is not None else data_std
+    if channels == 3 and src_channels == 1:
+        mean, std = (mean * 3 if len(mean) == 1 else mean), (std * 3 if len(std) == 1 else std)
+    if len(mean) != channels or len(std) != channels:
+        if named and channels != 3:
+            raise EdgepruneError(f"--mean/--std {named[0]} are per RGB channel, the model takes {channels} "
+                                 "channel(s): pass numbers, or --channels 3 for grayscale data")
+        raise EdgepruneError(f"--mean/--std need {channels} values, got {len(mean)} and {len(std)}")
+    warning = None
+    if compare and data_mean is not None:
+        ref_mean, ref_std = NAMED_STATISTICS[compare]
+        dm, ds = (data_mean * 3, data_std * 3) if len(data_mean) == 1 else (data_mean, data_std)
+        if len(dm) == len(ref_mean):
+            diff = _difference(dm, ds, ref_mean, ref_std)
+            info.update(compared_with=compare, difference_std=round(diff, 4))
+            if diff > MISMATCH_STD and named:
+                warning = (f"the data's own statistics (mean {_numbers(dm)}, std {_numbers(ds)}) are {diff:.2f} "
+                           f"std from the {compare} statistics used (mean {_numbers(ref_mean)}, std "
+                           f"{_numbers(ref_std)}): check the model was trained on data like this")
+            elif diff > MISMATCH_STD:
+                warning = (f"the model presumably expects {compare} statistics (mean {_numbers(ref_mean)}, std "
+                           f"{_numbers(ref_std)}), but the data's own are used (mean {_numbers(dm)}, std "
+                           f"{_numbers(ds)}; {diff:.2f} std apart): pass --mean {compare} --std {compare} if it "
+                           "was trained with them")
+    return tuple(mean), tuple(std), info, warning
+
+
+def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | None = None, *,
+              expects: str | None = None, warn: Callable[[str], None] | None = None) -> DataBundle:
+    """Read the data ``spec`` names and fit its preprocessing to a model's ``input_shape``.
+
+    ``expects``: the named statistics the model is known to expect (see :func:`model_statistics`),
+    checked against the data's own when those are used. ``warn`` receives a one-line warning
+    when the statistics used and the data's own differ markedly (default: ``warnings.warn`` with
+    :class:`DataWarning`); the warnings are also kept in ``DataBundle.warnings``.
+    """
     target = (int(input_shape[2]), int(input_shape[3]))
+    want = Wanted(target, spec.channels or int(input_shape[1]), spec.resize)
     if spec.path == "default":
         fmt, path = "default", Path(DEFAULT_DATA)
-        raw = _read_default(path, target)
+        raw = Raw(*_read_default(path, want))
     else:
         path = Path(spec.path).expanduser()
         if not path.exists():
@@ -346,8 +731,8 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
         if fmt is None:
             raise EdgepruneError(f"{path} is not a known data format (idx folder, CIFAR python folder, "
                                  "ImageFolder train/+val/, or .npz with x_train, y_train, x_val, y_val)")
-        raw = FORMATS[fmt].read(path, target)
-    xtr, ytr, xva, yva, classes, info = raw
+        raw = Raw(*FORMATS[fmt].read(path, want))
+    xtr, ytr, xva, yva, classes, info, photos = raw
     xtr, xva = _to_nchw(np.asarray(xtr), "x_train"), _to_nchw(np.asarray(xva), "x_val")
     ytr, yva = np.asarray(ytr).astype(np.int64).reshape(-1), np.asarray(yva).astype(np.int64).reshape(-1)
     if len(xtr) != len(ytr) or len(xva) != len(yva):
@@ -365,34 +750,45 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
     if n_labels > len(classes):
         raise EdgepruneError(f"{path}: label {n_labels - 1} is out of range for {len(classes)} classes")
 
-    src_channels, want = xtr.shape[1], int(input_shape[1])
-    channels = spec.channels or want
-    if channels != want:
-        raise EdgepruneError(f"--channels {channels} disagrees with the model's {want} input channels")
+    src_channels, model_channels = xtr.shape[1], int(input_shape[1])
+    channels = spec.channels or model_channels
+    if channels != model_channels:
+        raise EdgepruneError(f"--channels {channels} disagrees with the model's {model_channels} input channels")
     if src_channels != channels and not (src_channels == 1 and channels == 3 and spec.channels == 3):
         hint = ("pass --channels 3 to replicate grayscale into RGB, or --in-channels 1 to change the model's stem"
                 if src_channels == 1 else f"pass --in-channels {src_channels} to change the model's stem")
-        raise EdgepruneError(f"the data has {src_channels} channel(s), the model expects {want}: {hint}")
-    geometry, pad = _geometry((xtr.shape[2], xtr.shape[3]), target, spec.resize)
+        raise EdgepruneError(f"the data has {src_channels} channel(s), the model expects {model_channels}: {hint}")
+    if photos is not None:
+        geometry, pad, at, source_size = photos.geometry, photos.pad, photos.geometry_at, photos.source_size
+    else:
+        source_size = (int(xtr.shape[2]), int(xtr.shape[3]))
+        (geometry, pad), at = _geometry(source_size, target, spec.resize), "apply"
     integer = np.issubdtype(xtr.dtype, np.integer)
     scale = 1 / 255 if integer else 1.0
-    if spec.path == "default":
-        mean, std = (FMNIST_MEAN,), (FMNIST_STD,)
-    else:
-        sample = xtr[: min(len(xtr), 10000)].astype(np.float64) * scale
-        mean = tuple(float(v) for v in sample.mean(axis=(0, 2, 3)))
-        std = tuple(float(v) for v in sample.std(axis=(0, 2, 3)) + 1e-8)
-    mean, std = spec.mean or mean, spec.std or std
-    if channels == 3 and src_channels == 1 and len(mean) == 1:
-        mean, std = mean * 3, std * 3
-    if len(mean) != channels or len(std) != channels:
-        raise EdgepruneError(f"--mean/--std need {channels} values, got {len(mean)} and {len(std)}")
-    pre = Preprocess(source_size=(int(xtr.shape[2]), int(xtr.shape[3])), size=target, geometry=geometry,
-                     pad=pad, scale=scale, mean=tuple(mean), std=tuple(std), source_channels=int(src_channels),
+    mean, std, statistics, warning = _statistics(spec, xtr, scale, channels, int(src_channels), expects,
+                                                  photos is not None)
+    pre = Preprocess(source_size=source_size, size=target, geometry=geometry,
+                     pad=pad, scale=scale, mean=mean, std=std, source_channels=int(src_channels),
                      channels=channels,
-                     channel_order="gray" if channels == 1 else ("gray->RGB (replicated)" if src_channels == 1 else "RGB"))
+                     channel_order="gray" if channels == 1 else ("gray->RGB (replicated)" if src_channels == 1 else "RGB"),
+                     decode=photos.decode if photos else None, source_dtype="uint8" if integer else "float32",
+                     geometry_at=at, interpolation="bilinear, antialiased" if geometry in ("resize", "crop") else None,
+                     source_sizes=photos.source_sizes if photos else None, statistics=statistics)
     dtype = torch.uint8 if integer else torch.float32
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dtype)  # noqa: E731
+    said = [warning] if warning else []
+    for line in said:
+        if warn is not None:
+            warn(line)
+        else:
+            warnings.warn(line, DataWarning, stacklevel=2)
     return DataBundle(name=spec.path, format=fmt, x_train=as_t(xtr), y_train=torch.from_numpy(ytr),
                       x_val=as_t(xva), y_val=torch.from_numpy(yva), preprocess=pre, classes=list(classes),
-                      info=info)
+                      info=info, files=photos.files if photos else {}, warnings=said)
+
+
+def load_data_for(spec: DataSpec, loaded: Any, warn: Callable[[str], None] | None = None) -> DataBundle:
+    """:func:`load_data` fitted to a loaded model (its input shape, classes and the statistics
+    its weights presumably expect): what every command calls."""
+    return load_data(spec, loaded.input_shape, loaded.num_classes, expects=model_statistics(loaded.source),
+                     warn=warn)

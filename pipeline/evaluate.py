@@ -12,6 +12,12 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.progress import track
 
+# Images per evaluation/scoring batch. Memory grows with it (a forward pass holds a few of the
+# largest activations of the batch; direct-removal scoring holds about two passes), time barely
+# does on a CPU: at 32, scoring a 224-px ResNet-50 or MobileNetV2 stays under about 1.5 GB
+# (docs/scoring-memory.md), where 250 took several GB.
+EVAL_BATCH_SIZE = 32
+
 
 @dataclass
 class EvalResult:

@@ -8,6 +8,7 @@ seeded; a checkpoint after every epoch lets an interrupted run resume.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,8 @@ class FinetuneConfig:
     temperature: float = 4.0
     alpha: float = 0.9                # weight of the soft (distillation) loss
     augment: str = "crop"             # none | crop | crop+flip
-    checkpoint: str | None = None     # file for per-epoch checkpoints (resume)
+    checkpoint: str | None = None     # checkpoint file (resume): written each epoch and every checkpoint_every_s
+    checkpoint_every_s: float = 120.0  # of training, so an interruption mid-epoch loses at most this much
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,21 +101,34 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
     if total <= 0:
         return model.eval()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    step, epoch = 0, 0
+    step, epoch, in_epoch = 0, 0, 0          # in_epoch: batches of the current epoch already trained on
+    gen = torch.Generator().manual_seed(cfg.seed)
+    gen_state = None
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        step, epoch = int(state["step"]), int(state["epoch"])
-    gen = torch.Generator().manual_seed(cfg.seed)
+        step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state.get("in_epoch", 0))
+        gen_state = state.get("gen") if in_epoch else None   # at an epoch boundary the epoch's seed decides
+
+    def save() -> None:
+        save_torch_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                 "step": step, "epoch": epoch, "in_epoch": in_epoch, "gen": gen.get_state()})
+
+    saved_at = time.monotonic()
     bar = iter(track(range(step, total), progress, total=total - step))
     while step < total:
         gen.manual_seed(cfg.seed * 7919 + epoch)
-        for x, y in make_batches(epoch):
+        if gen_state is not None:            # resuming mid-epoch: the augmentation stream goes on where it was
+            gen.set_state(gen_state)
+            gen_state = None
+        for i, (x, y) in enumerate(make_batches(epoch)):
             if step >= total:
                 break
+            if i < in_epoch:                 # trained on before the interruption
+                continue
             x = _augment(x.to(device), cfg.augment, gen)
             y = y.to(device)
             out = model(x)
@@ -128,11 +143,15 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
             opt.step()
             sched.step()
             step += 1
+            in_epoch = i + 1
             next(bar, None)
-        epoch += 1
+            if ckpt is not None and time.monotonic() - saved_at >= cfg.checkpoint_every_s and step < total:
+                save()
+                saved_at = time.monotonic()
+        epoch, in_epoch = epoch + 1, 0
         if ckpt is not None:
-            save_torch_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                     "sched": sched.state_dict(), "step": step, "epoch": epoch})
+            save()
+            saved_at = time.monotonic()
     for _ in bar:
         pass
     return model.eval()

@@ -3,9 +3,13 @@
 Every criterion is ``fn(model, blocks, batches, ctx) -> dict[block name, Score]``; a higher
 ``importance`` means the block matters more, so plans remove the lowest first. Direct
 removal measures accuracy and loss with the block removed. It reuses the network up to
-each block: the model is traced once with the blocks as leaves, one full pass caches every
-node's value, and candidate k then runs only the graph from block k on. The scores are the
-same numbers the naive computation (remove, evaluate the whole model) gives.
+each block: the model is traced once with the blocks as leaves and one pass runs the graph in
+order; when it reaches candidate k it runs the graph from block k on (block k replaced) on the
+values held at that point, then goes on. Each value is dropped after its last reader, so what
+is held at block k is only what the graph from k on reads from before k (in a chain, the
+block's input): memory is about two forward passes of one batch, whatever the number of
+blocks. The scores are the same numbers the naive computation (remove, evaluate the whole
+model) gives.
 """
 
 from __future__ import annotations
@@ -104,33 +108,55 @@ def removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequenc
         if missing:
             raise EdgepruneError(f"blocks not called directly in the traced graph: {', '.join(missing[:3])}")
         replacements = {b.name: _replacement(model, b).to(ctx.device).eval() for b in blocks}
+        at = sorted((p, name) for name, p in position.items())
+        free_after = _free_schedule(nodes)
+        main, suffix = (fx.Interpreter(gm, garbage_collect_values=False) for _ in range(2))
         for x, y in track(batches, ctx.progress):
             x, y = x.to(ctx.device), y.to(ctx.device)
-            interp = fx.Interpreter(gm)
-            env = _run_from(interp, nodes, 0, {}, x)
-            _accumulate(stats, "", env[nodes[-1]], y)
-            for name in names:
-                p = position[name]
-                prefix = {n: env[n] for n in nodes[:p]}
-                node = nodes[p]
-                prefix[node] = replacements[name](*interp.map_nodes_to_values(node.args, node))
-                out = _run_from(fx.Interpreter(gm), nodes, p + 1, prefix, x)
-                _accumulate(stats, name, out[nodes[-1]], y)
+            main.args_iter, env, done = iter([x]), {}, 0
+            for p, name in at:
+                # env now holds exactly the values nodes[p:] read that were produced before p
+                _run_span(main, nodes, done, p, env, free_after)
+                done = p
+                node, senv = nodes[p], dict(env)
+                suffix.env = senv
+                senv[node] = replacements[name](*suffix.map_nodes_to_values(node.args, node))
+                _drop(senv, free_after, p)
+                _accumulate(stats, name, _run_span(suffix, nodes, p + 1, len(nodes), senv, free_after), y)
+                del senv
+            _accumulate(stats, "", _run_span(main, nodes, done, len(nodes), env, free_after), y)
     full = stats.pop("")
     per = {k: (v[0] / v[2], v[1] / v[2]) for k, v in stats.items()}
     return (full[0] / full[2], full[1] / full[2]), per
 
 
-def _run_from(interp: fx.Interpreter, nodes: list[fx.Node], start: int, env: dict, x: torch.Tensor) -> dict:
-    """Run ``nodes[start:]`` with ``env`` holding every earlier value; the output value ends in env."""
-    interp.env = dict(env)
-    interp.args_iter = iter([x])
-    for node in nodes[start:]:
+def _free_schedule(nodes: list[fx.Node]) -> dict[int, list[fx.Node]]:
+    """Graph position i -> the nodes whose last reader is ``nodes[i]`` (a value nothing reads: itself)."""
+    index = {n: i for i, n in enumerate(nodes)}
+    out: dict[int, list[fx.Node]] = {}
+    for n in nodes:
+        out.setdefault(max((index[u] for u in n.users), default=index[n]), []).append(n)
+    return out
+
+
+def _drop(env: dict, free_after: dict[int, list[fx.Node]], i: int) -> None:
+    for n in free_after.get(i, ()):
+        env.pop(n, None)
+
+
+def _run_span(interp: fx.Interpreter, nodes: list[fx.Node], start: int, stop: int, env: dict,
+              free_after: dict[int, list[fx.Node]]):
+    """Run ``nodes[start:stop]`` on ``env`` (the values they read from earlier nodes), dropping each
+    value after its last reader, so env keeps only what ``nodes[stop:]`` reads. Returns the output
+    node's value when the span reaches it, else None."""
+    interp.env = env
+    for i in range(start, stop):
+        node = nodes[i]
         if node.op == "output":
-            interp.env[node] = interp.map_nodes_to_values(node.args[0], node)
-        else:
-            interp.env[node] = interp.run_node(node)
-    return interp.env
+            return interp.map_nodes_to_values(node.args[0], node)
+        env[node] = interp.run_node(node)
+        _drop(env, free_after, i)
+    return None
 
 
 def direct_removal(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
@@ -143,37 +169,34 @@ def direct_removal(model: nn.Module, blocks: Sequence[Block], batches: Sequence[
 # ---------------------------------------------------------------- proxies
 
 @torch.no_grad()
-def _block_inputs(model: nn.Module, names: Sequence[str], batches: Sequence[Batch], device) -> dict[str, list]:
-    inputs: dict[str, list] = {n: [] for n in names}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, i, o, n=n: inputs[n].append(i[0].detach())) for n in names]
+def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
+                        ctx: ScoreContext) -> dict[str, Score]:
+    """Mean over images of ||f(x)|| / ||shortcut(x)||: how much the block changes its input.
+
+    Each block's ratios are taken from its input as the model runs (a forward hook), one batch
+    at a time: no block input outlives its batch."""
+    model = model.eval().to(ctx.device)
+    analysed = {b.name: analyse(model.get_submodule(b.name)) for b in blocks}
+    ratios: dict[str, list[torch.Tensor]] = {b.name: [] for b in blocks}
+
+    def measure(name: str, x: torch.Tensor) -> None:
+        res = analysed[name]
+        interp = fx.Interpreter(res.graph, garbage_collect_values=False)
+        interp.run(x)
+        fx_ = interp.env[res.branch].flatten(1).norm(dim=1)
+        sx = interp.env[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12)
+        interp.env.clear()
+        ratios[name].append(fx_ / sx)
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: measure(n, i[0].detach()))
+             for n in ratios]
     try:
         for x, _ in batches:
-            model(x.to(device))
+            model(x.to(ctx.device))
     finally:
         for h in hooks:
             h.remove()
-    return inputs
-
-
-@torch.no_grad()
-def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
-                        ctx: ScoreContext) -> dict[str, Score]:
-    """Mean over images of ||f(x)|| / ||shortcut(x)||: how much the block changes its input."""
-    model = model.eval().to(ctx.device)
-    inputs = _block_inputs(model, [b.name for b in blocks], batches, ctx.device)
-    out = {}
-    for b in blocks:
-        res = analyse(model.get_submodule(b.name))
-        interp = fx.Interpreter(res.graph, garbage_collect_values=False)
-        ratios = []
-        for x in inputs[b.name]:
-            interp.run(x)
-            fx_ = interp.env[res.branch].flatten(1).norm(dim=1)
-            sx = interp.env[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12)
-            ratios.append(fx_ / sx)
-        out[b.name] = Score(b.name, torch.cat(ratios).mean().item())
-    return out
+    return {n: Score(n, torch.cat(r).mean().item()) for n, r in ratios.items()}
 
 
 def _branch_modules(model: nn.Module, block: Block) -> list[nn.Module]:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import pickle
+import sys
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -221,20 +224,44 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: 
 
 # ---------------------------------------------------------------- load_model
 
+@contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """Put the current folder first on ``sys.path`` while a factory is imported and called (as
+    ``python -m`` does), then take it off again; a console script does not have it there."""
+    try:
+        cwd = os.getcwd()
+    except OSError:             # the current folder was deleted: nothing to add
+        yield
+        return
+    if any(os.path.abspath(p or os.curdir) == cwd for p in sys.path):
+        yield
+        return
+    sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(cwd)
+        except ValueError:
+            pass
+
+
 def _from_factory(spec: ModelSpec) -> nn.Module:
     mod_name, _, attr = spec.name.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise EdgepruneError(f"cannot import {mod_name!r} for --model {spec.name}: {e}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise EdgepruneError(f"{mod_name} has no callable {attr!r} (from --model {spec.name})")
-    kwargs = {k: v for k, v in (("num_classes", spec.num_classes), ("in_channels", spec.in_channels)) if v}
-    try:
-        model = factory(**kwargs)
-    except TypeError as e:
-        raise EdgepruneError(f"calling {spec.name}({', '.join(f'{k}=' for k in kwargs)}) failed: {e}") from None
+    with _cwd_importable():
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise EdgepruneError(f"cannot import {mod_name!r} for --model {spec.name}: {e}") from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise EdgepruneError(f"{mod_name} has no callable {attr!r} (from --model {spec.name})")
+        kwargs = {k: v for k, v in (("num_classes", spec.num_classes), ("in_channels", spec.in_channels)) if v}
+        try:
+            model = factory(**kwargs)
+        except TypeError as e:
+            raise EdgepruneError(f"calling {spec.name}({', '.join(f'{k}=' for k in kwargs)}) failed: {e}") from None
     if not isinstance(model, nn.Module):
         raise EdgepruneError(f"{spec.name} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -24,6 +24,7 @@ from edgeprune.benchmarks.units import parse_duration_ms
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import read_toml
 from edgeprune.pipeline.data import DataSpec
+from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE
 from edgeprune.pipeline.finetune import FinetuneConfig
 from edgeprune.pipeline.importance import CRITERIA
 from edgeprune.pipeline.models import ModelSpec
@@ -53,6 +54,8 @@ class SearchConfig:
     budget: str = "30ms"
     metric: str = "p50"
     score_images: int = 500               # validation images that score plans; the rest measure the result
+    batch_size: int = EVAL_BATCH_SIZE     # images per forward pass when scoring and evaluating (memory bound)
+    max_accuracy_drop: float = 5.0        # points of held-out top-1 the shipped plan may lose after fine-tune
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
     proxies: list[str] = field(default_factory=lambda: ["norm-ratio", "bn-gamma"])
     select: str = "recovered"
@@ -71,6 +74,10 @@ class SearchConfig:
             raise EdgepruneError(f"--shortlist must be at least 1, got {self.shortlist}")
         if self.score_images < 1:
             raise EdgepruneError("--score-images must be positive")
+        if self.batch_size < 1:
+            raise EdgepruneError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.max_accuracy_drop <= 100:
+            raise EdgepruneError(f"--max-accuracy-drop is in points of top-1 (0-100), got {self.max_accuracy_drop}")
 
     @property
     def shortlist_size(self) -> int:
@@ -188,7 +195,8 @@ FLAGS: dict[str, str] = {
     "in_channels": "model.in_channels", "input_size": "model.input_size", "trust_checkpoint": "model.trust_checkpoint",
     "data": "data.path", "mean": "data.mean", "std": "data.std", "channels": "data.channels", "resize": "data.resize",
     "budget": "search.budget", "metric": "search.metric",
-    "score_images": "search.score_images", "strategies": "search.strategies", "proxies": "search.proxies",
+    "score_images": "search.score_images", "batch_size": "search.batch_size",
+    "max_accuracy_drop": "search.max_accuracy_drop", "strategies": "search.strategies", "proxies": "search.proxies",
     "select": "search.select", "shortlist": "search.shortlist", "replace_projection": "search.replace_projection",
     "finetune_epochs": "finetune.epochs", "finetune_lr": "finetune.lr", "kd": "finetune.kd",
     "temperature": "finetune.temperature", "alpha": "finetune.alpha",

@@ -115,7 +115,8 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "## Accuracy",
         "",
         f"Measured on {acc.images} validation images that were "
-        f"{'ALSO used for scoring (the split was too small)' if acc.shared else 'not used to score blocks or choose the plan'}.",
+        f"{'ALSO used for scoring (the split was too small)' if acc.shared else 'not used to score blocks or choose the plan'}. "
+        f"Split: {acc.split}.",
         "",
         "| model | top-1 |", "|---|---|",
         f"| original | {_pct(acc.before)} |",
@@ -130,9 +131,11 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         f"p50 {hb.p50_ms:.3f} / p90 {hb.p90_ms:.3f} ms | p50 {ha.p50_ms:.3f} / p90 {ha.p90_ms:.3f} ms |",
         f"| host, predicted after | | {hp.latency_ms:.3f} ms (band {hp.low_ms:.3f}-{hp.high_ms:.3f}) |",
         "",
-        f"Host speed-up, timed side by side (before and after interleaved in {hr.rounds} rounds): "
-        f"after/before = {hr.ratio:.3f} ({100 * hr.confidence:.0f}% interval {hr.ci_low:.3f}-{hr.ci_high:.3f}); "
-        "the p50/p90 above come from the same runs.",
+        f"Host speed-up, timed side by side (before and after interleaved in {hr.rounds} rounds): each round's "
+        f"{100 * hr.round_quantile:g}th percentile is {hr.b_ms:.3f} ms before and {hr.a_ms:.3f} ms after (medians "
+        f"over the rounds); after/before = {hr.ratio:.3f}, the median of the rounds' ratios "
+        f"({100 * hr.confidence:.0f}% interval {hr.ci_low:.3f}-{hr.ci_high:.3f}). The p50/p90 above come from the "
+        "same runs, all samples pooled.",
         "",
         f"Predicted against measured on the host for the final model: {hp.latency_ms:.3f} ms "
         f"predicted, {ha.p50_ms:.3f} ms measured (p50), ratio {hp.latency_ms / ha.p50_ms:.2f}.",
@@ -153,5 +156,8 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
                   f"{v.get('qemu_cpu')}, max abs difference {v.get('max_abs_diff')}, top-1 agreement "
                   f"{v.get('top1_agreement')}."]
     lines += ["", "## Reproduce", "", "```", "edgeprune build --config build-config.toml", "```",
-              f"Wall time of this build: {result.wall_s:.0f} s.", ""]
+              f"Wall time of this build: {result.wall_s:.0f} s"
+              + (f" over {len(result.wall_runs_s)} runs ({', '.join(f'{s:.0f} s' for s in result.wall_runs_s)}; "
+                 "the earlier ones were interrupted and resumed from the cache)." if len(result.wall_runs_s) > 1
+                 else "."), ""]
     write_text_atomic(folder / "report.md", "\n".join(lines))

@@ -51,6 +51,7 @@ class AccuracySection:
     before: float
     after_removal: float
     after_finetune: float | None
+    split: str = ""                 # how the scoring and held-out images were drawn (per class, seeded)
 
     @property
     def final(self) -> float:
@@ -90,7 +91,8 @@ class LatencySection:
             "device_after": self.device_after.to_dict(), "device_before": self.device_before.to_dict(),
             "host_after": h.a.to_dict(), "host_before": h.b.to_dict(),
             "host_ratio": {"after_over_before": h.ratio, "ci": [h.ci_low, h.ci_high], "confidence": h.confidence,
-                           "rounds": h.rounds},
+                           "rounds": h.rounds, "after_ms": h.a_ms, "before_ms": h.b_ms,
+                           "statistic": f"median over rounds of each round's {100 * h.round_quantile:g}th percentile"},
             "host_predicted_after_ms": p.latency_ms, "host_predicted_band": [p.low_ms, p.high_ms],
         }
 
@@ -111,7 +113,8 @@ class BuildResult:
     static_memory: dict[str, Any] | None
     finetune: FinetuneConfig | None
     search_evaluations: int         # accuracies measured in this run (0 when all came from the cache)
-    wall_s: float = 0.0
+    wall_s: float = 0.0             # over every run this build took (an interrupted run's time included)
+    wall_runs_s: list[float] = field(default_factory=list)
     verify_arm: dict[str, Any] | None = None
 
     @property
@@ -133,6 +136,7 @@ class BuildResult:
             "static_memory": self.static_memory,
             "finetune": self.finetune.to_dict() if self.finetune else None,
             "edgeprune": __version__, "search_evaluations": self.search_evaluations, "wall_s": self.wall_s,
+            "wall_runs_s": self.wall_runs_s,
         }
         if self.verify_arm is not None:
             d["verify_arm"] = self.verify_arm
@@ -149,6 +153,8 @@ class Unreachable:
     search: SearchResult
     attempts: list[Attempt] = field(default_factory=list)
     search_evaluations: int = 0
+    selection: Selection | None = None          # the accuracy guard: the plan that fits but loses too much
+    accuracy: AccuracySection | None = None
 
     @property
     def floor(self) -> Plan | None:
@@ -160,6 +166,10 @@ class Unreachable:
                              "attempts": [a.to_dict() for a in self.attempts]}
         if self.floor is not None:
             d.update(best_reachable_ms=self.floor.latency_ms, best_reachable_top1=self.floor.top1)
+        if self.selection is not None:
+            d.update(selection=self.selection.to_dict(), removed=self.selection.chosen.removed)
+        if self.accuracy is not None:
+            d["accuracy"] = self.accuracy.to_dict()
         return d
 
 

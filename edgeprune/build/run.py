@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from edgeprune.build import stages
+from edgeprune.build.cache import BuildCache
 from edgeprune.build.config import BuildConfig
 from edgeprune.build.fitting import SEARCH_ATTEMPTS
 from edgeprune.build.report import write_report
@@ -26,13 +27,22 @@ def run_build(cfg: BuildConfig, say: stages.Say = lambda _m: None) -> BuildOutco
     """Run the whole build; return the exit code, a one-line message and the result."""
     started = time.time()
     inputs = stages.load_inputs(cfg, say)
-    space = stages.block_space(inputs, say)
-    fit = stages.fit_budget(inputs, space, say)
+    clock = WallClock(inputs.cache, started)
+
+    def talk(message: str) -> None:   # every stage line also records the time spent so far
+        clock.lap()
+        say(message)
+
+    space = stages.block_space(inputs, talk)
+    fit = stages.fit_budget(inputs, space, talk)
     if not fit.outcome.fitting:
         return _unreachable(inputs, fit)
-    tuned = stages.finetune_and_choose(inputs, space, fit.outcome, say)
-    artifact = stages.assemble_artifact(inputs, tuned, say)
-    latency = stages.before_after(inputs, artifact, say)
+    tuned = stages.finetune_and_choose(inputs, space, fit.outcome, talk)
+    drop = 100 * (tuned.accuracy.before - tuned.accuracy.final)
+    if drop > cfg.search.max_accuracy_drop:
+        return _too_lossy(inputs, fit, tuned, drop)
+    artifact = stages.assemble_artifact(inputs, tuned, talk)
+    latency = stages.before_after(inputs, artifact, talk)
     if not latency.within_budget:  # cannot happen: fit_budget only returns plans whose figure fits
         raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
     result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
@@ -40,17 +50,18 @@ def run_build(cfg: BuildConfig, say: stages.Say = lambda _m: None) -> BuildOutco
                          stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
                          fit.oracle.evaluations)
     if cfg.measure.verify_arm:
-        say("verifying on the aarch64 onnxruntime under qemu")
-        arm = verify_arm(artifact.path, ArmVerifyConfig(device=inputs.profile.name), log=say)
+        talk("verifying on the aarch64 onnxruntime under qemu")
+        arm = verify_arm(artifact.path, ArmVerifyConfig(device=inputs.profile.name), log=talk)
         result.verify_arm = arm.to_dict()
         if arm.verdict != "pass":
             raise EdgepruneError(f"ARM verification failed: {arm.reason}", exit_code=1)
-    result.wall_s = time.time() - started
+    result.wall_s, result.wall_runs_s = clock.total(), clock.runs()
     write_report(artifact.path, result, cfg)
     write_text_atomic(artifact.path / "build-config.toml", cfg.to_toml())
     update_manifest(artifact.path, "build", {"config": cfg.flat(), "strategy": result.strategy,
                                              "removed": result.removed, "wall_s": result.wall_s})
     target = replace_folder(artifact.path, Path(cfg.out) / "artifact")
+    clock.reset()                  # a finished build: a later rerun times itself afresh
     fig = latency.device_after
     budget = f"{fig.value_ms:.2f} ms ({fig.source}) <= {cfg.search.budget_ms:g} ms"
     message = (f"budget met without removing anything: {budget}" if not result.removed else
@@ -65,9 +76,44 @@ def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
     if not o.reachable and floor is not None:
         message = (f"budget {budget:g} ms is unreachable by block removal on {inputs.profile.name}: removing all "
                    f"{len(inputs.candidates)} removable blocks gives {floor.latency_ms:.2f} ms predicted "
-                   f"(+{floor.latency_ms - budget:.2f} ms, {100 * (floor.latency_ms / budget - 1):.0f}% over) "
-                   f"at top-1 {floor.top1:.2%} on the scoring images")
+                   f"(+{floor.latency_ms - budget:.2f} ms, {100 * (floor.latency_ms / budget - 1):.0f}% over)"
+                   + (f" at top-1 {floor.top1:.2%} on the scoring images" if floor.top1 is not None else
+                      "; no plan was scored"))
     else:
         message = (f"no plan's final figure met {budget:g} ms after {SEARCH_ATTEMPTS} attempts "
                    f"(closest {o.closest_ms:.2f} ms)")
     return BuildOutcome(EXIT_UNREACHABLE, message, result)
+
+
+def _too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned, drop: float) -> BuildOutcome:
+    """The accuracy guard: the plan that fits loses more held-out top-1 than allowed; nothing ships."""
+    cfg, chosen, acc = inputs.cfg, tuned.selection.chosen, tuned.accuracy
+    result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
+                         fit.oracle.evaluations, selection=tuned.selection, accuracy=acc)
+    message = (f"the best plan that meets {cfg.search.budget_ms:g} ms ({tuned.selection.label}: "
+               f"{len(chosen.removed)} blocks removed, {chosen.final_ms:.2f} ms) loses {drop:.1f} points of top-1 "
+               f"on the {acc.images} held-out images ({acc.before:.2%} -> {acc.final:.2%}), more than "
+               f"--max-accuracy-drop {cfg.search.max_accuracy_drop:g}; nothing shipped")
+    return BuildOutcome(EXIT_UNREACHABLE, message, result)
+
+
+class WallClock:
+    """Wall time of a build over all the runs it took: an interrupted run's time is kept in the
+    cache, so the resumed build reports the total (and each run)."""
+
+    def __init__(self, cache: BuildCache, started: float) -> None:
+        self.cache, self.started = cache, started
+        self.before = [float(s) for s in (cache.load("wall") or {}).get("runs", [])]
+        self.lap()
+
+    def runs(self) -> list[float]:
+        return [*self.before, time.time() - self.started]
+
+    def total(self) -> float:
+        return sum(self.runs())
+
+    def lap(self) -> None:
+        self.cache.save("wall", {"runs": self.runs()})
+
+    def reset(self) -> None:
+        self.cache.save("wall", {"runs": []})

@@ -32,17 +32,17 @@ from edgeprune.exporters.artifact import ArtifactConfig, ArtifactResult, build_a
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.files import save_torch_atomic
 from edgeprune.pipeline.blocks import Block, discover, remove_blocks, shortcut_modules
-from edgeprune.pipeline.data import DataBundle, load_data
+from edgeprune.pipeline.data import DataBundle, load_data_for
 from edgeprune.pipeline.evaluate import evaluate, resolve_device
 from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.importance import ScoreContext, candidates_for
 from edgeprune.pipeline.models import LoadedModel, load_model, state_fingerprint
-from edgeprune.pipeline.plan import AccuracyOracle, SearchResult, search
+from edgeprune.pipeline.plan import AccuracyOracle, Plan, SearchResult, search
 from edgeprune.pipeline.prune import HeldOut, rank_blocks, split_val
 from edgeprune.pipeline.select import Candidate, choose, proxy_plans, shortlist
+from edgeprune.progress import Heartbeat
 
 Say = Callable[[str], None]
-EVAL_BATCH = 250
 GOLDEN_IMAGES = 256          # held-out images that verify the export and become the test vectors
 
 
@@ -66,7 +66,7 @@ class Inputs:
     score_batches: list = field(default_factory=list)
 
     def final_batches(self):
-        return self.bundle.batches("val", EVAL_BATCH, indices=self.held.final)
+        return self.bundle.batches("val", self.cfg.search.batch_size, indices=self.held.final)
 
 
 def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
@@ -79,18 +79,19 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
     torch_device = resolve_device(cfg.accelerator)
     say("loading model and data")
     loaded = load_model(cfg.model)
-    bundle = load_data(cfg.data, loaded.input_shape, loaded.num_classes)
+    bundle = load_data_for(cfg.data, loaded, warn=lambda line: say(f"warning: {line}"))
     blocks = discover(loaded.model, loaded.input_shape)
     candidates = [b.name for b in candidates_for(blocks, cfg.search.replace_projection)]
-    held = split_val(bundle, cfg.search.score_images)
+    held = split_val(bundle, cfg.search.score_images, seed=cfg.seed)
     cache = BuildCache.for_inputs(out, {
         "model": loaded.spec.to_dict(), "weights": state_fingerprint(loaded.model),
         "data": {k: v for k, v in bundle.describe().items() if k != "classes"},
         "n_train": len(bundle.y_train), "n_val": len(bundle.y_val), "score_images": cfg.search.score_images,
-        "replace_projection": cfg.search.replace_projection, "seed": cfg.seed, "version": 2})
+        "replace_projection": cfg.search.replace_projection, "seed": cfg.seed, "split": held.to_dict(),
+        "version": 4})
     say(f"cache {cache.folder}")
     return Inputs(cfg, loaded, bundle, blocks, candidates, held, profile, target, load_profile("host"),
-                  torch_device, cache, list(bundle.batches("val", EVAL_BATCH, indices=held.score)))
+                  torch_device, cache, list(bundle.batches("val", cfg.search.batch_size, indices=held.score)))
 
 
 # ---------------------------------------------------------------- 2. the plan space
@@ -142,8 +143,19 @@ def fit_budget(inputs: Inputs, space: BlockSpace, say: Say) -> Fit:
     scfg, cache = inputs.cfg.search, inputs.cache
     memo = cache.load("accuracy-memo") or {}
     ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
-    oracle = AccuracyOracle(inputs.loaded.model, inputs.blocks, inputs.score_batches, ctx, memo,
-                            on_update=lambda: cache.save("accuracy-memo", memo))
+    beat = Heartbeat("searching", unit=" plans scored")
+
+    def on_update() -> None:
+        cache.save("accuracy-memo", memo)
+        beat.beat(oracle.evaluations)
+
+    oracle = AccuracyOracle(inputs.loaded.model, inputs.blocks, inputs.score_batches, ctx, memo, on_update)
+    floor_ms = space.latency(inputs.candidates)
+    if floor_ms > scfg.budget_ms:    # answered before any accuracy is measured
+        base = Plan("none", [], space.latency([]), None, None)  # type: ignore[arg-type]
+        floor = Plan("all", list(inputs.candidates), floor_ms, None, None)  # type: ignore[arg-type]
+        return Fit(FitOutcome(SearchResult(scfg.budget_ms, base, {}, [base, floor], None, False, floor), [], []),
+                   oracle)
     say(f"searching plans: {len(inputs.candidates)} removable blocks, budget {scfg.budget_ms:g} ms "
         f"({scfg.metric}) on {inputs.profile.name}")
     orders = proxy_orders(inputs, scfg)
@@ -218,7 +230,8 @@ def finetune_and_choose(inputs: Inputs, space: BlockSpace, fit: FitOutcome, say:
         model = tuned.get(plan_key(chosen.removed)) or finetuned(inputs, space, chosen, ft, say)
         after_ft = evaluate(model, inputs.final_batches(), dev, "eval (fine-tuned)").top1
     held = inputs.held
-    accuracy = AccuracySection(len(held.final), len(held.score), held.shared, before, after_removal, after_ft)
+    accuracy = AccuracySection(len(held.final), len(held.score), held.shared, before, after_removal, after_ft,
+                               held.describe())
     return Tuned(selection, model.cpu().eval(), accuracy, ft)
 
 
@@ -248,11 +261,12 @@ def assemble_artifact(inputs: Inputs, tuned: Tuned, say: Say) -> ArtifactResult:
     say("exporting, simplifying and verifying the artifact")
     held, bundle = inputs.held, inputs.bundle
     golden = held.final[:min(GOLDEN_IMAGES, len(held.final))]
+    raw = bundle.raw_images("val", golden[:ArtifactConfig().golden_count])
     source = {**inputs.loaded.source, "removed_blocks": tuned.selection.chosen.removed,
               "replace_projection": inputs.cfg.search.replace_projection}
     return build_artifact(tuned.model, inputs.loaded.input_shape, inputs.cache.path("artifact", suffix=""),
                           ArtifactConfig(force=True), images=bundle.preprocess.apply(bundle.x_val[golden]),
-                          labels=bundle.y_val[golden], preprocess=bundle.preprocess.to_dict(),
+                          labels=bundle.y_val[golden], raw_images=raw, preprocess=bundle.preprocess.to_dict(),
                           classes=bundle.classes, source=source, accuracy=tuned.accuracy.to_dict(), progress=say)
 
 

@@ -8,11 +8,11 @@ import typer
 from rich.table import Table
 
 from edgeprune import options as o
-from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.cli_util import console, err_console, print_json, user_errors, warn
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.blocks import discover, macs_by_module
-from edgeprune.pipeline.data import load_data
-from edgeprune.pipeline.evaluate import evaluate, resolve_device
+from edgeprune.pipeline.data import load_data_for
+from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE, evaluate, resolve_device
 from edgeprune.pipeline.finetune import finetune, FinetuneConfig
 from edgeprune.pipeline.importance import ScoreContext
 from edgeprune.pipeline.models import load_model
@@ -58,7 +58,7 @@ def _total_macs(loaded) -> int:
 def _setup(model, weights, num_classes, in_channels, input_size, trust, data, mean, std, channels, resize):
 
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust))
-    bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
+    bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
     return loaded, bundle, discover(loaded.model, loaded.input_shape)
 
 
@@ -69,7 +69,7 @@ def score_command(
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
     resize: o.Resize = "auto",
     criterion: o.Criterion = "direct", mode: o.Mode = "oneshot", score_images: o.ScoreImages = 1000,
-    replace_projection: o.ReplaceProjection = False, seed: o.Seed = 0, batch_size: o.BatchSize = 250,
+    replace_projection: o.ReplaceProjection = False, seed: o.Seed = 0, batch_size: o.BatchSize = EVAL_BATCH_SIZE,
     accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
 ) -> None:
     """Score every removable block by a criterion (default: direct removal) and rank them."""
@@ -79,15 +79,16 @@ def score_command(
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                    data, mean, std, channels, resize)
     cands = candidates(found, replace_projection)
-    held = split_val(bundle, score_images)
+    held = split_val(bundle, score_images, seed)
     batches = list(bundle.batches("val", batch_size, indices=held.score))
     ctx = ScoreContext(resolve_device(accelerator), seed, replace_projection, progress=f"scoring ({criterion})")
     ranking = rank_blocks(loaded.model, cands, batches, ctx, criterion, mode)
     if json_out:
-        print_json({"model": model, "data": data, "images": len(held.score), **ranking.to_dict()})
+        print_json({"model": model, "data": data, "images": len(held.score), "split": held.to_dict(),
+                    **ranking.to_dict()})
         return
-    table = Table(title=f"{criterion} importance ({mode}) on {len(held.score)} held-out images; "
-                        "least important first")
+    table = Table(title=f"{criterion} importance ({mode}) on {len(held.score)} scoring images (stratified by "
+                        f"class, seed {seed}); least important first")
     for col in ("rank", "block", "importance", "top1 without", "loss without"):
         table.add_column(col, justify="left" if col == "block" else "right")
     step_of = {s["removed"]: s for s in ranking.steps}
@@ -136,7 +137,7 @@ def prune_command(
     device = resolve_device(accelerator)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                    data, mean, std, channels, resize)
-    held = split_val(bundle, score_images)
+    held = split_val(bundle, score_images, seed)
     final_batches = bundle.batches("val", 250, indices=held.final)
     ranking = None
     if blocks is not None:
@@ -163,7 +164,7 @@ def prune_command(
         out_path, pruned, loaded.spec.to_dict(), plan.removed, plan.replace_projection,
         {"input_shape": list(loaded.input_shape), "data": bundle.describe() | {"classes": bundle.classes},
          "ranking": ranking.to_dict() if ranking else None, "finetune": ft_cfg.to_dict() if ft_cfg else None,
-         "accuracy": accuracy,
+         "accuracy": accuracy, "split": held.to_dict(),
          "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
                     "after": sum(p.numel() for p in pruned.parameters())}})
     if json_out:

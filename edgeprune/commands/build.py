@@ -8,6 +8,7 @@ configuration as the TOML ``--config`` accepts.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,7 @@ from edgeprune import options as o
 from edgeprune.build import BuildConfig, BuildOutcome, BuildResult, run_build
 from edgeprune.build.config import default_of as d
 from edgeprune.cli_util import console, err_console, print_json, user_errors
-from edgeprune.progress import set_enabled
+from edgeprune.progress import duration, set_enabled
 
 ORDER = 1
 NOT_SETTINGS = ("config", "json_out", "dry_run")   # parameters that are not build settings
@@ -39,7 +40,8 @@ def build_command(
     finetune_lr: Annotated[float, typer.Option(help="Fine-tune peak learning rate.")] = d("finetune_lr"),
     kd: o.Kd = d("kd"),
     temperature: o.Temperature = d("temperature"), alpha: o.Alpha = d("alpha"),
-    score_images: o.ScoreImages = d("score_images"),
+    score_images: o.ScoreImages = d("score_images"), batch_size: o.BatchSize = d("batch_size"),
+    max_accuracy_drop: Annotated[float, typer.Option(help="Points of held-out top-1 the shipped plan may lose after fine-tune; a plan beyond it is not shipped (exit 3).")] = d("max_accuracy_drop"),
     strategies: Annotated[list[str], typer.Option("--strategy", help="Search strategies (repeatable): latency-greedy, accuracy-greedy, knapsack.")] = d("strategies"),
     select: Annotated[str, typer.Option(help="recovered: fine-tune every short-listed plan and ship the lowest loss on the scoring images; scored: ship the best top-1 before fine-tune.")] = d("select"),
     shortlist: Annotated[int, typer.Option(help="Distinct plans (search strategies' and proxies') fine-tuned with --select recovered.")] = d("shortlist"),
@@ -67,7 +69,9 @@ def build_command(
         return
     if json_out:
         set_enabled(False)
-    say = (lambda m: None) if json_out else (lambda m: err_console.print(f"[dim]> {m}[/]", highlight=False))
+    started = time.monotonic()
+    say = (lambda m: None) if json_out else (
+        lambda m: err_console.print(f"[dim][{duration(time.monotonic() - started):>6}] > {m}[/]", highlight=False))
     outcome = run_build(cfg, say)
     if json_out:
         print_json(outcome.to_dict())
@@ -87,15 +91,16 @@ def _print_summary(outcome: BuildOutcome, r: BuildResult) -> None:
     t.add_column("after", justify="right")
     t.add_row(f"{r.device} latency ({lat.device_after.source})", f"{lat.device_before.value_ms:.2f} ms",
               f"{lat.device_after.value_ms:.2f} ms")
-    t.add_row("host latency p50 (measured, interleaved)", f"{lat.host_before.p50_ms:.3f} ms",
-              f"{lat.host_after.p50_ms:.3f} ms")
+    h = lat.host
+    t.add_row(f"host latency (interleaved, per-round p{100 * h.round_quantile:g})", f"{h.b_ms:.3f} ms",
+              f"{h.a_ms:.3f} ms")
     t.add_row(f"top-1 ({acc.images} held-out images)", f"{acc.before:.2%}", f"{acc.final:.2%}")
     t.add_row("blocks", str(len(r.blocks)), str(len(r.blocks) - len(r.removed)))
     t.add_row("parameters", f"{r.params_before:,}", f"{r.params_after:,}")
     console.print(t)
-    h = lat.host
-    console.print(f"host speed-up {1 / h.ratio:.2f}x ({100 * h.confidence:.0f}% interval "
-                  f"{1 / h.ci_high:.2f}-{1 / h.ci_low:.2f}x, {h.rounds} interleaved rounds)")
+    console.print(f"host speed-up {1 / h.ratio:.2f}x: the median over {h.rounds} interleaved rounds of each round's "
+                  f"before/after ratio of the figures above ({100 * h.confidence:.0f}% interval "
+                  f"{1 / h.ci_high:.2f}-{1 / h.ci_low:.2f}x)")
     console.print(f"strategy: {r.strategy}; removed: {', '.join(r.removed) or 'none'}")
     console.print(f"[green]{outcome.message}[/]")
     console.print(f"artifact: {outcome.artifact} (report.md, front.png, model.onnx, manifest.json)")

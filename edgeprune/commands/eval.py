@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from edgeprune import options as o
-from edgeprune.cli_util import console, print_json, user_errors
-from edgeprune.pipeline.data import load_data
-from edgeprune.pipeline.evaluate import evaluate, resolve_device
+from edgeprune.cli_util import console, print_json, user_errors, warn
+from edgeprune.pipeline.data import load_data_for
+from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE, evaluate, resolve_device
 from edgeprune.pipeline.models import load_model
 from edgeprune.progress import set_enabled
 
@@ -24,7 +24,7 @@ def eval_command(
     resize: o.Resize = "auto",
     split: Annotated[str, typer.Option(help="train or val.")] = "val",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N images.")] = None,
-    batch_size: o.BatchSize = 256,
+    batch_size: o.BatchSize = EVAL_BATCH_SIZE,
     accelerator: o.Accelerator = "cpu",
     json_out: o.Json = False,
 ) -> None:
@@ -32,7 +32,7 @@ def eval_command(
     if json_out:
         set_enabled(False)
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
-    bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
+    bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
     x, _ = bundle.split(split)
     import torch
     indices = torch.arange(min(limit, len(x)) if limit else len(x))

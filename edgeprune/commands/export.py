@@ -9,13 +9,13 @@ import typer
 from rich.table import Table
 
 from edgeprune import options as o
-from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.cli_util import console, err_console, print_json, user_errors, warn
 from edgeprune.devices.profiles import load_profile
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
 from edgeprune.exporters.onnx_export import ExportConfig
 from edgeprune.exporters.verify import VerifyConfig
-from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.data import load_data_for
 from edgeprune.pipeline.evaluate import resolve_device
 from edgeprune.pipeline.models import load_model
 
@@ -102,11 +102,12 @@ def export_command(
     dev = resolve_device(accelerator)
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
     data = data if data is not None else ("default" if model == "default" else None)
-    images = labels = preprocess = None
+    images = labels = preprocess = raw = None
     classes = loaded.classes
     if data is not None:
-        bundle = load_data(o.data_spec(data, mean, std, channels, resize), loaded.input_shape, loaded.num_classes)
+        bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
         images, labels = bundle.val_images(val_images), bundle.val_labels(val_images)
+        raw = bundle.raw_images("val", range(min(val_images, ArtifactConfig().golden_count)))
         preprocess = {**bundle.preprocess.to_dict(), "data": data}
         classes = classes or bundle.classes
     cfg = ArtifactConfig(
@@ -118,14 +119,13 @@ def export_command(
     source = {**loaded.source, "opset_from": opset_from}
     # a prune record may know the accuracy before and after pruning
     accuracy = source.get("accuracy") if isinstance(source.get("accuracy"), dict) else None
+    what = dict(images=images, labels=labels, raw_images=raw, preprocess=preprocess, classes=classes, source=source,
+                accuracy=accuracy)
     if json_out:
-        result = build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, images=images, labels=labels,
-                                preprocess=preprocess, classes=classes, source=source, accuracy=accuracy)
-        print_json(result.manifest)
+        print_json(build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, **what).manifest)
         return
     with err_console.status("exporting") as status:
-        result = build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, images=images, labels=labels,
-                                preprocess=preprocess, classes=classes, source=source, accuracy=accuracy,
+        result = build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, **what,
                                 progress=lambda msg: status.update(msg))
     console.print(_summary(result.manifest, result.path))
     scale = result.manifest["verification"]["random"]["max_abs_reference"]

@@ -61,10 +61,10 @@ def predict_command(
                   highlight=False)
     console.print(f"  basis: {pred.basis}", highlight=False)
     t = Table(title=f"Heaviest kernels ({len(pred.kernels)} in all)")
-    for col in ("kernel", "class", "fused", "MMACs", "ms", "share"):
+    for col in ("module (or ONNX node)", "class", "fused", "MMACs", "ms", "share"):
         t.add_column(col, overflow="fold")
     for k in pred.heaviest(top):
-        t.add_row(k.name, k.kind, "+".join(k.fused) or "-", f"{k.mmacs:.2f}", f"{k.cost_ms:.3f}",
+        t.add_row(k.label, k.kind, "+".join(k.fused) or "-", f"{k.mmacs:.2f}", f"{k.cost_ms:.3f}",
                   f"{k.share:.1%}")
     console.print(t)
     if measured is not None:

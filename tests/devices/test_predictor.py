@@ -158,3 +158,36 @@ def test_dynamic_batch_and_shape_override(tmp_path):
     assert four > one
     with pytest.raises(EdgepruneError, match="unknown model input"):
         predict(m, "host", {"nope": [1, 3, 8, 8]})
+
+
+def test_predict_names_kernels_by_module_path(tmp_path):
+    """A dynamo export records module paths: conv kernels (batch norm folded in) name their conv."""
+    from edgeprune.exporters.onnx_export import export_onnx
+    from edgeprune.pipeline.resnet_cifar import CifarResNet
+
+    path = tmp_path / "tiny.onnx"
+    res = export_onnx(CifarResNet(8, 10, 1, widths=(4, 8, 16)).eval(), (1, 1, 32, 32), path)
+    assert res.exporter == "dynamo"
+    r = runner.invoke(app, ["predict", str(path), "--device", "rpi4", "--top", "100", "--json"])
+    assert r.exit_code == 0, r.output
+    kernels = json.loads(r.stdout)["prediction"]["kernels"]
+    assert all({"name", "module", "kind", "cost_ms"} <= set(k) for k in kernels)
+    by_module = {k["module"]: k for k in kernels}
+    for conv in ("conv1", "layer1.0.conv1", "layer1.0.conv2", "layer3.0.conv1", "layer3.0.shortcut.0"):
+        assert by_module[conv]["kind"].startswith("conv") and by_module[conv]["name"].startswith("node_")
+    assert by_module["fc"]["kind"] == "gemm"
+    assert not any(k["module"] and k["module"].endswith(("bn1", "bn2")) for k in kernels)
+    r = runner.invoke(app, ["predict", str(path), "--device", "rpi4", "--top", "5"])
+    assert r.exit_code == 0, r.output
+    assert "module" in r.output and "layer" in r.output and "node_Conv" not in r.output
+
+
+def test_kernels_without_module_metadata_fall_back_to_node_names(tmp_path):
+    m = residual_block_model()
+    assert {k.module for k in detect_kernels(m)} == {None}
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    r = runner.invoke(app, ["predict", str(path), "--device", "rpi4", "--json"])
+    assert {k["module"] for k in json.loads(r.stdout)["prediction"]["kernels"]} == {None}
+    r = runner.invoke(app, ["predict", str(path), "--device", "rpi4", "--top", "3"])
+    assert r.exit_code == 0 and "conv1" in r.output

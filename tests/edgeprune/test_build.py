@@ -43,11 +43,14 @@ def _budget(env) -> float:
 
 
 def test_unreachable_budget_exits_3_with_the_best_reachable(env):
-    _, _, r = env
+    tmp, _, r = env
     assert r.exit_code == 3, r.output
     out = json.loads(r.stdout)
     assert "unreachable" in out["message"] and out["best_reachable_ms"] > 0.001
-    assert "over" in out["message"] and "top-1" in out["message"]
+    assert "over" in out["message"] and "no plan was scored" in out["message"]
+    # answered from the latency table alone, before any accuracy is measured
+    assert out["search_evaluations"] == 0 and out["best_reachable_top1"] is None
+    assert not list(tmp.glob("u/cache/*/accuracy-memo.json")) and not (tmp / "u" / "artifact").exists()
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +123,8 @@ def test_interrupted_build_resumes_from_cached_scores(built):
     resumed = json.loads(p.stdout)
     assert resumed["removed"] == first["removed"]
     assert resumed["search_evaluations"] < first["search_evaluations"]
+    runs = resumed["wall_runs_s"]          # the interrupted run's time counts in the total
+    assert len(runs) == 2 and resumed["wall_s"] == pytest.approx(sum(runs)) and runs[0] > 0
 
 
 def test_bad_budget_and_unknown_config_key(tmp_path):
@@ -128,3 +133,31 @@ def test_bad_budget_and_unknown_config_key(tmp_path):
     (tmp_path / "c.toml").write_text("[build]\nbudgett = '3ms'\n")
     r = runner.invoke(app, ["build", "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 2 and "unknown keys budgett" in r.stderr
+
+
+def test_accuracy_guard_refuses_a_plan_that_loses_too_much(built):
+    """A trained tiny model, blocks removed without fine-tune, no accuracy loss allowed: the guard
+    ships nothing (exit 3) exactly when the held-out top-1 fell."""
+    import torch
+
+    from edgeprune.pipeline.data import DataSpec, load_data
+    from edgeprune.pipeline.finetune import FinetuneConfig, finetune
+    from tinynets import tiny_resnet
+
+    tmp, args, budget, first = built
+    model = tiny_resnet()
+    bundle = load_data(DataSpec(str(tmp / "tiny.npz")), (1, 1, 16, 16), 10)
+    finetune(model, lambda ep: bundle.batches("train", 32, shuffle=True, seed=ep), len(bundle.y_train),
+             FinetuneConfig(epochs=30, lr=0.05, batch_size=32, augment="none"), progress=None)
+    torch.save(model.state_dict(), tmp / "trained.pt")
+    r = runner.invoke(app, ["build", *args, "--budget", budget, "--out", str(tmp / "g"), "--json",
+                            "--weights", str(tmp / "trained.pt"), "--finetune-epochs", "0",
+                            "--max-accuracy-drop", "0"])
+    out = json.loads(r.stdout)
+    acc = out["accuracy"]
+    assert acc["before"] > 0.5, acc                        # the weights learned the task
+    lost = acc["after_removal"] < acc["before"]
+    assert r.exit_code == (3 if lost else 0), out["message"]
+    if lost:
+        assert "--max-accuracy-drop 0" in out["message"] and "nothing shipped" in out["message"]
+        assert out["removed"] and not (tmp / "g" / "artifact").exists()

@@ -166,6 +166,7 @@ def test_random_inputs_make_the_test_vectors_when_no_images(tiny, tmp_path):
     m = build_artifact(model, shape, tmp_path / "a").manifest
     assert m["verification"]["real"] is None and m["accuracy"] is None
     assert m["golden"]["inputs"].startswith("random") and "label" not in m["golden"]["arrays"]
+    assert m["golden"]["raw"] is None and not any(k.startswith("raw_") for k in m["golden"]["arrays"])
     assert m["preprocessing"] is None and m["classes"] is None
 
 

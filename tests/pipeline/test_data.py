@@ -171,3 +171,78 @@ def test_bundled_subset():
     assert len(b.y_train) == 6000 and len(b.y_val) == 2000
     assert torch.bincount(b.y_val).tolist() == [200] * 10
     assert b.classes[0] == "T-shirt/top" and b.preprocess.mean == (0.2860,)
+
+
+def _old_statistics(x, scale):
+    """What load_data computed before statistics were chunked: float64 over the first 10,000 images."""
+    sample = x[: min(len(x), 10000)].astype(np.float64) * scale
+    return tuple(float(v) for v in sample.mean(axis=(0, 2, 3))), \
+        tuple(float(v) for v in sample.std(axis=(0, 2, 3)) + 1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_array_data_gives_the_same_tensors_as_before(tmp_path, dtype):
+    """Chunked statistics of array data agree with the old float64 figures to float32 precision,
+    so the model inputs are bit for bit those of before."""
+    x = RNG.integers(0, 256, (10500, 3, 8, 8)).astype(np.uint8)
+    if dtype == np.float32:
+        x = x.astype(np.float32) / 255
+    y = np.arange(len(x)) % 10
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:50], y_val=y[:50])
+    b = load_data(DataSpec(str(tmp_path / "d.npz")), (1, 3, 8, 8), 10)
+    mean, std = _old_statistics(x, 1 / 255 if dtype == np.uint8 else 1.0)
+    assert np.array_equal(np.float32(b.preprocess.mean), np.float32(mean))
+    assert np.array_equal(np.float32(b.preprocess.std), np.float32(std))
+    st = b.preprocess.statistics
+    assert (st["sample"], st["sample_images"], st["mean"]) == ("first", 10000, "data")
+    raw = torch.from_numpy(x[:50]).float()
+    old = ((raw * (1 / 255 if dtype == np.uint8 else 1.0) - torch.tensor(mean).view(1, 3, 1, 1))
+           / torch.tensor(std).view(1, 3, 1, 1))
+    assert torch.equal(b.val_images(50), old)
+
+
+def test_bundled_data_tensors_and_steps():
+    b = load_data(DataSpec("default"), (1, 1, 32, 32), 10)
+    pre = b.preprocess
+    assert (pre.mean, pre.std, pre.geometry, pre.pad, pre.source_size) == ((0.2860,), (0.3530,), "pad", 2, (28, 28))
+    assert pre.statistics["mean"] == "bundled" and pre.statistics["data_mean"] is None
+    raw = b.x_val[:4].float()
+    old = (torch.nn.functional.pad(raw, (2,) * 4) * (1 / 255) - 0.2860) / 0.3530
+    assert torch.equal(b.val_images(4), old)
+    assert [s["op"] for s in pre.steps()] == ["input", "pad", "scale", "normalize", "layout"]
+    assert pre.steps()[0] == {"op": "input", "dtype": "uint8", "layout": "HWC", "channels": 1, "size": [28, 28]}
+    raws = b.raw_images("val", [0, 1])
+    assert raws[0].shape == (28, 28, 1) and np.array_equal(raws[1][:, :, 0], b.x_val[1, 0].numpy())
+
+
+def test_crop_of_array_data(tmp_path):
+    x = RNG.integers(0, 255, (6, 20, 30, 3)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(6) % 2, x_val=x, y_val=np.arange(6) % 2)
+    b = load_data(DataSpec(str(tmp_path / "d.npz"), resize="crop"), (1, 3, 16, 16), 2)
+    assert (b.preprocess.geometry, b.preprocess.geometry_at) == ("crop", "apply")
+    got = b.val_images(2)
+    # shorter side 20 -> 16, longer 30 -> int(16 * 30 / 20) = 24, then the centre 16 columns: 4..20
+    resized = torch.nn.functional.interpolate(b.x_val[:2].float(), size=(16, 24), mode="bilinear",
+                                              antialias=True, align_corners=False)[:, :, :, 4:20]
+    mean = torch.tensor(b.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(b.preprocess.std).view(1, 3, 1, 1)
+    assert torch.allclose(got, (resized / 255 - mean) / std, atol=1e-6)
+    # auto keeps stretching array data (as always)
+    assert load_data(DataSpec(str(tmp_path / "d.npz")), (1, 3, 16, 16), 2).preprocess.geometry == "resize"
+
+
+def test_npz_member_too_large_to_allocate_is_one_line(tmp_path):
+    import io
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (2 ** 24, 2 ** 24)})     # 256 TiB
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("x_train.npy", header.getvalue() + b"\0" * 64)
+        for k in ("y_train", "x_val", "y_val"):
+            buf = io.BytesIO()
+            np.save(buf, np.zeros(3))
+            z.writestr(f"{k}.npy", buf.getvalue())
+    with pytest.raises(EdgepruneError, match=r"big\.npz: array x_train \(16777216x16777216 uint8, 262144\.0 GiB\) "
+                                             "is too large to load into memory"):
+        load_data(DataSpec(str(tmp_path / "big.npz")), (1, 1, 8, 8), None)

@@ -97,3 +97,32 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
     resumed.load_state_dict(init)
     finetune(resumed, _batches(x, y), len(x), cfg, progress=None)
     assert torch.allclose(resumed(x), full(x), atol=1e-5)
+
+
+def test_resume_mid_epoch_from_a_timed_checkpoint_matches_uninterrupted(tmp_path):
+    x, y = _data()
+    torch.manual_seed(0)
+    full = resnet20(num_classes=2)
+    init = {k: v.clone() for k, v in full.state_dict().items()}
+    finetune(full, _batches(x, y), len(x), FinetuneConfig(epochs=2, batch_size=16, augment="crop+flip", lr=0.05),
+             progress=None)
+    # checkpoint after every step (checkpoint_every_s=0), interrupted in the middle of the second epoch
+    ck = str(tmp_path / "ft.pt")
+    cfg = FinetuneConfig(epochs=2, batch_size=16, augment="crop+flip", lr=0.05, checkpoint=ck, checkpoint_every_s=0)
+
+    def interrupted(epoch):
+        for i, batch in enumerate(_batches(x, y)(epoch)):
+            if epoch == 1 and i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    part = resnet20(num_classes=2)
+    part.load_state_dict(init)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(part, interrupted, len(x), cfg, progress=None)
+    state = torch.load(ck, weights_only=True)
+    assert (state["step"], state["epoch"], state["in_epoch"]) == (6, 1, 2)
+    resumed = resnet20(num_classes=2)
+    resumed.load_state_dict(init)
+    finetune(resumed, _batches(x, y), len(x), cfg, progress=None)
+    assert torch.allclose(resumed(x), full(x), atol=1e-5)

@@ -125,3 +125,44 @@ def test_model_that_does_not_run_at_input_size(factory_module):
 def test_in_channels_on_model_without_conv():
     with pytest.raises(EdgepruneError, match="no Conv2d"):
         models._set_in_channels(nn.Sequential(nn.Linear(2, 2)), 3)
+
+
+CWD_FACTORY = """
+import torch.nn as nn
+def factory(num_classes=10, in_channels=1):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+"""
+
+
+def test_factory_module_in_the_current_folder_imports_without_pythonpath(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    (tmp_path / "cwd_nets_abc.py").write_text(CWD_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    # pytest run as `python -m pytest` has the current folder on sys.path; a console script does not
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or os.curdir) != str(tmp_path)])
+    before = list(sys.path)
+    m = load_model(ModelSpec("cwd_nets_abc:factory", num_classes=3, input_size=8))
+    assert m.num_classes == 3
+    assert sys.path == before          # the folder was on the import path only while importing
+    sys.modules.pop("cwd_nets_abc", None)
+
+
+def test_console_script_loads_factory_from_the_current_folder(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "mymodels.py").write_text(CWD_FACTORY)
+    exe = Path(sys.executable).parent / "edgeprune"
+    assert exe.is_file(), exe
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(exe), "blocks", "--model", "mymodels:factory", "--input-size", "16", "--json"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == "mymodels:factory" and out["input_shape"] == [1, 1, 16, 16] and out["blocks"] == []
