@@ -13,9 +13,10 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.progress import track
 
 # Images per evaluation/scoring batch. Memory grows with it (a forward pass holds a few of the
-# largest activations of the batch; direct-removal scoring holds about two passes), time barely
-# does on a CPU: at 32, scoring a 224-px ResNet-50 or MobileNetV2 stays under about 1.5 GB
-# (docs/scoring-memory.md), where 250 took several GB.
+# largest activations of the batch; direct-removal scoring about two passes), throughput on a
+# CPU hardly does. At 32, direct-removal scoring of a 224-px ResNet-50 adds about 0.5 GiB
+# (MobileNetV2: 0.4 GiB) to the process, at 64 about 0.8 GiB (docs/scoring-memory.md); the
+# activations themselves scale with the batch, so 250 would take roughly eight times 32's.
 EVAL_BATCH_SIZE = 32
 
 

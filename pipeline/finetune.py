@@ -38,6 +38,7 @@ class FinetuneConfig:
     augment: str = "crop"             # none | crop | crop+flip
     checkpoint: str | None = None     # checkpoint file (resume): written each epoch and every checkpoint_every_s
     checkpoint_every_s: float = 120.0  # of training, so an interruption mid-epoch loses at most this much
+    max_memory_mb: float = 2048.0     # activations of one forward/backward: larger batches run in micro-batches
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +83,36 @@ def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     raise EdgepruneError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
 
 
+def activation_mb_per_image(model: nn.Module, example: torch.Tensor) -> float:
+    """Megabytes of layer outputs one image produces in a forward pass (what backward keeps, roughly)."""
+    total = 0
+
+    def count(_m, _i, out) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total / 2**20
+
+
+def micro_batch(model: nn.Module, cfg: FinetuneConfig, example: torch.Tensor, overhead: float = 1.5) -> int:
+    """Images per forward/backward so that the activations stay within ``cfg.max_memory_mb``: the whole
+    batch when it fits (then training is exactly batch-at-a-time), else gradients accumulate over
+    micro-batches (BatchNorm then sees micro-batch statistics). ``overhead`` covers what backward keeps
+    beyond the layer outputs (measured 0.9-1.4x on ResNet-56 at 32 px, MobileNetV2 and ResNet-50 at 224)."""
+    per_image = activation_mb_per_image(model, example) * overhead
+    return max(1, min(cfg.batch_size, int(cfg.max_memory_mb // max(per_image, 1e-9))))
+
+
 def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images: int, cfg: FinetuneConfig,
              teacher: nn.Module | None = None, device: torch.device | str = "cpu",
              progress: str | None = "fine-tune") -> nn.Module:
@@ -96,6 +127,7 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
     if teacher is not None:
         teacher.to(device).eval()
     opt = _optimizer(model, cfg)
+    micro = 0                                 # sized on the first batch
     per_epoch = max(1, math.ceil(num_images / cfg.batch_size))
     total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * per_epoch))
     if total <= 0:
@@ -131,15 +163,17 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
                 continue
             x = _augment(x.to(device), cfg.augment, gen)
             y = y.to(device)
-            out = model(x)
-            if cfg.kd:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = kd_loss(out, t_out, y, cfg.temperature, cfg.alpha)
-            else:
-                loss = F.cross_entropy(out, y)
+            micro = micro or micro_batch(model, cfg, x[:1])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for xs, ys in zip(x.split(micro), y.split(micro)):   # one chunk unless the batch exceeds the memory bound
+                out = model(xs)
+                if cfg.kd:
+                    with torch.no_grad():
+                        t_out = teacher(xs)
+                    loss = kd_loss(out, t_out, ys, cfg.temperature, cfg.alpha)
+                else:
+                    loss = F.cross_entropy(out, ys)
+                (loss * (len(ys) / len(y)) if len(ys) < len(y) else loss).backward()
             opt.step()
             sched.step()
             step += 1

@@ -168,6 +168,20 @@ def direct_removal(model: nn.Module, blocks: Sequence[Block], batches: Sequence[
 
 # ---------------------------------------------------------------- proxies
 
+class _Keeping(fx.Interpreter):
+    """An interpreter that frees values after their last use but keeps those of ``keep``."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]) -> None:
+        super().__init__(gm)
+        self.keep, self.kept = keep, {}
+
+    def run_node(self, n: fx.Node):
+        value = super().run_node(n)
+        if n in self.keep:
+            self.kept[n] = value
+        return value
+
+
 @torch.no_grad()
 def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
                         ctx: ScoreContext) -> dict[str, Score]:
@@ -181,11 +195,10 @@ def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequ
 
     def measure(name: str, x: torch.Tensor) -> None:
         res = analysed[name]
-        interp = fx.Interpreter(res.graph, garbage_collect_values=False)
+        interp = _Keeping(res.graph, {res.branch, res.shortcut})
         interp.run(x)
-        fx_ = interp.env[res.branch].flatten(1).norm(dim=1)
-        sx = interp.env[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12)
-        interp.env.clear()
+        fx_ = interp.kept[res.branch].flatten(1).norm(dim=1)
+        sx = interp.kept[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12)
         ratios[name].append(fx_ / sx)
 
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: measure(n, i[0].detach()))

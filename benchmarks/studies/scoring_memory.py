@@ -180,7 +180,7 @@ def report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         f"other work (load average {args.load[0]:.1f} at the start, {args.load[1]:.1f} at the end), so only a "
         "rough guide.",
         "",
-        "| model | blocks | criterion | batch | algorithm | peak MB | before scoring MB | scoring added MB | wall s |",
+        "| model | blocks | criterion | batch | algorithm | peak MiB | before scoring MiB | scoring added MiB | wall s |",
         "|---|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -196,9 +196,12 @@ def report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         "leaves, but everything between them is traced node by node: MobileNetV2's 112x112 stem and its "
         "non-residual inverted-residual layers), each candidate then kept every value of its suffix, and the "
         "previous batch's values were still held while the next batch's pass ran. Memory grew with the images "
-        "in a batch times the size of the graph; the build's old 250-image batches take about 250/64 = 4 times "
-        "what the 64-image batches above add (the user's report: 21.4 GB on MobileNetV2 when the kernel "
-        "stopped it).",
+        "in a batch times the size of the graph: at the build's old 250-image batches, about 250/64 = 4 times "
+        "what the 64-image batch adds above ("
+        + ", ".join(f"{r['arch']} about {4 * (r['peak_mb'] - r['rss_before_mb']) / 1024:.0f} GiB" for r in rows
+                    if r["criterion"] == "direct" and r["algo"] == "before" and r["batch"] == r["images"])
+        + "; an extrapolation, not measured here; a user's build of MobileNetV2 was stopped by the kernel at "
+        "21.4 GB).",
         "- **Direct removal, after:** at a block, only what the graph from that block on reads from before it "
         "is held (in a chain, the block's input), plus the live values of the suffix being run: about two "
         "forward passes of one batch, whatever the number of blocks. The batch size is the one knob "
@@ -206,11 +209,11 @@ def report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         f"{args.default_batch}, `EVAL_BATCH_SIZE` in `pipeline/evaluate.py`).",
         "- **norm-ratio, before:** every block's input was kept for every scoring image before any ratio was "
         "taken, so memory grew with the number of scoring images, whatever the batch: "
-        + ", ".join(f"{a}: {r['inputs_mb_per_image']:.1f} MB an image, {r['inputs_mb_per_image'] * 500 / 1024:.1f} GB "
+        + ", ".join(f"{a}: {r['inputs_mb_per_image']:.1f} MiB an image, {r['inputs_mb_per_image'] * 500 / 1024:.1f} GiB "
                     "for the build's default 500 scoring images" for a, r in nr.items())
         + ". **After:** one batch at a time.",
-        f"- Whatever the criterion, the scoring images themselves stay in memory ({mb_image:.2f} MB an image "
-        f"at {args.size}x{args.size}, {mb_image * 500 / 1024:.2f} GB for 500).",
+        f"- Whatever the criterion, the scoring images themselves stay in memory ({mb_image:.2f} MiB an image "
+        f"at {args.size}x{args.size}, {mb_image * 500 / 1024:.2f} GiB for 500).",
         "",
         f"Command: `{command}`",
         "",

@@ -138,14 +138,14 @@ def prune_command(
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                    data, mean, std, channels, resize)
     held = split_val(bundle, score_images, seed)
-    final_batches = bundle.batches("val", 250, indices=held.final)
+    final_batches = bundle.batches("val", EVAL_BATCH_SIZE, indices=held.final)
     ranking = None
     if blocks is not None:
         plan = PrunePlan([b.strip() for b in blocks.split(",") if b.strip()], replace_projection)
     else:
         cands = candidates(found, replace_projection)
         ctx = ScoreContext(device, seed, replace_projection, progress=f"scoring ({criterion})")
-        score_batches = list(bundle.batches("val", 250, indices=held.score))
+        score_batches = list(bundle.batches("val", EVAL_BATCH_SIZE, indices=held.score))
         ranking = rank_blocks(loaded.model, cands, score_batches, ctx, criterion, mode, k=remove)
         plan = plan_remove_k(ranking, remove, replace_projection)
     pruned = plan.apply(loaded.model, found)

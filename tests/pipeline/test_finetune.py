@@ -126,3 +126,26 @@ def test_resume_mid_epoch_from_a_timed_checkpoint_matches_uninterrupted(tmp_path
     resumed.load_state_dict(init)
     finetune(resumed, _batches(x, y), len(x), cfg, progress=None)
     assert torch.allclose(resumed(x), full(x), atol=1e-5)
+
+
+def _no_batchnorm():
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+
+
+def test_a_batch_over_the_memory_bound_runs_in_micro_batches_with_the_same_gradient():
+    from edgeprune.pipeline.finetune import activation_mb_per_image, micro_batch
+
+    x, y = _data()
+    per_image = activation_mb_per_image(_no_batchnorm(), x[:1])
+    assert per_image == pytest.approx((2 * 8 * 16 * 16 + 2 * 8 * 14 * 14 + 8 + 8 + 2) * 4 / 2**20)   # every leaf output
+    roomy = FinetuneConfig(batch_size=16, steps=3, augment="none", lr=0.05)
+    tight = FinetuneConfig(batch_size=16, steps=3, augment="none", lr=0.05, max_memory_mb=per_image * 1.5 * 4.5)
+    assert micro_batch(_no_batchnorm(), roomy, x[:1]) == 16 and micro_batch(_no_batchnorm(), tight, x[:1]) == 4
+    runs = []
+    for cfg in (roomy, tight):       # without BatchNorm, 4 micro-batches of 4 give the batch's own gradient
+        torch.manual_seed(0)
+        m = _no_batchnorm()
+        finetune(m, _batches(x, y), len(x), cfg, progress=None)
+        runs.append(m)
+    assert torch.allclose(runs[0](x), runs[1](x), atol=1e-5)

@@ -176,3 +176,28 @@ def test_prefix_reuse_holds_only_what_the_rest_of_the_graph_reads(monkeypatch):
     batches = [(torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,)))]
     removal_accuracy(model, blocks, batches, ScoreContext(reuse_prefix=True))
     assert max(seen) <= 5 < len(nodes) // 2
+
+
+def test_norm_ratio_is_taken_batch_by_batch_with_the_same_numbers(setup):
+    """The ratios come from each batch as it runs; they equal those of the block's own graph run on
+    the block's kept inputs (the way it was computed before)."""
+    import torch.fx as fx
+
+    from edgeprune.pipeline.blocks import analyse
+    model, blocks, batches = setup
+    scores = CRITERIA["norm-ratio"](model, blocks, batches, ScoreContext())
+    for b in blocks:
+        inputs = []
+        h = model.get_submodule(b.name).register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+        h.remove()
+        res = analyse(model.get_submodule(b.name))
+        interp, ratios = fx.Interpreter(res.graph, garbage_collect_values=False), []
+        with torch.no_grad():
+            for x in inputs:
+                interp.run(x)
+                ratios.append(interp.env[res.branch].flatten(1).norm(dim=1)
+                              / interp.env[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12))
+        assert scores[b.name].importance == torch.cat(ratios).mean().item(), b.name
