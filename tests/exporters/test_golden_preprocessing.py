@@ -21,29 +21,7 @@ from edgeprune.exporters.artifact import build_artifact
 from edgeprune.pipeline.data import DataSpec, load_data
 from edgeprune.pipeline.models import randomize_batchnorm
 
-SIZES = [(40, 60), (60, 40), (33, 47), (64, 64), (31, 45), (20, 26)]     # (height, width)
-
-
-def write_folder(root, sizes=SIZES, mode="RGB"):
-    """An ImageFolder (train/ and val/, two classes) of smooth noisy pictures saved as PNG and
-    JPEG files; returns the files of each split in the loader's order."""
-    rng = np.random.default_rng(0)
-    files, k = {}, 0
-    for split, n in (("train", 4), ("val", 3)):
-        files[split] = []
-        for cls in ("cat", "dog"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                h, w = sizes[k % len(sizes)]
-                k += 1
-                yy, xx = np.mgrid[0:h, 0:w]
-                base = np.stack([(yy * 5 + xx * 3) % 256, (xx * 7) % 256, (yy * 11 + 40) % 256], axis=2)
-                img = Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
-                img = img.convert("L") if mode == "L" else img
-                f = root / split / cls / f"{i:02d}.{'jpg' if i % 2 else 'png'}"
-                img.save(f, **({"quality": 90} if f.suffix == ".jpg" else {}))
-                files[split].append(f)
-    return files
+from photos import SIZES, write_folder  # noqa: E402  (tests/photos.py)
 
 
 def _pil_resize(x: np.ndarray, h: int, w: int, result_dtype: str) -> np.ndarray:
