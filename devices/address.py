@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from edgeprune.errors import EdgepruneError
 
+# neither part may start with "-": ssh would read "-oProxyCommand=...@host" as an option
 _TARGET = re.compile(
-    r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
+    r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)"
     r"(?::(?P<port>\d{1,5}))?$")
 
 
@@ -43,7 +44,7 @@ class SshTarget:
 def parse_target(text: str) -> SshTarget:
     """Parse ``user@host[:port]`` (user and port optional; ``[v6addr]:port`` accepted)."""
     m = _TARGET.match(text.strip()) if text else None
-    if not m or m.group("host").startswith("-"):
+    if not m:
         raise EdgepruneError(
             f"bad SSH target {text!r}; expected user@host or user@host:port")
     port = int(m.group("port")) if m.group("port") else None

@@ -10,9 +10,10 @@ from typing import Any, Callable
 import typer
 
 from edgeprune.console import console, err_console
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import DISK_ERRORS, EdgepruneError, disk_error
 
-__all__ = ["console", "err_console", "fail", "print_json", "user_errors"]
+__all__ = ["console", "err_console", "fail", "print_json", "user_errors", "warn"]
+
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -36,6 +37,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(e), e.exit_code)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             fail(f"{e.strerror}: {e.filename}", 2)
+        except Exception as e:  # noqa: BLE001 - only a disk refusal is handled here; anything else propagates
+            d = disk_error(e)
+            if d is None:
+                raise
+            where = f" {d.filename}" if d.filename else ""
+            fail(f"cannot write{where}: {d.strerror} ({DISK_ERRORS[d.errno]})", 2)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 

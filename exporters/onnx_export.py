@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, disk_error
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -152,8 +152,10 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path,
                     _EXPORTERS[name](model, example, path, cfg)
                 break
             except Exception as e:  # noqa: BLE001 - any exporter failure is recorded, then judged below
-                failures[name] = one_line(e)
                 path.unlink(missing_ok=True)
+                if disk_error(e):       # the disk, not the model: another exporter would fail the same way
+                    raise
+                failures[name] = one_line(e)
         else:
             detail = "; ".join(f"{k} exporter: {v}" for k, v in failures.items())
             raise EdgepruneError(f"the model cannot be exported to ONNX (opset {cfg.opset}): {detail}")

@@ -55,7 +55,7 @@ def test_target_parsing():
     assert (t.user, t.host, t.port) == ("pi", "raspberrypi.local", 2222)
     assert parse_target("mypi").destination == "mypi"
     assert parse_target("me@[::1]:22").scp_host == "me@[::1]"
-    for bad in ("", "a@b:c", "-oProxyCommand=x", "a b"):
+    for bad in ("", "a@b:c", "-oProxyCommand=x", "a b", "-oProxyCommand=touch@host", "-l@host", "pi@-oX"):
         with pytest.raises(EdgepruneError):
             parse_target(bad)
 
