@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from edgeprune.errors import EdgepruneError
@@ -38,14 +39,16 @@ def parse_fraction(text: str, what: str = "tolerance") -> float:
 
 
 def parse_duration_ms(text: str, what: str = "budget") -> float:
-    """``"30ms"``, ``"0.03s"``, ``"30"`` (milliseconds) -> milliseconds."""
+    """``"30ms"``, ``"0.03s"``, ``"500us"`` -> milliseconds; a unit is required."""
     value, unit = _split(text, what, "30ms or 0.03s")
     unit = unit.lower() if unit != "µs" else unit
+    if not unit:   # "30" could mean ms or s: a budget that is silently a thousand times off is worse than an error
+        raise EdgepruneError(f"{what} {text!r} has no unit; write {text}ms or {text}s")
     if unit not in _TIME_UNITS:
         raise EdgepruneError(f"unknown time unit in {what} {text!r}; use ms, s or us")
     ms = value * _TIME_UNITS[unit]
-    if ms <= 0:
-        raise EdgepruneError(f"{what} must be positive, got {text!r}")
+    if not math.isfinite(ms) or ms <= 0:
+        raise EdgepruneError(f"{what} must be a positive, finite time, got {text!r}")
     return ms
 
 

@@ -33,6 +33,8 @@ from edgeprune.devices.address import SshTarget, parse_target
 from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.errors import EdgepruneError
 
+SSH_TIMEOUT_S = 900.0     # default of --ssh-timeout: the longest a remote benchmark may run
+
 __all__ = ["SshConfig", "SshTarget", "bench_over_ssh", "copy_to", "measure_over_ssh", "parse_target",
            "remote_workdir", "resolve_ssh", "run_ssh", "runner_script", "ssh_error",
            "time_models_over_ssh"]
@@ -51,7 +53,7 @@ class SshConfig:
     target: SshTarget
     python: str = "python3"            # interpreter on the device
     connect_timeout_s: int = 10
-    timeout_s: float = 900.0           # for the whole remote benchmark
+    timeout_s: float = SSH_TIMEOUT_S   # for each remote command (the whole benchmark; --ssh-timeout)
     options: tuple[str, ...] = ()      # extra ssh/scp options, e.g. ("-F", "/path/config")
     ssh_bin: str = "ssh"
     scp_bin: str = "scp"
@@ -63,7 +65,8 @@ class SshConfig:
 
 def resolve_ssh(ssh: str | None, profile: DeviceProfile | str | None = None, *,
                 remote_python: str | None = None,
-                ssh_config: str | os.PathLike[str] | None = None) -> SshConfig | None:
+                ssh_config: str | os.PathLike[str] | None = None,
+                timeout_s: float | None = None) -> SshConfig | None:
     """Where a command measures: ``--ssh`` if given, else the profile's ``ssh`` line.
 
     ``profile`` is a loaded profile or a name/path to load. Returns None when neither
@@ -87,7 +90,9 @@ def resolve_ssh(ssh: str | None, profile: DeviceProfile | str | None = None, *,
             raise EdgepruneError(f"--ssh-config file not found: {ssh_config}")
         options = ("-F", str(ssh_config))
     python = remote_python or (profile.python if profile is not None else "python3")
-    return SshConfig(parse_target(target), python=python, options=options)
+    if timeout_s is not None and timeout_s <= 0:
+        raise EdgepruneError(f"--ssh-timeout must be positive, got {timeout_s:g}")
+    return SshConfig(parse_target(target), python=python, options=options, timeout_s=timeout_s or SSH_TIMEOUT_S)
 
 
 def _first_line(text: str) -> str:
@@ -130,8 +135,9 @@ def run_ssh(cfg: SshConfig, command: str, what: str, timeout_s: float | None = N
     except FileNotFoundError:
         raise EdgepruneError(f"'{cfg.ssh_bin}' not found: install an OpenSSH client") from None
     except subprocess.TimeoutExpired:
-        raise EdgepruneError(f"{what} on {cfg.target} took longer than "
-                             f"{timeout_s or cfg.timeout_s:.0f}s; stopped") from None
+        raise EdgepruneError(f"{what} on {cfg.target} took longer than {timeout_s or cfg.timeout_s:.0f}s; stopped: "
+                             f"check that '{cfg.python}' runs there (ssh {cfg.target.destination} {cfg.python} -c "
+                             "'import onnxruntime') and that the board is idle, or raise --ssh-timeout") from None
     if proc.returncode == 255:
         raise ssh_error(cfg, proc.stderr, what)
     return proc

@@ -139,18 +139,19 @@ class PredictedTarget:
 @overload
 def resolve_target(device: str | DeviceProfile | None = ..., ssh: str | None = ..., *,
                    remote_python: str | None = ..., ssh_config: str | os.PathLike[str] | None = ...,
-                   settings: BenchConfig | None = ..., otherwise: Literal["host"]) -> MeasuringTarget: ...
+                   settings: BenchConfig | None = ..., otherwise: Literal["host"], ssh_timeout_s: float | None = ...) -> MeasuringTarget: ...
 
 
 @overload
 def resolve_target(device: str | DeviceProfile | None = ..., ssh: str | None = ..., *,
                    remote_python: str | None = ..., ssh_config: str | os.PathLike[str] | None = ...,
-                   settings: BenchConfig | None = ..., otherwise: Literal["predict"] = ...) -> Target: ...
+                   settings: BenchConfig | None = ..., otherwise: Literal["predict"] = ..., ssh_timeout_s: float | None = ...) -> Target: ...
 
 
 def resolve_target(device: str | DeviceProfile | None = None, ssh: str | None = None, *,
                    remote_python: str | None = None, ssh_config: str | os.PathLike[str] | None = None,
-                   settings: BenchConfig | None = None, otherwise: str = "predict") -> Target:
+                   settings: BenchConfig | None = None, otherwise: str = "predict",
+                   ssh_timeout_s: float | None = None) -> Target:
     """Where ``device``'s figures come from (see the module docstring).
 
     ``device`` is a profile name, TOML path or loaded profile (None: no profile, this host).
@@ -162,7 +163,7 @@ def resolve_target(device: str | DeviceProfile | None = None, ssh: str | None = 
     if otherwise not in ("predict", "host"):
         raise ValueError(f"otherwise must be 'predict' or 'host', got {otherwise!r}")
     profile = as_profile(device) if device else None
-    ssh_cfg = resolve_ssh(ssh, profile, remote_python=remote_python, ssh_config=ssh_config)
+    ssh_cfg = resolve_ssh(ssh, profile, remote_python=remote_python, ssh_config=ssh_config, timeout_s=ssh_timeout_s)
     if settings is None and profile is not None:
         settings = profile_settings(profile)
     if ssh_cfg is not None:

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgeprune.pipeline.data import DataSpec
-from edgeprune.pipeline.models import ModelSpec
+from edgeprune.pipeline.models import ModelSpec, is_factory
 
 Model = Annotated[str, typer.Option("--model", "-m", help="'default' (bundled ResNet-56 / Fashion-MNIST), a "
                                     "torchvision architecture name, module.path:factory, or a prune record .json.")]
@@ -21,6 +21,8 @@ NumClasses = Annotated[Optional[int], typer.Option(help="Replace the classifier 
 InChannels = Annotated[Optional[int], typer.Option(help="Replace the stem so it takes this many input channels.")]
 InputSize = Annotated[Optional[int], typer.Option(help="Square input size (default: the model family's).")]
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a fully pickled model (runs code from the file).")]
+TrustCode = Annotated[bool, typer.Option("--trust-code", help="Allow a module:factory named by a prune record or a "
+                                         "config file to be imported and run (one typed as --model needs no flag).")]
 Data = Annotated[str, typer.Option("--data", "-d", help="'default' (bundled Fashion-MNIST subset), an idx folder, "
                                    "a CIFAR python folder, an ImageFolder tree (train/, val/), or an .npz.")]
 Mean = Annotated[Optional[str], typer.Option(help="Normalisation mean per channel, comma-separated numbers, or "
@@ -41,6 +43,8 @@ Ssh = Annotated[Optional[str], typer.Option("--ssh", metavar="USER@HOST[:PORT]",
 RemotePython = Annotated[Optional[str], typer.Option("--remote-python", help="python3 on the device (default: the "
                                                      "profile's, or python3).")]
 SshConfigFile = Annotated[Optional[str], typer.Option("--ssh-config", metavar="FILE", help="ssh config file (ssh -F).")]
+SshTimeout = Annotated[float, typer.Option("--ssh-timeout", metavar="SECONDS", help="Longest a command on the "
+                                           "device may run before it is stopped (the whole remote benchmark).")]
 
 # -- how onnxruntime times a model
 Threads = Annotated[Optional[int], typer.Option("--threads", help="intra_op_num_threads (default: the --device "
@@ -79,8 +83,10 @@ Rtol = Annotated[float, typer.Option("--rtol", help="Tolerance relative to the l
 
 
 def model_spec(model: str, weights: str | None, num_classes: int | None, in_channels: int | None,
-               input_size: int | None, trust: bool) -> ModelSpec:
-    return ModelSpec(model, weights, num_classes, in_channels, input_size, trust)
+               input_size: int | None, trust: bool, trust_code: bool = False) -> ModelSpec:
+    """The spec of the command line's model flags. A ``module:factory`` typed as ``--model`` is consent to run
+    it (the user named the code); a prune record's factory needs ``--trust-code``."""
+    return ModelSpec(model, weights, num_classes, in_channels, input_size, trust, trust_code or is_factory(model))
 
 
 def data_spec(data: str, mean: str | None, std: str | None, channels: int | None, resize: str) -> DataSpec:

@@ -465,6 +465,9 @@ def _read_imagefolder(path: Path, want: Wanted) -> Raw:
         for label, cls in enumerate(classes):
             folder = path / split / cls
             found = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+            if folder.is_dir() and not found:
+                raise EdgepruneError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                                     "add images or remove the folder")
             files[split] += found
             labels[split] += [label] * len(found)
         extra = sorted({d.name for d in (path / split).iterdir() if d.is_dir()} - set(classes))
@@ -554,6 +557,95 @@ FORMATS: dict[str, Format] = {
     "imagefolder": Format(lambda p: p.is_dir() and (p / "train").is_dir() and (p / "val").is_dir(),
                           _read_imagefolder),
 }
+
+
+# torch dtype the images are held as -> the numpy dtype they are converted to first
+HELD_AS = {torch.uint8: np.uint8, torch.int32: np.int32, torch.int64: np.int64, torch.float32: np.float32}
+SAMPLE_CHECKED = 64     # images of each split preprocessed at load to check the model inputs are finite
+
+
+def _labels(y: Any, what: str, path: Path) -> np.ndarray:
+    """Labels as int64 class indices, or one line: float labels must be whole numbers (never truncated)."""
+    y = np.asarray(y)
+    flat = y.reshape(-1)
+    if y.dtype == np.bool_ or np.issubdtype(y.dtype, np.integer):
+        if y.dtype == np.uint64 and flat.size and int(flat.max()) > np.iinfo(np.int64).max:
+            raise EdgepruneError(f"{path}: {what} holds labels too large for class indices (up to {int(flat.max())})")
+        return flat.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.floating):
+        raise EdgepruneError(f"{path}: {what} has dtype {y.dtype}; labels must be integer class indices")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(flat) | (flat != np.round(flat)) | (np.abs(flat) > 2 ** 31)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise EdgepruneError(f"{path}: {what} holds non-integer labels ({int(bad.sum())} of {flat.size}, the first "
+                             f"{float(flat[i])!r} at index {i}); labels must be whole class indices, never truncated")
+    return flat.astype(np.int64)
+
+
+def _pixel_dtype(xtr: np.ndarray, xva: np.ndarray, path: Path) -> tuple[float, str, torch.dtype]:
+    """(scale, source dtype recorded in the preprocessing, torch dtype the images are held as).
+
+    Unsigned integers are scaled by their dtype's range (1/255 for uint8, 1/65535 for uint16, ...);
+    signed integers are taken as 8-bit values, as always, and must lie in 0..255; floats as they are."""
+    if xtr.dtype != xva.dtype and not (np.issubdtype(xtr.dtype, np.floating) and np.issubdtype(xva.dtype, np.floating)):
+        raise EdgepruneError(f"{path}: train images are {xtr.dtype}, val images {xva.dtype}: store both alike")
+    dt = xtr.dtype
+    if dt == np.bool_ or np.issubdtype(dt, np.floating):
+        return 1.0, "float32", torch.float32
+    if np.issubdtype(dt, np.unsignedinteger):
+        if dt.itemsize > 4:
+            raise EdgepruneError(f"{path}: images are {dt}; use uint8, uint16, uint32 or float pixels")
+        top = int(np.iinfo(dt).max)
+        held = {1: torch.uint8, 2: torch.int32, 4: torch.int64}[dt.itemsize]
+        return 1 / top, str(dt), held
+    if np.issubdtype(dt, np.signedinteger):
+        lo = min(int(a.min()) for a in (xtr, xva) if a.size) if xtr.size or xva.size else 0
+        hi = max(int(a.max()) for a in (xtr, xva) if a.size) if xtr.size or xva.size else 0
+        if lo < 0 or hi > 255:
+            raise EdgepruneError(f"{path}: {dt} images hold values {lo}..{hi}; signed integer pixels are read as "
+                                 "8-bit values (0..255): store uint8, uint16 or float images")
+        return 1 / 255, str(dt), torch.uint8
+    raise EdgepruneError(f"{path}: images have dtype {dt}; use unsigned integer (uint8, uint16) or float pixels")
+
+
+def _non_finite(x: torch.Tensor) -> tuple[int, int | None]:
+    """(how many values of ``x`` (N, ...) are NaN or inf, the first image holding one), a chunk at a time."""
+    if not x.is_floating_point() or not len(x):
+        return 0, None
+    step = max(1, (1 << 20) // max(1, x[0].numel()))
+    bad, first = 0, None
+    for i in range(0, len(x), step):
+        per_image = (~torch.isfinite(x[i:i + step])).reshape(len(x[i:i + step]), -1).sum(1)
+        count = int(per_image.sum())
+        if count and first is None:
+            first = i + int(torch.nonzero(per_image)[0])
+        bad += count
+    return bad, first
+
+
+def _refuse_non_finite_pixels(path: Path, x_train: torch.Tensor, x_val: torch.Tensor) -> None:
+    """One line naming ``path`` when an image holds NaN or inf (checked before any statistics): every
+    accuracy or latency computed from it would be a number that cannot be trusted."""
+    for what, x in (("x_train", x_train), ("x_val", x_val)):
+        bad, first = _non_finite(x)
+        if bad:
+            raise EdgepruneError(f"{path}: {what} holds {bad} non-finite pixel value{'s' if bad > 1 else ''} (NaN, "
+                                 f"inf, or beyond float32's 3.4e38; the first in image {first}), which make the "
+                                 "data's statistics and the model's inputs NaN: fix or drop those images")
+
+
+def _refuse_non_finite_inputs(path: Path, x_train: torch.Tensor, x_val: torch.Tensor, pre: Preprocess) -> None:
+    """One line naming ``path`` when the normalisation statistics or a preprocessed sample (the first
+    ``SAMPLE_CHECKED`` images of each split) are not finite."""
+    if not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
+        raise EdgepruneError(f"{path}: the normalisation statistics are not finite (mean {list(pre.mean)}, std "
+                             f"{list(pre.std)}): pass --mean/--std, or fix the data")
+    for what, x in (("train", x_train), ("val", x_val)):
+        sample = pre.apply(x[:SAMPLE_CHECKED])
+        if not bool(torch.isfinite(sample).all()):
+            raise EdgepruneError(f"{path}: the preprocessed {what} images are not finite (NaN or inf) with mean "
+                                 f"{list(pre.mean)}, std {list(pre.std)}: check --mean/--std and the pixel values")
 
 
 def _to_nchw(x: np.ndarray, what: str) -> np.ndarray:
@@ -734,7 +826,7 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
         raw = Raw(*FORMATS[fmt].read(path, want))
     xtr, ytr, xva, yva, classes, info, photos = raw
     xtr, xva = _to_nchw(np.asarray(xtr), "x_train"), _to_nchw(np.asarray(xva), "x_val")
-    ytr, yva = np.asarray(ytr).astype(np.int64).reshape(-1), np.asarray(yva).astype(np.int64).reshape(-1)
+    ytr, yva = _labels(ytr, "y_train", path), _labels(yva, "y_val", path)
     if len(xtr) != len(ytr) or len(xva) != len(yva):
         raise EdgepruneError(f"{path}: images and labels differ in count "
                              f"(train {len(xtr)} vs {len(ytr)}, val {len(xva)} vs {len(yva)})")
@@ -763,27 +855,29 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
     else:
         source_size = (int(xtr.shape[2]), int(xtr.shape[3]))
         (geometry, pad), at = _geometry(source_size, target, spec.resize), "apply"
-    integer = np.issubdtype(xtr.dtype, np.integer)
-    scale = 1 / 255 if integer else 1.0
-    mean, std, statistics, warning = _statistics(spec, xtr, scale, channels, int(src_channels), expects,
-                                                  photos is not None)
+    scale, source_dtype, dtype = _pixel_dtype(xtr, xva, path)
+    with np.errstate(over="ignore"):        # float64 beyond float32 becomes inf: refused just below
+        x_train, x_val = (torch.from_numpy(np.ascontiguousarray(a, dtype=HELD_AS[dtype])).to(dtype) for a in (xtr, xva))
+    _refuse_non_finite_pixels(path, x_train, x_val)
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflow gives inf statistics: refused below
+        mean, std, statistics, warning = _statistics(spec, xtr, scale, channels, int(src_channels), expects,
+                                                      photos is not None)
     pre = Preprocess(source_size=source_size, size=target, geometry=geometry,
                      pad=pad, scale=scale, mean=mean, std=std, source_channels=int(src_channels),
                      channels=channels,
                      channel_order="gray" if channels == 1 else ("gray->RGB (replicated)" if src_channels == 1 else "RGB"),
-                     decode=photos.decode if photos else None, source_dtype="uint8" if integer else "float32",
+                     decode=photos.decode if photos else None, source_dtype=source_dtype,
                      geometry_at=at, interpolation="bilinear, antialiased" if geometry in ("resize", "crop") else None,
                      source_sizes=photos.source_sizes if photos else None, statistics=statistics)
-    dtype = torch.uint8 if integer else torch.float32
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dtype)  # noqa: E731
+    _refuse_non_finite_inputs(path, x_train, x_val, pre)
     said = [warning] if warning else []
     for line in said:
         if warn is not None:
             warn(line)
         else:
             warnings.warn(line, DataWarning, stacklevel=2)
-    return DataBundle(name=spec.path, format=fmt, x_train=as_t(xtr), y_train=torch.from_numpy(ytr),
-                      x_val=as_t(xva), y_val=torch.from_numpy(yva), preprocess=pre, classes=list(classes),
+    return DataBundle(name=spec.path, format=fmt, x_train=x_train, y_train=torch.from_numpy(ytr),
+                      x_val=x_val, y_val=torch.from_numpy(yva), preprocess=pre, classes=list(classes),
                       info=info, files=photos.files if photos else {}, warnings=said)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -30,29 +31,73 @@ class EvalResult:
         return asdict(self)
 
 
+ACCELERATORS = "cpu, cuda, cuda:N"   # what --accelerator accepts (N below the number of CUDA devices)
+_ACCELERATOR = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
+
+def _probe(dev: torch.device) -> None:
+    """Put one value on ``dev`` (raises when the device is there but cannot be used)."""
+    torch.zeros(1, device=dev).add_(1).item()
+
+
 def resolve_device(accelerator: str = "cpu") -> torch.device:
-    """Map ``--accelerator cpu|cuda[:N]|mps`` to a torch device, or explain why not."""
+    """Map ``--accelerator cpu|cuda|cuda:N`` to a usable torch device, or explain in one line why not.
+
+    Only the device types the tool supports are accepted: other torch device types (``meta``, ``xla``,
+    ``hpu``, ``mps``, ...) are refused even where torch knows them, as are ``cuda`` without a usable CUDA
+    device and ``cuda:N`` beyond the devices present."""
+    text = str(accelerator).strip().lower()
+    m = _ACCELERATOR.fullmatch(text)
+    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise EdgepruneError(f"unknown accelerator {accelerator!r}; --accelerator accepts {ACCELERATORS} "
+                             "(N below the number of CUDA devices)")
+    if m.group(1) == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise EdgepruneError(f"--accelerator {text} was asked for but no CUDA device is available here; "
+                             f"--accelerator accepts {ACCELERATORS}: use cpu")
+    index = int(m.group(2)) if m.group(2) is not None else None
+    if index is not None and index >= count:
+        present = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
+        raise EdgepruneError(f"--accelerator {text}: there {'is' if count == 1 else 'are'} only {count} CUDA "
+                             f"device{'' if count == 1 else 's'} here ({present}); "
+                             f"--accelerator accepts {ACCELERATORS} with N below {count}")
+    dev = torch.device("cuda", index) if index is not None else torch.device("cuda")
     try:
-        dev = torch.device(accelerator)
-    except RuntimeError:
-        raise EdgepruneError(f"unknown accelerator {accelerator!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EdgepruneError("--accelerator cuda was asked for but no CUDA device is available")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise EdgepruneError("--accelerator mps was asked for but MPS is not available")
+        _probe(dev)
+    except (RuntimeError, AssertionError) as e:   # torch.cuda raises AssertionError when not compiled with CUDA
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgepruneError(f"--accelerator {text} cannot be used: {detail}") from None
     return dev
+
+
+def _batch_range(start: int, count: int) -> str:
+    return f"image {start}" if count == 1 else f"images {start}-{start + count - 1}"
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              device: torch.device | str = "cpu", progress: str | None = None) -> EvalResult:
-    """Accuracy and mean loss of ``model`` over ``batches`` (the model is put in eval mode)."""
+    """Accuracy and mean loss of ``model`` over ``batches`` (the model is put in eval mode).
+
+    Refuses (one line, exit 2) a batch whose inputs or outputs are not finite: an accuracy or loss
+    computed from NaN/inf logits would be a number that cannot be trusted."""
     device = torch.device(device)
     model.eval().to(device)
     correct, loss_sum, n = 0, 0.0, 0
-    for x, y in track(batches, progress):
+    total = f" of {len(batches)}" if hasattr(batches, "__len__") else ""
+    for i, (x, y) in enumerate(track(batches, progress), 1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise EdgepruneError(f"the inputs of batch {i}{total} ({_batch_range(n, len(y))}) are not finite (NaN or "
+                                 "inf): check the data and its --mean/--std")
         out = model(x)
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out.reshape(len(out), -1))).any(1).sum()) if out.dim() else len(y)
+            raise EdgepruneError(f"the model's outputs on batch {i}{total} ({_batch_range(n, len(y))}) are not finite "
+                                 f"(NaN or inf for {bad} of {len(y)} images): no accuracy can be computed from "
+                                 "them; check the weights (overflow, a diverged fine-tune) and the data")
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -115,8 +116,11 @@ def micro_batch(model: nn.Module, cfg: FinetuneConfig, example: torch.Tensor, ov
 
 def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images: int, cfg: FinetuneConfig,
              teacher: nn.Module | None = None, device: torch.device | str = "cpu",
-             progress: str | None = "fine-tune") -> nn.Module:
-    """Train ``model`` for ``cfg.epochs`` (or ``cfg.steps``); ``make_batches(epoch)`` yields (x, y)."""
+             progress: str | None = "fine-tune", warn: Callable[[str], None] | None = None) -> nn.Module:
+    """Train ``model`` for ``cfg.epochs`` (or ``cfg.steps``); ``make_batches(epoch)`` yields (x, y).
+
+    A checkpoint that cannot be read (torn, not a checkpoint, another model's) is treated as
+    absent: it is removed, ``warn`` (or a Python warning) says so, and training starts afresh."""
     if cfg.kd and teacher is None:
         raise EdgepruneError("knowledge distillation needs the unpruned teacher model")
     if cfg.augment not in ("none", "crop", "crop+flip"):
@@ -138,12 +142,31 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
     gen_state = None
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state.get("in_epoch", 0))
-        gen_state = state.get("gen") if in_epoch else None   # at an epoch boundary the epoch's seed decides
+        fresh = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state.get("in_epoch", 0))
+            gen_state = state.get("gen") if in_epoch else None   # at an epoch boundary the epoch's seed decides
+            if gen_state is not None:
+                torch.Generator().set_state(gen_state)
+            if not 0 <= step <= total or epoch < 0 or in_epoch < 0:
+                raise ValueError(f"step {step} of {total}")
+        except Exception as e:  # noqa: BLE001 - torch.load raises many types for a torn or foreign file
+            model.load_state_dict(fresh)   # a partly loaded checkpoint must not leak into the fresh run
+            opt = _optimizer(model, cfg)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            step, epoch, in_epoch, gen_state = 0, 0, 0, None
+            ckpt.unlink(missing_ok=True)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            message = f"discarded a corrupt fine-tune checkpoint {ckpt.name} ({first}): training from the start"
+            if warn is not None:
+                warn(message)
+            else:
+                warnings.warn(message, stacklevel=2)
 
     def save() -> None:
         save_torch_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),

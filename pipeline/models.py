@@ -6,7 +6,9 @@ and returns a :class:`LoadedModel` in eval mode together with everything later s
 
 Weights always load with ``torch.load(weights_only=True)``. A checkpoint that holds a
 pickled ``nn.Module`` is refused unless ``trust_checkpoint`` is set, because unpickling
-runs code from the file.
+runs code from the file. Likewise a ``module:factory`` name imports and calls Python code: it
+runs only when ``trust_code`` is set (``--trust-code``; a factory typed as ``--model`` on the
+command line is consent by itself, one named by a config file or a prune record is not).
 """
 
 from __future__ import annotations
@@ -46,9 +48,24 @@ class ModelSpec:
     in_channels: int | None = None
     input_size: int | None = None
     trust_checkpoint: bool = False
+    trust_code: bool = False        # consent to import and run a module:factory (never read from a file)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as recorded in records, manifests and cache keys: consent to run code is not part of it."""
+        d = asdict(self)
+        d.pop("trust_code")
+        return d
+
+
+def is_factory(name: str) -> bool:
+    """Whether a model name is ``module.path:factory`` (code to import and run), not a registry name or record."""
+    return ":" in name and not name.endswith(".json")
+
+
+def refuse_untrusted_factory(name: str, where: str) -> None:
+    """The one refusal of a ``module:factory`` that was not consented to with ``--trust-code``."""
+    raise EdgepruneError(f"{where} {name!r} imports and runs Python code (module {name.partition(':')[0]}): "
+                         "pass --trust-code only if you trust that code")
 
 
 @dataclass
@@ -285,11 +302,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Build the model ``spec`` names, load its weights, and describe it."""
     if spec.name.endswith(".json"):
         from edgeprune.pipeline.record import load_prune_record
-        return load_prune_record(spec)
+        return refuse_non_finite_weights(load_prune_record(spec))
     source: dict[str, Any] = {"model": spec.name}
     classes = None
     fams = _registry()
-    if ":" in spec.name:
+    if is_factory(spec.name):
+        if not spec.trust_code:
+            refuse_untrusted_factory(spec.name, "model")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random-weight models are the same in every run
             model, input_size = _from_factory(spec), spec.input_size or 224
@@ -332,4 +351,21 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     num_classes = _output_classes(model, shape)
     if classes is not None and len(classes) != num_classes:
         classes = None
-    return LoadedModel(model, spec, shape, num_classes, source, classes)
+    return refuse_non_finite_weights(LoadedModel(model, spec, shape, num_classes, source, classes))
+
+
+def refuse_non_finite_weights(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` itself, or one line (exit 2) naming the first parameter or buffer that holds NaN or
+    inf: every output of such a model, and so every accuracy or latency measured on it, is suspect."""
+    tensors = [*loaded.model.named_parameters(), *loaded.model.named_buffers()]
+    for name, t in tensors:
+        if t.is_meta or not (t.is_floating_point() or t.is_complex()):
+            continue
+        bad = int((~torch.isfinite(t.detach())).sum())
+        if bad:
+            nan = int(torch.isnan(t.detach()).sum())
+            what = loaded.source.get("weights") or loaded.spec.name
+            raise EdgepruneError(f"{what}: {name} holds {bad} non-finite value{'s' if bad > 1 else ''} "
+                                 f"({nan} NaN, {bad - nan} inf) of {t.numel()}: the model's outputs cannot be "
+                                 "trusted; use weights from a run that did not diverge")
+    return loaded

@@ -61,6 +61,16 @@ class AccuracyOracle:
     def key(removed: Sequence[str]) -> str:
         return ",".join(sorted(removed))
 
+    @staticmethod
+    def valid_memo(obj: object) -> bool:
+        """Whether ``obj`` has the memo's shape, ``{str: [top1, loss]}`` of numbers (a cached memo
+        that does not is discarded and measured again)."""
+        def number(x: object) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+        return isinstance(obj, dict) and all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(number(x) for x in v)
+            for k, v in obj.items())
+
     def _pruned(self, removed: Sequence[str]) -> nn.Module:
         return remove_blocks(self.model, removed, self.blocks, replace_projection=True) if removed else self.model
 

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     set_enabled(args.progress)
     device = resolve_device(args.accelerator)
     profile = load_profile(args.device)
-    loaded = load_model(ModelSpec(args.model, weights=args.weights))
+    loaded = load_model(ModelSpec(args.model, weights=args.weights, trust_code=True))   # named on this command line
     bundle = load_data(DataSpec(args.data), loaded.input_shape, loaded.num_classes)
     held = split_val(bundle, args.score_images)
     final_idx = held.final[: args.final_images] if args.final_images else held.final

@@ -104,7 +104,7 @@ def measure_scoring_cost(model, blocks: list[Block], batches, device, repeats: i
 def run(args: argparse.Namespace) -> dict:
     set_enabled(args.progress)
     device = resolve_device(args.accelerator)
-    loaded = load_model(ModelSpec(args.model, weights=args.weights))
+    loaded = load_model(ModelSpec(args.model, weights=args.weights, trust_code=True))   # named on this command line
     bundle = load_data(DataSpec(args.data), loaded.input_shape, loaded.num_classes)
     held = split_val(bundle, args.score_images)
     final_idx = held.final[: args.final_images] if args.final_images else held.final

@@ -10,11 +10,21 @@ anything is loaded.
 takes its defaults from ``BuildConfig()`` through it, and ``build --config FILE`` reads
 the TOML that ``to_toml`` writes (nested sections; the flat ``[build]`` table of
 earlier versions is accepted too).
+
+Every value read from a file is checked against its field's annotation before any section is
+made (:func:`check_file_value`: a bool must be a TOML boolean, an int an integer, a float a
+number; ``str | None``, ``list[str]``, ``tuple[float, ...]``) and against :data:`RANGES`, so
+``trust_checkpoint = "false"`` or ``shortlist = "4"`` is a one-line error naming the key and
+the file. ``model.trust_code`` (consent to run a ``module:factory``) is never read from a file:
+only ``--trust-code`` sets it, or a factory typed as ``--model`` on the command line.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,12 +32,13 @@ from typing import Any
 from edgeprune.benchmarks.targets import METRICS
 from edgeprune.benchmarks.units import parse_duration_ms
 from edgeprune.errors import EdgepruneError
+from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.files import read_toml
 from edgeprune.pipeline.data import DataSpec
 from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE
 from edgeprune.pipeline.finetune import FinetuneConfig
 from edgeprune.pipeline.importance import CRITERIA
-from edgeprune.pipeline.models import ModelSpec
+from edgeprune.pipeline.models import ModelSpec, is_factory
 from edgeprune.pipeline.plan import STRATEGIES
 
 
@@ -92,6 +103,7 @@ class MeasureConfig:
     ssh: str | None = None
     remote_python: str | None = None       # python3 on the device (default: the profile's)
     ssh_config: str | None = None          # ssh config file (ssh -F)
+    ssh_timeout: float = SSH_TIMEOUT_S     # longest one command on the device may run
     bench_runs: int = 100                  # timed runs of a measured device/host figure
     bench_rounds: int = 10                 # interleaved before/after rounds on the host
     verify_arm: bool = False               # last step: run the artifact on aarch64 onnxruntime under qemu
@@ -113,21 +125,37 @@ class BuildConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.finetune.epochs < 0:
-            raise EdgepruneError(f"--finetune-epochs must be 0 or more, got {self.finetune.epochs}")
+        flag_of = {path: flag for flag, path in FLAGS.items()}
+        for path in RANGES:          # however the value came (flag, file, code): one line naming the setting
+            *sections, name = path.split(".")
+            obj = self
+            for section in sections:
+                obj = getattr(obj, section)
+            check_range(path, getattr(obj, name), f"--{flag_of[path].replace('_', '-')}" if path in flag_of else path)
         self.finetune = replace(self.finetune, seed=self.seed, checkpoint=None)
 
     # ------------------------------------------------------------ flags and files
 
     @classmethod
-    def from_flags(cls, values: dict[str, Any], base: "BuildConfig | None" = None) -> "BuildConfig":
-        """``base`` (default: the defaults) with the given flags (names as in :data:`FLAGS`) set."""
+    def from_flags(cls, values: dict[str, Any], base: "BuildConfig | None" = None,
+                   typed: bool = True) -> "BuildConfig":
+        """``base`` (default: the defaults) with the given flags (names as in :data:`FLAGS`) set.
+
+        ``typed``: the values were given on the command line, so a ``module:factory`` given as
+        ``model`` is consent to run it; values read from a file (``typed=False``) never are."""
+        values = dict(values)
+        trust_code = bool(values.pop("trust_code", False)) or bool(base and base.model.trust_code)
+        model = values.get("model")
+        if typed and isinstance(model, str) and is_factory(model):
+            trust_code = True
         tree = (base or cls()).to_dict()
         for flag, value in values.items():
             section, name = _field_of(flag)
             target = tree[section] if section else tree
             target[name] = _flag_value(flag, value)
-        return cls.from_dict(tree)
+        cfg = cls.from_dict(tree)
+        cfg.model.trust_code = trust_code
+        return cfg
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any], where: str = "config") -> "BuildConfig":
@@ -164,18 +192,24 @@ class BuildConfig:
             unknown = sorted(k for k in flat if k not in FLAGS)
             if unknown:
                 raise EdgepruneError(f"{path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(FLAGS))}")
-            return cls.from_flags({**flat, **(flags or {})})
+            for key, value in flat.items():
+                check_file_value(FLAGS[key], value, f"{path}: build.{key}")
+            return cls.from_flags(flags or {}, cls.from_flags(flat, typed=False))
+        _check_tree(data, str(path))
         return cls.from_flags(flags or {}, cls.from_dict(data, str(path)))
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings a config file holds (not consent to run code, nor what the build sets itself)."""
         tree = asdict(self)
         for name in FINETUNE_SET_BY_BUILD:
             tree["finetune"].pop(name)
+        tree["model"].pop("trust_code")
         return tree
 
     def flat(self) -> dict[str, Any]:
         """Flag name -> value: the manifest's ``build.config`` and the JSON summary."""
         tree = self.to_dict()
+        tree["model"]["trust_code"] = self.model.trust_code
         return {flag: (tree[s][n] if s else tree[n]) for flag, (s, n) in ((f, _field_of(f)) for f in FLAGS)}
 
     def to_toml(self) -> str:
@@ -193,6 +227,7 @@ class BuildConfig:
 FLAGS: dict[str, str] = {
     "model": "model.name", "weights": "model.weights", "num_classes": "model.num_classes",
     "in_channels": "model.in_channels", "input_size": "model.input_size", "trust_checkpoint": "model.trust_checkpoint",
+    "trust_code": "model.trust_code",
     "data": "data.path", "mean": "data.mean", "std": "data.std", "channels": "data.channels", "resize": "data.resize",
     "budget": "search.budget", "metric": "search.metric",
     "score_images": "search.score_images", "batch_size": "search.batch_size",
@@ -201,7 +236,7 @@ FLAGS: dict[str, str] = {
     "finetune_epochs": "finetune.epochs", "finetune_lr": "finetune.lr", "kd": "finetune.kd",
     "temperature": "finetune.temperature", "alpha": "finetune.alpha",
     "device": "measure.device", "ssh": "measure.ssh", "remote_python": "measure.remote_python",
-    "ssh_config": "measure.ssh_config", "bench_runs": "measure.bench_runs", "bench_rounds": "measure.bench_rounds",
+    "ssh_config": "measure.ssh_config", "ssh_timeout": "measure.ssh_timeout", "bench_runs": "measure.bench_runs", "bench_rounds": "measure.bench_rounds",
     "verify_arm": "measure.verify_arm",
     "out": "out", "accelerator": "accelerator", "seed": "seed",
 }
@@ -218,6 +253,7 @@ def default_of(flag: str) -> Any:
     """The default of a flag, read from ``BuildConfig()``: what the Typer command shows and uses."""
     section, name = _field_of(flag)
     tree = _DEFAULTS.to_dict()
+    tree["model"]["trust_code"] = _DEFAULTS.model.trust_code
     value = tree[section][name] if section else tree[name]
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -231,6 +267,108 @@ def _flag_value(flag: str, value: Any) -> Any:
 
 def _set_by_build(section: str) -> set[str]:
     return set(FINETUNE_SET_BY_BUILD) if section == "finetune" else set()
+
+
+# ---------------------------------------------------------------- values read from files
+
+# field path -> (lowest, highest, whether the lowest itself is allowed); None: unbounded on that side
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "model.num_classes": (1, None, True), "model.in_channels": (1, None, True), "model.input_size": (1, None, True),
+    "data.channels": (1, None, True),
+    "search.score_images": (1, None, True), "search.batch_size": (1, None, True), "search.shortlist": (1, None, True),
+    "search.max_accuracy_drop": (0, 100, True),
+    "finetune.epochs": (0, None, True), "finetune.steps": (1, None, True), "finetune.lr": (0, None, False),
+    "finetune.weight_decay": (0, None, True), "finetune.momentum": (0, 1, True), "finetune.batch_size": (1, None, True),
+    "finetune.temperature": (0, None, False), "finetune.alpha": (0, 1, True),
+    "finetune.checkpoint_every_s": (0, None, False), "finetune.max_memory_mb": (0, None, False),
+    "measure.bench_runs": (1, None, True), "measure.bench_rounds": (1, None, True),
+    "measure.ssh_timeout": (0, None, False),
+    "seed": (0, None, True),
+}
+NEVER_FROM_FILES = {"model.trust_code": "consent to run a module:factory is given on the command line only "
+                                        "(--trust-code)"}
+
+
+def _field_type(path: str) -> Any:
+    """The annotation of the field at ``path`` (``search.budget``, ``seed``)."""
+    cls: Any = BuildConfig
+    *sections, name = path.split(".")
+    for s in sections:
+        cls = typing.get_type_hints(cls)[s]
+    return typing.get_type_hints(cls)[name]
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return type(value) is bool
+    if tp is int:
+        return type(value) is int
+    if tp is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is tuple:
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if not isinstance(value, (list, tuple)):
+            return False
+        if item is not None:
+            return all(_matches(v, item) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    return isinstance(value, tp) if isinstance(tp, type) else False
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def check_file_value(path: str, value: Any, key: str) -> None:
+    """Refuse a value read from a file that does not fit the field at ``path``: its type (from the
+    dataclass annotation), then :data:`RANGES`. ``key`` names the key and the file in the message."""
+    if path in NEVER_FROM_FILES:
+        raise EdgepruneError(f"{key} is not read from files: {NEVER_FROM_FILES[path]}")
+    tp = _field_type(path)
+    if not _matches(value, tp):
+        shown = f'"{value}"' if isinstance(value, str) else _toml_value(value) if value is not None else "nothing"
+        raise EdgepruneError(f"{key} must be {_describe(tp)}, got {shown[:60]}")
+    check_range(path, value, key)
+
+
+def check_range(path: str, value: Any, key: str) -> None:
+    """Refuse a number outside :data:`RANGES` for the field at ``path`` (from a file or a flag)."""
+    if path in RANGES and type(value) in (int, float):
+        low, high, inclusive = RANGES[path]
+        if (low is not None and (value < low or (value == low and not inclusive))) or \
+                (high is not None and value > high):
+            bound = (f"between {low} and {high}" if high is not None else
+                     f"at least {low}" if inclusive else f"above {low}")
+            raise EdgepruneError(f"{key} must be {bound}, got {value}")
+
+
+def _check_tree(tree: dict[str, Any], where: str) -> None:
+    """Check every known key of a nested config read from ``where`` (unknown keys: ``from_dict`` names them)."""
+    known = {f.name for f in fields(BuildConfig)}
+    for name, value in tree.items():
+        if name not in known:
+            continue
+        if isinstance(value, dict) and is_dataclass(typing.get_type_hints(BuildConfig)[name]):
+            own = {f.name for f in fields(typing.get_type_hints(BuildConfig)[name])}
+            for key, v in value.items():
+                if key in own:
+                    check_file_value(f"{name}.{key}", v, f"{where}: {name}.{key}")
+        elif not is_dataclass(typing.get_type_hints(BuildConfig)[name]):
+            check_file_value(name, value, f"{where}: {name}")
 
 
 def _toml_value(v: Any) -> str:

@@ -2,15 +2,24 @@
 
 The artifact is assembled in the cache's staging folder and renamed to ``<out>/artifact``
 as the very last step, so an interrupted or failed build never leaves a partial artifact.
+The whole build holds ``<out>/.lock`` (``flock``, released when the process ends however it
+ends): a second build into the same folder fails at once, naming the build that holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
+import os
+import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
 from edgeprune.build import stages
-from edgeprune.build.cache import BuildCache
+from edgeprune.build.cache import BuildCache, wall_runs
 from edgeprune.build.config import BuildConfig
 from edgeprune.build.fitting import SEARCH_ATTEMPTS
 from edgeprune.build.report import write_report
@@ -25,6 +34,11 @@ EXIT_OK, EXIT_UNREACHABLE = 0, 3
 
 def run_build(cfg: BuildConfig, say: stages.Say = lambda _m: None) -> BuildOutcome:
     """Run the whole build; return the exit code, a one-line message and the result."""
+    with build_lock(Path(cfg.out)):
+        return _run_build(cfg, say)
+
+
+def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
     started = time.time()
     inputs = stages.load_inputs(cfg, say)
     clock = WallClock(inputs.cache, started)
@@ -103,7 +117,7 @@ class WallClock:
 
     def __init__(self, cache: BuildCache, started: float) -> None:
         self.cache, self.started = cache, started
-        self.before = [float(s) for s in (cache.load("wall") or {}).get("runs", [])]
+        self.before = [float(s) for s in (cache.load("wall", valid=wall_runs) or {}).get("runs", [])]
         self.lap()
 
     def runs(self) -> list[float]:
@@ -117,3 +131,48 @@ class WallClock:
 
     def reset(self) -> None:
         self.cache.save("wall", {"runs": []})
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[Path]:
+    """Hold ``<out>/.lock`` (an exclusive ``flock``) for the block; a build folder another
+    build holds raises :class:`EdgepruneError` at once, naming the holder (pid, start time).
+    The lock goes with the process, so a crashed or killed build never leaves it held."""
+    if out.exists() and not out.is_dir():
+        raise EdgepruneError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)   # not truncated: it names the holder
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise EdgepruneError(f"another build is using {out}: {_holder(path)}; wait for it to finish "
+                                 f"or choose another --out") from None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)     # a released lock names no one
+    finally:
+        os.close(fd)                # releases the lock; the file stays (removing it would race a newcomer)
+
+
+def _holder(path: Path) -> str:
+    """What the lock file says about the build that holds it (it writes it just after locking)."""
+    for _ in range(20):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            text = ""
+        if text:
+            return f"held by {text.splitlines()[0]}"
+        time.sleep(0.05)
+    return "held by a build that has not yet written its pid"

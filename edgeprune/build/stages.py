@@ -9,17 +9,22 @@ stage configuration), so rerunning the same command resumes.
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import onnx
 import torch
 from torch import nn
 
 from edgeprune.benchmarks.compare import CompareConfig, Comparison, compare
 from edgeprune.benchmarks.latency import BenchConfig
 from edgeprune.benchmarks.targets import LatencyFigure, Target
-from edgeprune.build.cache import BuildCache
+from edgeprune.build.cache import BuildCache, str_lists
 from edgeprune.build.config import BuildConfig, SearchConfig
 from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
@@ -75,7 +80,8 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
         raise EdgepruneError(f"--out {out} exists and is not a folder")
     m = cfg.measure
     profile = load_profile(m.device)
-    target = resolve_target(profile, ssh=m.ssh, remote_python=m.remote_python, ssh_config=m.ssh_config)
+    target = resolve_target(profile, ssh=m.ssh, remote_python=m.remote_python, ssh_config=m.ssh_config,
+                            ssh_timeout_s=m.ssh_timeout)
     torch_device = resolve_device(cfg.accelerator)
     say("loading model and data")
     loaded = load_model(cfg.model)
@@ -88,7 +94,8 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
         "data": {k: v for k, v in bundle.describe().items() if k != "classes"},
         "n_train": len(bundle.y_train), "n_val": len(bundle.y_val), "score_images": cfg.search.score_images,
         "replace_projection": cfg.search.replace_projection, "seed": cfg.seed, "split": held.to_dict(),
-        "version": 4})
+        "version": 4}, say=say)
+    cache.sweep()
     say(f"cache {cache.folder}")
     return Inputs(cfg, loaded, bundle, blocks, candidates, held, profile, target, load_profile("host"),
                   torch_device, cache, list(bundle.batches("val", cfg.search.batch_size, indices=held.score)))
@@ -141,7 +148,7 @@ def fit_budget(inputs: Inputs, space: BlockSpace, say: Say) -> Fit:
     """Search plans (strategies + proxy rankings), short-list them, judge each on its own
     exported graph, re-search with a tighter internal budget while none fits."""
     scfg, cache = inputs.cfg.search, inputs.cache
-    memo = cache.load("accuracy-memo") or {}
+    memo = cache.load("accuracy-memo", valid=AccuracyOracle.valid_memo) or {}
     ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
     beat = Heartbeat("searching", unit=" plans scored")
 
@@ -171,8 +178,7 @@ def fit_budget(inputs: Inputs, space: BlockSpace, say: Say) -> Fit:
 
     def figure(c: Candidate) -> tuple[float, str]:
         path = cache.path("plan", sorted(c.removed), ".onnx")
-        if not path.is_file():
-            export_onnx(space.apply(c.removed).cpu().eval(), inputs.loaded.input_shape, path, ExportConfig())
+        cached_onnx(cache, path, lambda: space.apply(c.removed).cpu().eval(), inputs.loaded.input_shape)
         fig = inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs)
         return fig.value_ms, fig.source
 
@@ -183,7 +189,9 @@ def fit_budget(inputs: Inputs, space: BlockSpace, say: Say) -> Fit:
 
 def proxy_orders(inputs: Inputs, scfg: SearchConfig) -> dict[str, list[str]]:
     """Each proxy's one-shot order of the candidate blocks (least important first), cached."""
-    orders = inputs.cache.load("proxy-orders") or {}
+    names = set(inputs.candidates)
+    orders = inputs.cache.load("proxy-orders", valid=lambda o: str_lists(o) and all(
+        set(v) <= names for v in o.values())) or {}
     blocks = [b for b in inputs.blocks if b.name in inputs.candidates]
     ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
     for crit in scfg.proxies:
@@ -212,8 +220,14 @@ def finetune_and_choose(inputs: Inputs, space: BlockSpace, fit: FitOutcome, say:
     if ft is not None and len(fitting) > 1:
         for c in fitting:
             tuned[plan_key(c.removed)] = m = finetuned(inputs, space, c, ft, say)
-            r = evaluate(m, inputs.score_batches, inputs.torch_device)
-            c.recovered_top1, c.recovered_loss = r.top1, r.loss
+            try:
+                r = evaluate(m, inputs.score_batches, inputs.torch_device)
+                c.recovered_top1, c.recovered_loss = r.top1, r.loss
+            except EdgepruneError as e:     # this plan's fine-tune diverged (non-finite outputs): drop it
+                say(f"dropping {c.label}: after fine-tune {e}")
+                c.recovered_top1, c.recovered_loss = 0.0, math.inf
+        if all(math.isinf(c.recovered_loss) for c in fitting):
+            raise EdgepruneError(f"every short-listed plan's fine-tune diverged (lr {ft.lr:g}); lower --finetune-lr")
     chosen = choose(fitting)
     mode = cfg.search.select if ft is not None and len(fitting) > 1 else "single"
     selection = Selection(mode, fit.shortlist, chosen)
@@ -241,15 +255,22 @@ def finetuned(inputs: Inputs, space: BlockSpace, c: Candidate, ft: FinetuneConfi
     stage_cfg = {"removed": sorted(c.removed), "finetune": {**ft.to_dict(), "checkpoint": None}}
     done = inputs.cache.path("finetuned", stage_cfg, ".pt")
     m = space.apply(c.removed)
-    if done.is_file():
-        m.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
-        say(f"fine-tuned weights for {c.label} found in the cache")
-        return m
+    if done.exists():
+        try:
+            state = torch.load(done, map_location="cpu", weights_only=True)
+            m.load_state_dict(state)
+        except Exception:  # noqa: BLE001 - torch.load raises many types for a torn or foreign file
+            inputs.cache.discard(done)
+            m = space.apply(c.removed)      # a partly loaded state must not leak into the fine-tune
+        else:
+            say(f"fine-tuned weights for {c.label} found in the cache")
+            return m
     say(f"fine-tuning {c.label} (remove {len(c.removed)} blocks)")
     run = replace(ft, checkpoint=str(inputs.cache.path("finetune", stage_cfg, ".ckpt")))
     bundle = inputs.bundle
     finetune(m, lambda ep: bundle.batches("train", run.batch_size, shuffle=True, seed=inputs.cfg.seed + ep),
-             len(bundle.y_train), run, teacher=inputs.loaded.model if run.kd else None, device=inputs.torch_device)
+             len(bundle.y_train), run, teacher=inputs.loaded.model if run.kd else None, device=inputs.torch_device,
+             warn=say)
     save_torch_atomic(done, m.state_dict())
     return m
 
@@ -276,8 +297,7 @@ def before_after(inputs: Inputs, artifact: ArtifactResult, say: Say) -> LatencyS
     """The device figure of the original and the artifact, and both timed side by side on the host."""
     say("benchmarking on the host (onnxruntime)")
     original = inputs.cache.path("original", suffix=".onnx")
-    if not original.is_file():
-        export_onnx(inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape, original, ExportConfig())
+    cached_onnx(inputs.cache, original, lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape)
     final = artifact.path / "model.onnx"
     m, scfg, host = inputs.cfg.measure, inputs.cfg.search, inputs.host
     bench = BenchConfig(threads=host.threads, providers=list(host.providers), warmup=10, runs=m.bench_runs,
@@ -291,6 +311,46 @@ def before_after(inputs: Inputs, artifact: ArtifactResult, say: Say) -> LatencyS
     section = LatencySection(scfg.budget_ms, scfg.metric, inputs.profile.name, after, before, side, host_pred)
     update_manifest(artifact.path, "latency", section.to_dict())
     return section
+
+
+# ---------------------------------------------------------------- cached ONNX files
+
+def cached_onnx(cache: BuildCache, path: Path, model: Callable[[], nn.Module], input_shape: Sequence[int]) -> Path:
+    """``path`` when it holds a readable ONNX model, else ``model()`` exported there atomically (a
+    file that does not parse is discarded first, with one line)."""
+    if path.exists():
+        if readable_onnx(path):
+            return path
+        cache.discard(path)
+    return export_onnx_atomic(model(), input_shape, path)
+
+
+def readable_onnx(path: Path) -> bool:
+    """Whether onnx parses ``path`` into a model with a graph, its outputs and an opset."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf raises several types for a torn file
+        return False
+    return bool(proto.graph.node) and bool(proto.graph.output) and bool(proto.opset_import)
+
+
+def export_onnx_atomic(model: nn.Module, input_shape: Sequence[int], path: Path) -> Path:
+    """``export_onnx`` into a temporary folder beside ``path``, then renamed into place: an
+    interrupted export never leaves a torn file under the final name. A model over 2 GB comes
+    with external data files (named relative to the model); they are moved beside ``path``
+    first, the model last, so a model under its final name always has its data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        tmp = tmp_dir / path.name
+        export_onnx(model, input_shape, tmp, ExportConfig())
+        for extra in sorted(tmp_dir.iterdir()):
+            if extra != tmp:
+                os.replace(extra, path.parent / extra.name)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
 
 
 def parameters(model: nn.Module) -> int:

@@ -16,6 +16,7 @@ from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.latency import BenchConfig, parse_providers, parse_shapes
 from edgeprune.benchmarks.tables import print_bench
 from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.devices.targets import bench_config, resolve_target
 
 ORDER = 60
@@ -30,6 +31,7 @@ def bench(
     ssh: o.Ssh = None,
     remote_python: o.RemotePython = None,
     ssh_config: o.SshConfigFile = None,
+    ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
     threads: o.Threads = None,
     providers: o.Providers = None,
     warmup: o.Warmup = 10,
@@ -59,7 +61,7 @@ def bench(
                        save_baseline=str(save_baseline) if save_baseline is not None else None,
                        compare=CompareConfig(rounds=rounds, max_rounds=rounds))
     target = resolve_target(device, ssh, remote_python=remote_python, ssh_config=ssh_config,
-                            otherwise="host")
+                            otherwise="host", ssh_timeout_s=ssh_timeout)
     report = run_bench(req, cfg, target)
     fallbacks = {r.fallback for r in report.results if r.fallback}
     for f in fallbacks:

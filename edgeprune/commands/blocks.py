@@ -27,11 +27,13 @@ ORDER = 20
 def blocks_command(
     model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    trust_code: o.TrustCode = False,
     json_out: o.Json = False,
 ) -> None:
     """List the residual blocks of a model: name, stage, kind, parameters, MACs."""
 
-    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
+                                      trust_code))
     found = discover(loaded.model, loaded.input_shape)
     total_macs = _total_macs(loaded)
     if json_out:
@@ -55,9 +57,10 @@ def _total_macs(loaded) -> int:
     return sum(v for k, v in macs.items() if k and "." not in k)
 
 
-def _setup(model, weights, num_classes, in_channels, input_size, trust, data, mean, std, channels, resize):
+def _setup(model, weights, num_classes, in_channels, input_size, trust, data, mean, std, channels, resize,
+           trust_code=False):
 
-    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust))
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust, trust_code))
     bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
     return loaded, bundle, discover(loaded.model, loaded.input_shape)
 
@@ -66,6 +69,7 @@ def _setup(model, weights, num_classes, in_channels, input_size, trust, data, me
 def score_command(
     model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    trust_code: o.TrustCode = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
     resize: o.Resize = "auto",
     criterion: o.Criterion = "direct", mode: o.Mode = "oneshot", score_images: o.ScoreImages = 1000,
@@ -77,7 +81,7 @@ def score_command(
     if json_out:
         set_enabled(False)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
-                                   data, mean, std, channels, resize)
+                                   data, mean, std, channels, resize, trust_code)
     cands = candidates(found, replace_projection)
     held = split_val(bundle, score_images, seed)
     batches = list(bundle.batches("val", batch_size, indices=held.score))
@@ -109,6 +113,7 @@ def prune_command(
     blocks: Annotated[Optional[str], typer.Option(help="Remove exactly these blocks (comma-separated names).")] = None,
     model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    trust_code: o.TrustCode = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
     resize: o.Resize = "auto",
     criterion: o.Criterion = "direct", mode: o.Mode = "iterative", score_images: o.ScoreImages = 1000,
@@ -136,7 +141,7 @@ def prune_command(
         set_enabled(False)
     device = resolve_device(accelerator)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
-                                   data, mean, std, channels, resize)
+                                   data, mean, std, channels, resize, trust_code)
     held = split_val(bundle, score_images, seed)
     final_batches = bundle.batches("val", EVAL_BATCH_SIZE, indices=held.final)
     ranking = None

@@ -16,6 +16,7 @@ from edgeprune.benchmarks.latency import BenchConfig, parse_providers
 from edgeprune.benchmarks.tables import print_gate
 from edgeprune.benchmarks.units import parse_bytes, parse_duration_ms, parse_fraction
 from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.devices.targets import bench_config, resolve_target
 
 ORDER = 61
@@ -45,6 +46,7 @@ def check(
     ssh: o.Ssh = None,
     remote_python: o.RemotePython = None,
     ssh_config: o.SshConfigFile = None,
+    ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
     threads: o.Threads = None,
     providers: o.Providers = None,
     rounds: o.Rounds = 20,
@@ -72,7 +74,7 @@ def check(
     start = load_baseline(baseline).bench_config if baseline is not None else BenchConfig()
     bench = bench_config(start, device, threads=threads, providers=parse_providers(providers))
     target = resolve_target(device, ssh, remote_python=remote_python, ssh_config=ssh_config,
-                            otherwise="host")
+                            otherwise="host", ssh_timeout_s=ssh_timeout)
     result = run_check(model, baseline, cfg, bench, target)
     if junit is not None:
         write_junit(result, junit)

@@ -20,6 +20,7 @@ ORDER = 10
 def eval_command(
     model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    trust_code: o.TrustCode = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
     resize: o.Resize = "auto",
     split: Annotated[str, typer.Option(help="train or val.")] = "val",
@@ -31,13 +32,15 @@ def eval_command(
     """Print top-1 accuracy and loss of a model on a dataset split."""
     if json_out:
         set_enabled(False)
-    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
+    device = resolve_device(accelerator)        # before any loading: a bad --accelerator fails at once
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
+                                      trust_code))
     bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
     x, _ = bundle.split(split)
     import torch
     indices = torch.arange(min(limit, len(x)) if limit else len(x))
     result = evaluate(loaded.model, bundle.batches(split, batch_size, indices=indices),
-                      resolve_device(accelerator), progress=f"eval {split}")
+                      device, progress=f"eval {split}")
     out = {"model": model, "data": data, "split": split, **result.to_dict()}
     if json_out:
         print_json(out)

@@ -71,6 +71,7 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to write.")],
     model: o.Model = "default", weights: o.Weights = None, num_classes: o.NumClasses = None,
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
+    trust_code: o.TrustCode = False,
     data: Annotated[Optional[str], typer.Option(
         "--data", "-d", help="Validation data for verification, test vectors, preprocessing and labels "
         "(default: the bundled data for --model default, none otherwise: random inputs only).")] = None,
@@ -100,7 +101,8 @@ def export_command(
         raise EdgepruneError(f"--val-images must be >= 0, got {val_images}")
     chosen_opset, opset_from = resolve_opset(opset, device)
     dev = resolve_device(accelerator)
-    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint))
+    loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
+                                      trust_code))
     data = data if data is not None else ("default" if model == "default" else None)
     images = labels = preprocess = raw = None
     classes = loaded.classes

@@ -16,6 +16,7 @@ from edgeprune import options as o
 from edgeprune.benchmarks.latency import BenchConfig, parse_shapes
 from edgeprune.cli_util import console, print_json, user_errors
 from edgeprune.devices.profiles import load_profile
+from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.devices.targets import PredictedTarget, bench_config, resolve_target
 
 ORDER = 41
@@ -32,6 +33,7 @@ def predict_command(
                                           "known.")] = True,
     remote_python: o.RemotePython = None,
     ssh_config: o.SshConfigFile = None,
+    ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
     runs: o.Runs = 100,
     warmup: o.Warmup = 10,
     json_out: o.Json = False,
@@ -43,7 +45,8 @@ def predict_command(
     profile = load_profile(device)
     shapes = parse_shapes(shape)
     pred = PredictedTarget(profile).prediction(model, shapes or None)
-    target = resolve_target(profile, ssh, remote_python=remote_python, ssh_config=ssh_config)
+    target = resolve_target(profile, ssh, remote_python=remote_python, ssh_config=ssh_config,
+                            ssh_timeout_s=ssh_timeout)
     measured = None
     if measure and target.remote:
         cfg = bench_config(BenchConfig(warmup=warmup, runs=runs, shapes=dict(shapes)), profile)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,18 @@ def test_build_judges_the_budget_on_the_device_measured_over_ssh(sshd, tmp_path)
     lat = json.loads((tmp_path / "b" / "artifact" / "manifest.json").read_text())["latency"]
     assert lat["device_after"]["source"] == lat["device_before"]["source"] == "measured:ssh:host"
     assert 0 < lat["device_after"]["p50_ms"] <= 10_000
+
+
+def test_a_remote_python_that_hangs_is_stopped_by_the_ssh_timeout(sshd, model, tmp_path):
+    """The probe answers, then the benchmark never does: --ssh-timeout stops it with one line."""
+    sleepy = tmp_path / "sleepy-python"
+    sleepy.write_text(f'#!/bin/sh\ncase "$1" in -c) exec {VENV_PY} "$@";; *) sleep 120;; esac\n')
+    sleepy.chmod(0o755)
+    started = time.monotonic()
+    r = runner.invoke(app, ["bench", str(model), "--ssh", sshd.target, "--ssh-config", str(sshd.client_config),
+                            "--remote-python", str(sleepy), "--ssh-timeout", "3", "--no-memory", "--runs", "5"])
+    assert time.monotonic() - started < 60
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "longer than 3s" in r.stderr and "--ssh-timeout" in r.stderr
+    r = runner.invoke(app, ["bench", str(model), "--ssh", sshd.target, "--ssh-timeout", "0"])
+    assert r.exit_code == 2 and "--ssh-timeout must be positive" in r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +101,9 @@ def test_rerun_reuses_cache_and_config_file_gives_same_plan(built):
     assert again["search_evaluations"] == 0 and again["removed"] == first["removed"]
     cfg = tmp / "build.toml"
     cfg.write_text(Path(first["artifact"], "build-config.toml").read_text())
-    r = runner.invoke(app, ["build", "--config", str(cfg), "--json"])
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--json"])   # a file's module:factory is code
+    assert r.exit_code == 2 and "--trust-code" in r.stderr, r.output
+    r = runner.invoke(app, ["build", "--config", str(cfg), "--trust-code", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["removed"] == first["removed"]
 
@@ -161,3 +164,75 @@ def test_accuracy_guard_refuses_a_plan_that_loses_too_much(built):
     if lost:
         assert "--max-accuracy-drop 0" in out["message"] and "nothing shipped" in out["message"]
         assert out["removed"] and not (tmp / "g" / "artifact").exists()
+
+
+def test_a_second_build_into_the_same_out_fails_at_once_naming_the_holder(built):
+    """Two real processes, one --out: the second exits 2 with one line naming the first (pid, start
+    time) while the first holds <out>/.lock; the first finishes and names its own artifact."""
+    tmp, args, budget, first = built
+    out = tmp / "l"
+    cmd = [sys.executable, "-m", "edgeprune", "build", *args, "--budget", budget, "--out", str(out), "--json"]
+    a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock, deadline = out / ".lock", time.time() + 300
+    while time.time() < deadline and not (lock.is_file() and f"pid {a.pid} " in lock.read_text()):
+        assert a.poll() is None, a.stderr.read()[-2000:]
+        time.sleep(0.02)
+    assert f"pid {a.pid} " in lock.read_text()
+    started = time.time()
+    b = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert a.poll() is None, "the first build ended before the second one started"
+    assert b.returncode == 2 and b.stdout == "", (b.stdout, b.stderr[-2000:])
+    assert b.stderr.count("\n") == 1 and "Traceback" not in b.stderr, b.stderr
+    assert f"another build is using {out}: held by pid {a.pid} " in b.stderr and "started " in b.stderr
+    assert time.time() - started < 60                     # at once: no work done twice
+    stdout, stderr = a.communicate(timeout=900)
+    assert a.returncode == 0, stderr[-2000:]
+    done = json.loads(stdout)
+    assert Path(done["artifact"]) == out / "artifact" and done["removed"] == first["removed"]
+    assert checksum_problems(out / "artifact") == []
+    r = runner.invoke(app, ["build", *args, "--budget", budget, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output                      # released when the holder ended
+
+
+def test_corrupt_cache_files_are_discarded_and_recomputed(built):
+    """Every kind of cache file, torn or of the wrong shape after a finished build: the rerun says
+    which file it discarded, recomputes it, exits 0 and finds the same plan; the next rerun is clean."""
+    import shutil
+
+    tmp, args, budget, first = built
+    out = tmp / "corrupt"
+    shutil.copytree(tmp / "b", out, ignore=shutil.ignore_patterns("artifact", ".lock"))
+    cache = next(out.glob("cache/*"))
+    torn = {"finetuned-*.pt", "finetune-*.ckpt", "plan-*.onnx", "original.onnx", "proxy-orders.json"}
+    broken = []
+    for pattern in sorted(torn):
+        files = sorted(cache.glob(pattern))
+        assert files, pattern
+        for f in files:
+            data = f.read_bytes()
+            f.write_bytes(data[:len(data) // 2])           # what an interrupted writer leaves behind
+        broken += files
+    (cache / "accuracy-memo.json").write_text('{"": ["0.9", 0.3], "b": 1.0}')   # valid JSON, wrong types
+    (cache / "wall.json").write_text('[1.0]')
+    broken += [cache / "accuracy-memo.json", cache / "wall.json"]
+    cmd = [sys.executable, "-m", "edgeprune", "build", *args, "--budget", budget, "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    said = " ".join(p.stderr.split())                 # the stage lines wrap at the terminal width
+    for f in broken:
+        if f.suffix != ".ckpt":
+            assert re.search(rf"discarded a corrupt cache file {re.escape(f.name)}( \([^)]*\))?: recomputing",
+                             said), (f.name, said)
+        else:         # each plan's fine-tuned weights were torn too, so its checkpoint is read
+            assert re.search(rf"discarded a corrupt fine-tune checkpoint {re.escape(f.name)} \(.*?\): training from the "
+                             "start", said), (f.name, said)
+    assert said.count("discarded a corrupt") == len(broken), said
+    assert f"removed: {', '.join(first['removed'])}" in " ".join(p.stdout.split()), p.stdout
+    again = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads(again.stdout)
+    assert rerun["removed"] == first["removed"] and rerun["search_evaluations"] == 0
+    for f in broken:
+        assert f.is_file(), f                              # written afresh, atomically
+    assert not [p for p in cache.glob(".*") if "tmp" in p.name]

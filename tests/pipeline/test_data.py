@@ -246,3 +246,140 @@ def test_npz_member_too_large_to_allocate_is_one_line(tmp_path):
     with pytest.raises(EdgepruneError, match=r"big\.npz: array x_train \(16777216x16777216 uint8, 262144\.0 GiB\) "
                                              "is too large to load into memory"):
         load_data(DataSpec(str(tmp_path / "big.npz")), (1, 1, 8, 8), None)
+
+
+# ---------------------------------------------------------------- numbers that cannot be trusted, silent nonsense
+from typer.testing import CliRunner  # noqa: E402
+
+from edgeprune.cli import app  # noqa: E402
+from edgeprune.pipeline import data as data_mod  # noqa: E402
+
+runner = CliRunner()
+
+
+def _npz(path, x, y=None, **extra):
+    y = np.arange(len(x)) % 2 if y is None else y
+    arrays = {"x_train": x, "y_train": y, "x_val": x, "y_val": y, **extra}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _eval(data, *flags):
+    """`edgeprune eval` of the 1-channel 32x32 cifar_resnet20 (10 classes) on ``data``."""
+    return runner.invoke(app, ["eval", "--model", "cifar_resnet20", "--data", data, *flags])
+
+
+def _one_line(r, *needles):
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.stderr
+    assert "top-1" not in r.stdout
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+def test_two_nan_pixels_in_a_float_npz_are_refused_naming_the_file(tmp_path):
+    x = RNG.random((20, 32, 32)).astype(np.float32)
+    x[4, 1, 2] = x[9, 3, 3] = np.nan
+    _one_line(_eval(_npz(tmp_path / "two.npz", x, np.arange(20) % 10)),
+              "two.npz", "x_train holds 2 non-finite pixel values", "first in image 4")
+    with pytest.raises(EdgepruneError, match=r"two\.npz: x_train holds 2 non-finite"):       # given stats too
+        load_data(DataSpec(str(tmp_path / "two.npz"), mean=(0.5,), std=(0.25,)), (1, 1, 32, 32), 10)
+
+
+def test_nan_pixels_only_in_val_are_refused(tmp_path):
+    x = RNG.random((10, 32, 32)).astype(np.float32)
+    xv = x.copy()
+    xv[7, 0, 0] = np.inf
+    np.savez(tmp_path / "v.npz", x_train=x, y_train=np.arange(10), x_val=xv, y_val=np.arange(10))
+    _one_line(_eval(str(tmp_path / "v.npz")), "v.npz", "x_val holds 1 non-finite pixel value", "image 7")
+
+
+def test_an_all_nan_dataset_is_refused(tmp_path):
+    x = np.full((10, 32, 32), np.nan, dtype=np.float32)
+    _one_line(_eval(_npz(tmp_path / "allnan.npz", x, np.arange(10))), "allnan.npz", "x_train holds 10240 non-finite")
+
+
+def test_float64_pixels_beyond_float32_are_refused(tmp_path):
+    x = RNG.random((10, 32, 32))
+    x[2, 0, 0] = 1e300                       # finite as float64, inf once held as float32
+    _one_line(_eval(_npz(tmp_path / "big.npz", x, np.arange(10))), "big.npz", "non-finite pixel value")
+
+
+def test_preprocessed_sample_that_overflows_is_refused(tmp_path):
+    x = RNG.random((10, 32, 32)).astype(np.float32)
+    _one_line(_eval(_npz(tmp_path / "s.npz", x, np.arange(10)), "--mean", "0", "--std", "1e-40"),
+              "s.npz", "the preprocessed train images are not finite")
+
+
+def test_non_finite_statistics_are_refused(tmp_path, monkeypatch):
+    x = RNG.random((10, 8, 8)).astype(np.float32)
+    monkeypatch.setattr(data_mod, "_channel_stats", lambda *a: ((float("nan"),), (float("nan"),)))
+    with pytest.raises(EdgepruneError, match=r"st\.npz: the normalisation statistics are not finite"):
+        load_data(DataSpec(_npz(tmp_path / "st.npz", x)), (1, 1, 8, 8), 2)
+
+
+def test_uint16_pixels_are_scaled_by_their_range_and_recorded(tmp_path):
+    x = RNG.integers(0, 65536, (12, 3, 8, 8)).astype(np.uint16)
+    b = load_data(DataSpec(_npz(tmp_path / "u16.npz", x)), (1, 3, 8, 8), 2)
+    pre = b.preprocess
+    assert pre.scale == 1 / 65535 and pre.source_dtype == "uint16"
+    steps = pre.steps()
+    assert steps[0]["dtype"] == "uint16" and next(s for s in steps if s["op"] == "scale")["factor"] == 1 / 65535
+    assert torch.equal(b.x_train.long(), torch.from_numpy(x.astype(np.int64)))     # held exactly, not truncated
+    ref = x.astype(np.float64) / 65535
+    assert np.allclose(pre.mean, ref.mean(axis=(0, 2, 3)), atol=1e-6)
+    assert np.allclose(pre.std, ref.std(axis=(0, 2, 3)), atol=1e-6)
+    got = b.val_images(12)
+    assert torch.isfinite(got).all() and abs(float(got.mean())) < 1e-3 and abs(float(got.std()) - 1) < 1e-2
+    assert b.raw_images("val", [0])[0].max() == x[0].max()
+
+
+def test_uint8_and_in_range_int64_pixels_keep_1_over_255(tmp_path):
+    x = RNG.integers(0, 256, (6, 8, 8))
+    assert load_data(DataSpec(_npz(tmp_path / "i64.npz", x)), (1, 1, 8, 8), 2).preprocess.scale == 1 / 255
+    assert load_data(DataSpec(_npz(tmp_path / "u8.npz", x.astype(np.uint8))), (1, 1, 8, 8), 2).preprocess.scale \
+        == 1 / 255
+
+
+def test_signed_pixels_outside_8_bit_are_refused(tmp_path):
+    x = RNG.integers(0, 1000, (6, 8, 8)).astype(np.int16)
+    with pytest.raises(EdgepruneError, match=r"int16 images hold values 0\.\.9\d\d; signed integer pixels"):
+        load_data(DataSpec(_npz(tmp_path / "i16.npz", x)), (1, 1, 8, 8), 2)
+
+
+def test_float_labels_that_are_not_whole_are_refused(tmp_path):
+    x = RNG.random((10, 32, 32)).astype(np.float32)
+    y = (np.arange(10) % 10).astype(np.float64)
+    y[3] = 2.5
+    _one_line(_eval(_npz(tmp_path / "fl.npz", x, y)), "fl.npz", "y_train holds non-integer labels",
+              "2.5 at index 3")
+    y[3] = np.nan
+    with pytest.raises(EdgepruneError, match="non-integer labels .*nan at index 3"):
+        load_data(DataSpec(_npz(tmp_path / "fl.npz", x, y)), (1, 1, 32, 32), 10)
+
+
+def test_whole_float_labels_are_class_indices(tmp_path):
+    x = RNG.random((10, 8, 8)).astype(np.float32)
+    b = load_data(DataSpec(_npz(tmp_path / "w.npz", x, (np.arange(10) % 2).astype(np.float32))), (1, 1, 8, 8), 2)
+    assert b.y_train.dtype == torch.int64 and b.y_train.tolist() == [0, 1] * 5
+
+
+def test_string_labels_are_refused(tmp_path):
+    x = RNG.random((4, 8, 8)).astype(np.float32)
+    with pytest.raises(EdgepruneError, match=r"y_train has dtype <U3; labels must be integer class indices"):
+        load_data(DataSpec(_npz(tmp_path / "s.npz", x, np.array(["cat", "dog", "cat", "dog"]))), (1, 1, 8, 8), 2)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path, split):
+    from PIL import Image
+    for s in ("train", "val"):
+        for cls in ("cat", "dog", "emu"):
+            (tmp_path / s / cls).mkdir(parents=True)
+            if s == split and cls == "emu":
+                (tmp_path / s / cls / "notes.txt").write_text("not an image")
+                continue
+            for i in range(2):
+                Image.fromarray(RNG.integers(0, 255, (32, 32)).astype(np.uint8)).save(tmp_path / s / cls / f"{i}.png")
+    r = runner.invoke(app, ["eval", "--model", "cifar_resnet20", "--num-classes", "3", "--data", str(tmp_path)])
+    _one_line(r, f"class folder {tmp_path / split / 'emu'} holds no images")

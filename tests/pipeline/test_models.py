@@ -49,19 +49,33 @@ def test_unknown_name_lists_known():
 
 
 def test_factory_with_weights(factory_module, tmp_path):
-    ref = load_model(ModelSpec(f"{factory_module}:tiny", input_size=16)).model
+    ref = load_model(ModelSpec(f"{factory_module}:tiny", input_size=16, trust_code=True)).model
     torch.save(ref.state_dict(), tmp_path / "w.pt")
-    m = load_model(ModelSpec(f"{factory_module}:tiny", weights=str(tmp_path / "w.pt"), input_size=16))
+    m = load_model(ModelSpec(f"{factory_module}:tiny", weights=str(tmp_path / "w.pt"), input_size=16,
+                             trust_code=True))
     x = torch.randn(2, 1, 16, 16)
     assert torch.equal(m.model(x), ref(x))
     assert m.source["weights_sha256"] == sha256_file(tmp_path / "w.pt")
 
 
+def test_factory_needs_consent_in_the_library_and_a_typed_factory_is_consent(tmp_path, monkeypatch):
+    from edgeprune import options as o
+
+    (tmp_path / "marker_nets_lib.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n" + CWD_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(EdgepruneError, match="--trust-code"):
+        load_model(ModelSpec("marker_nets_lib:factory", input_size=8))
+    assert not (tmp_path / "ran").exists()
+    assert o.model_spec("marker_nets_lib:factory", None, None, None, 8, False).trust_code
+    assert not o.model_spec("rec.json", None, None, None, 8, False).trust_code
+    assert "trust_code" not in ModelSpec("x:y", trust_code=True).to_dict()     # never recorded
+
+
 def test_factory_errors(factory_module):
     with pytest.raises(EdgepruneError, match="no callable 'NOT_CALLABLE'"):
-        load_model(ModelSpec(f"{factory_module}:NOT_CALLABLE"))
+        load_model(ModelSpec(f"{factory_module}:NOT_CALLABLE", trust_code=True))
     with pytest.raises(EdgepruneError, match="cannot import"):
-        load_model(ModelSpec("no_such_module_xyz:f"))
+        load_model(ModelSpec("no_such_module_xyz:f", trust_code=True))
 
 
 def test_weights_that_do_not_fit_name_keys_and_shapes(tmp_path):
@@ -117,9 +131,9 @@ def test_bundled_model_accuracy_on_bundled_test_subset():
 
 
 def test_model_that_does_not_run_at_input_size(factory_module):
-    assert load_model(ModelSpec(f"{factory_module}:fixed", input_size=16)).num_classes == 10
+    assert load_model(ModelSpec(f"{factory_module}:fixed", input_size=16, trust_code=True)).num_classes == 10
     with pytest.raises(EdgepruneError, match=r"does not run on an input of shape \(1, 1, 8, 8\)"):
-        load_model(ModelSpec(f"{factory_module}:fixed", input_size=8))
+        load_model(ModelSpec(f"{factory_module}:fixed", input_size=8, trust_code=True))
 
 
 def test_in_channels_on_model_without_conv():
@@ -144,7 +158,7 @@ def test_factory_module_in_the_current_folder_imports_without_pythonpath(tmp_pat
     # pytest run as `python -m pytest` has the current folder on sys.path; a console script does not
     monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or os.curdir) != str(tmp_path)])
     before = list(sys.path)
-    m = load_model(ModelSpec("cwd_nets_abc:factory", num_classes=3, input_size=8))
+    m = load_model(ModelSpec("cwd_nets_abc:factory", num_classes=3, input_size=8, trust_code=True))
     assert m.num_classes == 3
     assert sys.path == before          # the folder was on the import path only while importing
     sys.modules.pop("cwd_nets_abc", None)
@@ -166,3 +180,41 @@ def test_console_script_loads_factory_from_the_current_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["model"] == "mymodels:factory" and out["input_shape"] == [1, 1, 16, 16] and out["blocks"] == []
+
+
+# ---------------------------------------------------------------- weights that cannot be trusted
+import re  # noqa: E402
+
+def _eval_cli(*args):
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    return CliRunner().invoke(app, ["eval", "--model", "cifar_resnet20", "--data", "default", "--limit", "8", *args])
+
+
+@pytest.mark.parametrize("key,value", [("fc.weight", float("nan")), ("conv1.weight", float("inf")),
+                                       ("bn1.running_var", float("nan"))])
+def test_state_dict_with_a_non_finite_value_is_refused_at_load(tmp_path, key, value):
+    sd = load_model(ModelSpec("cifar_resnet20")).model.state_dict()
+    sd[key].view(-1)[1] = value
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(EdgepruneError, match=r"bad\.pt: " + re.escape(key) + " holds 1 non-finite value "):
+        load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "bad.pt")))
+    r = _eval_cli("--weights", str(tmp_path / "bad.pt"))
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert f"{key} holds 1 non-finite value" in r.stderr and "top-1" not in r.stdout
+
+
+def test_finite_weights_load_and_evaluate(tmp_path):
+    torch.save(load_model(ModelSpec("cifar_resnet20")).model.state_dict(), tmp_path / "ok.pt")
+    r = _eval_cli("--weights", str(tmp_path / "ok.pt"), "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_pickled_module_with_nan_is_refused(tmp_path):
+    model = load_model(ModelSpec("cifar_resnet20")).model
+    with torch.no_grad():
+        model.fc.bias[0] = float("nan")
+    torch.save(model, tmp_path / "m.pt")
+    with pytest.raises(EdgepruneError, match=r"m\.pt: fc\.bias holds 1 non-finite value \(1 NaN, 0 inf\)"):
+        load_model(ModelSpec("cifar_resnet20", weights=str(tmp_path / "m.pt"), trust_checkpoint=True))

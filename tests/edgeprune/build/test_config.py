@@ -88,3 +88,105 @@ def test_bad_flag_value_is_one_line_and_exit_2(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+# ---------------------------------------------------------------- values read from files are checked by type
+
+@pytest.mark.parametrize("text, key", [
+    ('[model]\ntrust_checkpoint = "false"\n', "model.trust_checkpoint"),
+    ('[build]\ntrust_checkpoint = "false"\n', "build.trust_checkpoint"),
+    ('[model]\ntrust_checkpoint = 0\n', "model.trust_checkpoint"),
+    ('[model]\nnum_classes = "10"\n', "model.num_classes"),
+    ('[model]\ninput_size = 0\n', "model.input_size"),
+    ('[model]\nname = 3\n', "model.name"),
+    ('[search]\nbudget = 30\n', "search.budget"),
+    ('[search]\nshortlist = "4"\n', "search.shortlist"),
+    ('[search]\nshortlist = true\n', "search.shortlist"),
+    ('[search]\nproxies = 3\n', "search.proxies"),
+    ('[search]\nstrategies = ["knapsack", 1]\n', "search.strategies"),
+    ('[search]\nscore_images = 0.5\n', "search.score_images"),
+    ('[search]\nmax_accuracy_drop = "5"\n', "search.max_accuracy_drop"),
+    ('[search]\nreplace_projection = "no"\n', "search.replace_projection"),
+    ('[data]\nmean = [0.5, "x"]\n', "data.mean"),
+    ('[data]\nchannels = 1.5\n', "data.channels"),
+    ('[finetune]\nlr = -1\n', "finetune.lr"),
+    ('[finetune]\nepochs = -1\n', "finetune.epochs"),
+    ('[finetune]\nkd = 1\n', "finetune.kd"),
+    ('[finetune]\nalpha = 2.0\n', "finetune.alpha"),
+    ('[finetune]\nlr = nan\n', "finetune.lr"),
+    ('[measure]\nbench_runs = 0\n', "measure.bench_runs"),
+    ('[measure]\nverify_arm = "true"\n', "measure.verify_arm"),
+    ('[measure]\nssh = 22\n', "measure.ssh"),
+    ('out = 3\n', "out"),
+    ('accelerator = true\n', "accelerator"),
+    ('seed = "0"\n', "seed"),
+    ('seed = -1\n', "seed"),
+    ('[build]\nbudget = 30\n', "build.budget"),
+    ('[build]\nshortlist = "4"\n', "build.shortlist"),
+    ('[build]\nfinetune_lr = -1\n', "build.finetune_lr"),
+    ('[model]\ntrust_code = true\n', "model.trust_code"),
+    ('[build]\ntrust_code = true\n', "build.trust_code"),
+])
+def test_wrong_types_and_ranges_in_files_are_one_line_naming_key_and_file(tmp_path, text, key):
+    f = _write(tmp_path / "bad.toml", text)
+    r = runner.invoke(app, ["build", "--config", str(f), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert key in r.stderr and str(f) in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_right_types_in_files_still_read(tmp_path):
+    f = _write(tmp_path / "ok.toml", '[data]\nmean = "imagenet"\nstd = "0.5,0.5,0.5"\n[finetune]\nepochs = 2\n'
+                                     'lr = 1\n[search]\nmax_accuracy_drop = 3\n[measure]\nssh_config = "cfg"\n')
+    cfg = BuildConfig.from_toml(f)
+    assert (cfg.data.mean, cfg.data.std, cfg.finetune.epochs, cfg.finetune.lr) == ("imagenet", (0.5,) * 3, 2, 1)
+
+
+def test_string_false_trust_checkpoint_unpickles_nothing(tmp_path):
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    f = _write(tmp_path / "c.toml", f'[model]\nname = "cifar_resnet20"\nweights = "{tmp_path / "evil.pt"}"\n'
+                                    'trust_checkpoint = "false"\n')
+    r = runner.invoke(app, ["build", "--config", str(f), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "model.trust_checkpoint" in r.stderr, r.output
+    assert not (tmp_path / "ran").exists()
+
+
+def test_factory_from_a_config_file_needs_trust_code(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "cfg_marker_nets.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n"
+                                                 "def tiny(**kw):\n    raise SystemExit(9)\n")
+    monkeypatch.chdir(tmp_path)
+    for text in ('[model]\nname = "cfg_marker_nets:tiny"\n', '[build]\nmodel = "cfg_marker_nets:tiny"\n'):
+        f = _write(tmp_path / "c.toml", text)
+        assert not BuildConfig.from_toml(f).model.trust_code
+        r = runner.invoke(app, ["build", "--config", str(f), "--out", str(tmp_path / "out")])
+        errors = [line for line in r.stderr.splitlines() if not line.startswith("[")]   # not progress lines
+        assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output, r.output
+        assert "--trust-code" in r.stderr and "cfg_marker_nets:tiny" in r.stderr, r.stderr
+        assert not (tmp_path / "ran").exists()
+        assert BuildConfig.from_toml(f, {"trust_code": True}).model.trust_code
+        assert "trust_code" not in BuildConfig.from_toml(f, {"trust_code": True}).to_toml()
+    # typed on the command line: consent by itself (over a file, or without one)
+    assert BuildConfig.from_toml(f, {"model": "cfg_marker_nets:tiny"}).model.trust_code
+    assert BuildConfig.from_flags({"model": "cfg_marker_nets:tiny"}).model.trust_code
+    assert not BuildConfig.from_flags({"model": "rec.json"}).model.trust_code
+    sys.modules.pop("cfg_marker_nets", None)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--finetune-lr", "-1", "--finetune-lr must be above 0"),
+    ("--finetune-epochs", "-1", "--finetune-epochs must be at least 0"),
+    ("--alpha", "2", "--alpha must be between 0 and 1"),
+    ("--budget", "30", "has no unit"),
+    ("--budget", "1e400ms", "finite"),
+])
+def test_flags_are_range_checked_like_files(tmp_path, flag, value, message):
+    r = runner.invoke(app, ["build", flag, value, "--out", str(tmp_path / "x"), "--dry-run"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.output
