@@ -22,6 +22,7 @@ Nothing here measures time of inference: latency under emulation means nothing.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -172,12 +173,15 @@ def golden_feeds(path: Path, specs: list[InputSpec], samples: int) -> list[dict[
     """
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise EdgepruneError(f"{path} is not a readable .npz of test vectors: {e}") from None
     with data:
         arrays = {}
         for s in specs:
-            arr = _golden_array(data, s, len(specs) == 1)
+            try:
+                arr = _golden_array(data, s, len(specs) == 1)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:     # a member cut short
+                raise EdgepruneError(f"{path} is damaged: {type(e).__name__}: {e}") from None
             if arr is None:
                 raise EdgepruneError(f"{path} has no array for model input '{s.name}' (it holds: {', '.join(data.files)})")
             if arr.ndim != len(s.shape) or any(d is not None and d != a for d, a in zip(s.shape[1:], arr.shape[1:])):

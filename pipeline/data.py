@@ -24,6 +24,7 @@ import contextlib
 import math
 import pickle
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -523,6 +524,8 @@ def _npz_member(z: Any, key: str) -> str:
 
 
 def _read_npz(path: Path, want: Wanted) -> Raw:
+    if not zipfile.is_zipfile(path):     # np.load would take it for a pickle and say so
+        raise EdgepruneError(f"{path} is not an .npz file (not a zip archive of arrays x_train, y_train, x_val, y_val)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_val", "y_val") if k not in z.files]

@@ -77,6 +77,18 @@ def _batch_range(start: int, count: int) -> str:
 
 
 @torch.no_grad()
+def forward(model: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
+    """``model(x)``; a model that fails on real data is one line naming where, not a traceback."""
+    try:
+        return model(x)
+    except EdgepruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a user's model raises
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise EdgepruneError(f"the model fails on {where} of shape {tuple(x.shape)}: {type(e).__name__}: {first}") \
+            from None
+
+
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              device: torch.device | str = "cpu", progress: str | None = None) -> EvalResult:
     """Accuracy and mean loss of ``model`` over ``batches`` (the model is put in eval mode).
@@ -92,7 +104,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise EdgepruneError(f"the inputs of batch {i}{total} ({_batch_range(n, len(y))}) are not finite (NaN or "
                                  "inf): check the data and its --mean/--std")
-        out = model(x)
+        out = forward(model, x, f"batch {i}{total} ({_batch_range(n, len(y))})")
         if not bool(torch.isfinite(out).all()):
             bad = int((~torch.isfinite(out.reshape(len(out), -1))).any(1).sum()) if out.dim() else len(y)
             raise EdgepruneError(f"the model's outputs on batch {i}{total} ({_batch_range(n, len(y))}) are not finite "

@@ -84,10 +84,21 @@ def _accumulate(stats: dict[str, list[float]], name: str, out: torch.Tensor, y: 
     s[2] += len(y)
 
 
-@torch.no_grad()
 def removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
                      ctx: ScoreContext) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
     """(top1, loss) of the full model and of the model with each block removed alone."""
+    try:
+        return _removal_accuracy(model, blocks, batches, ctx)
+    except EdgepruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a user's model that fails on real data: one line, not a traceback
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise EdgepruneError(f"the model fails on the scoring images: {type(e).__name__}: {first}") from None
+
+
+@torch.no_grad()
+def _removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
+                      ctx: ScoreContext) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
     model = model.eval().to(ctx.device)
     names = [b.name for b in blocks]
     stats: dict[str, list[float]] = {}

@@ -264,3 +264,19 @@ def test_guest_sees_the_emulated_core_in_proc_cpuinfo(arm_env, qemu, tmp_path):
                        ["-c", "print(open('/proc/cpuinfo').read())"], timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "CPU part\t: 0xd03" in proc.stdout and "CPU implementer\t: 0x41" in proc.stdout
+
+
+def test_a_truncated_golden_npz_is_one_line(tmp_path):
+    from edgeprune.devices.arm_verify import InputSpec, golden_feeds
+
+    good = tmp_path / "golden.npz"
+    np.savez(good, input=np.zeros((4, 1, 8, 8), np.float32))
+    spec = [InputSpec("input", [1, 1, 8, 8], np.dtype(np.float32))]
+    assert len(golden_feeds(good, spec, 2)) == 2
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 40):
+        bad = tmp_path / f"cut{cut}.npz"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(EdgepruneError) as e:
+            golden_feeds(bad, spec, 2)
+        assert "\n" not in str(e.value) and str(bad) in str(e.value)

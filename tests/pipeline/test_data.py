@@ -383,3 +383,12 @@ def test_an_empty_class_folder_is_refused_naming_it(tmp_path, split):
                 Image.fromarray(RNG.integers(0, 255, (32, 32)).astype(np.uint8)).save(tmp_path / s / cls / f"{i}.png")
     r = runner.invoke(app, ["eval", "--model", "cifar_resnet20", "--num-classes", "3", "--data", str(tmp_path)])
     _one_line(r, f"class folder {tmp_path / split / 'emu'} holds no images")
+
+
+def test_an_npz_that_is_not_a_zip_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    (tmp_path / "bad.npz").write_text("not a zip")
+    r = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "bad.npz")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "not a zip archive" in r.stderr, r.output

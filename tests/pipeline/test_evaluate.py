@@ -149,3 +149,26 @@ def test_eval_refuses_nan_pixels_before_any_accuracy(tmp_path):
     np.savez(tmp_path / "nan.npz", x_train=x, y_train=y, x_val=x, y_val=y)
     r = runner.invoke(app, ["eval", "--model", "cifar_resnet20", "--data", str(tmp_path / "nan.npz")])
     one_line_error(r, "nan.npz", "x_train holds 2 non-finite pixel values", "first in image 3")
+
+
+def test_a_model_that_fails_on_real_data_is_one_line(tmp_path, monkeypatch):
+    """Traces and exports on one image, raises on a batch of real images: eval and build say so in one line."""
+    (tmp_path / "raises.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=1):\n"
+        "        super().__init__()\n"
+        "        self.c = torch.nn.Conv2d(in_channels, num_classes, 3)\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[0] > 1:\n"
+        "            raise ValueError('boom on real data')\n"
+        "        return self.c(x).mean((2, 3))\n"
+        "def factory(num_classes=10, in_channels=1):\n"
+        "    return M(num_classes, in_channels)\n")
+    monkeypatch.chdir(tmp_path)
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    r = CliRunner().invoke(app, ["eval", "--model", "raises:factory", "--input-size", "32"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "boom on real data" in r.stderr, r.output
+    assert "the model fails on batch 1" in r.stderr
