@@ -9,7 +9,7 @@ latency node by node from the exported graph would charge for work that never ru
 this module replays those rules (nn-Meter calls this *kernel detection*) on shapes from
 ONNX shape inference. The NCHWc rules follow onnxruntime's ``nchwc_transformer.cc`` and
 apply only when the device's latency model sets ``nchwc_block`` (16 with AVX-512). Shapes come
-from ``exporters.graph.infer_shapes`` (dynamic input dimensions = 1 unless given).
+from ``exporters.onnx_facts.infer_shapes`` (dynamic input dimensions = 1 unless given).
 
 ``kernel_from_profile_event`` builds the same :class:`Kernel` from one node of
 onnxruntime's own profiler trace; the host profile is fitted on those.
@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.onnx_facts import Shapes, infer_shapes, node_module_paths
 from edgeprune.files import load_onnx
 
@@ -586,9 +587,21 @@ def _attach_modules(model: onnx.ModelProto, kernels: Sequence[Kernel]) -> None:
         k.module = path
 
 
+# operator domains onnxruntime's CPU build has kernels for; a node of any other domain needs a custom-op
+# library the predictor knows nothing of (and the device's runtime would refuse the model)
+RUNTIME_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc")
+
+
 def load_model(path: str | Path) -> onnx.ModelProto:
-    """The graph of an ONNX file, without external weight data (kernel detection needs shapes only)."""
-    return load_onnx(path, load_external_data=False)
+    """The graph of an ONNX file, without external weight data (kernel detection needs shapes only);
+    a node of an operator domain onnxruntime cannot run is refused in one line."""
+    model = load_onnx(path, load_external_data=False)
+    known = {*RUNTIME_DOMAINS, *(f.domain for f in model.functions)}     # model-local functions run too
+    odd = next((n for n in model.graph.node if n.domain not in known), None)
+    if odd is not None:
+        raise EdgepruneError(f"{path}: node '{odd.name or odd.op_type}' is {odd.op_type} of the custom domain "
+                             f"'{odd.domain}', which onnxruntime has no kernel for; no latency can be predicted")
+    return model
 
 
 # -- onnxruntime profiler events -------------------------------------------------------

@@ -48,7 +48,7 @@ def static_memory(model: str | Path | onnx.ModelProto, batch: int = 1) -> Static
     """Weight bytes and peak activation memory of an ONNX model (path or ModelProto).
 
     Symbolic (dynamic) dimensions of the inputs are set to ``batch`` first (see
-    ``exporters.graph.infer_shapes``; a tensor with an unknown dimension is left out).
+    ``exporters.onnx_facts.infer_shapes``; a tensor with an unknown dimension is left out).
     """
     proto = _load(model)
     shapes = infer_shapes(proto, batch=batch)

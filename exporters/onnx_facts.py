@@ -2,7 +2,7 @@
 
 Everything here works on a ``ModelProto`` with ONNX's own shape inference; nothing runs.
 :func:`infer_shapes` is the one shape inference of edgeprune: the static memory figures
-(``exporters.memory``) and the latency predictor's kernel detection (``devices.graph``) use it.
+(``exporters.memory``) and the latency predictor's kernel detection (``devices.kernel_graph``) use it.
 """
 
 from __future__ import annotations

@@ -191,3 +191,18 @@ def test_kernels_without_module_metadata_fall_back_to_node_names(tmp_path):
     assert {k["module"] for k in json.loads(r.stdout)["prediction"]["kernels"]} == {None}
     r = runner.invoke(app, ["predict", str(path), "--device", "rpi4", "--top", "3"])
     assert r.exit_code == 0 and "conv1" in r.output
+
+
+def test_a_custom_domain_op_is_refused_not_predicted(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    g = helper.make_graph([helper.make_node("MyOp", ["x"], ["y"], domain="my.company")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("my.company", 1)])
+    onnx.save(m, tmp_path / "custom.onnx")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "custom.onnx"), "--device", "rpi4"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "custom domain 'my.company'" in r.stderr, r.output
