@@ -75,9 +75,7 @@ class Inputs:
 
 
 def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise EdgepruneError(f"--out {out} exists and is not a folder")
+    out = Path(cfg.out)              # a folder: run.build_lock checked and holds it
     m = cfg.measure
     profile = load_profile(m.device)
     target = resolve_target(profile, ssh=m.ssh, remote_python=m.remote_python, ssh_config=m.ssh_config,
