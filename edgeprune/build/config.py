@@ -80,15 +80,7 @@ class SearchConfig:
         bad = [p for p in self.proxies if p not in PROXIES]
         if bad:
             raise EdgepruneError(f"unknown proxies {bad}; use any of {', '.join(PROXIES)}")
-        _one_of(self.select, SELECTIONS, "--select")
-        if self.shortlist < 1:
-            raise EdgepruneError(f"--shortlist must be at least 1, got {self.shortlist}")
-        if self.score_images < 1:
-            raise EdgepruneError("--score-images must be positive")
-        if self.batch_size < 1:
-            raise EdgepruneError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not 0 <= self.max_accuracy_drop <= 100:
-            raise EdgepruneError(f"--max-accuracy-drop is in points of top-1 (0-100), got {self.max_accuracy_drop}")
+        _one_of(self.select, SELECTIONS, "--select")      # numeric ranges: RANGES, checked by BuildConfig
 
     @property
     def shortlist_size(self) -> int:
@@ -107,10 +99,6 @@ class MeasureConfig:
     bench_runs: int = 100                  # timed runs of a measured device/host figure
     bench_rounds: int = 10                 # interleaved before/after rounds on the host
     verify_arm: bool = False               # last step: run the artifact on aarch64 onnxruntime under qemu
-
-    def __post_init__(self) -> None:
-        if self.bench_runs < 1 or self.bench_rounds < 1:
-            raise EdgepruneError("--bench-runs and --bench-rounds must be at least 1")
 
 
 @dataclass

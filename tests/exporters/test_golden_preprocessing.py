@@ -21,7 +21,7 @@ from edgeprune.exporters.artifact import build_artifact
 from edgeprune.pipeline.data import DataSpec, load_data
 from edgeprune.pipeline.models import randomize_batchnorm
 
-from photos import SIZES, write_folder  # noqa: E402  (tests/photos.py)
+from photos import write_folder  # noqa: E402  (tests/photos.py)
 
 
 def _pil_resize(x: np.ndarray, h: int, w: int, result_dtype: str) -> np.ndarray:

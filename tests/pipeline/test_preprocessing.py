@@ -17,7 +17,7 @@ from edgeprune.pipeline import data as data_mod
 from edgeprune.pipeline.data import (NAMED_STATISTICS, RESIZE_MODES, DataSpec, DataWarning, cover_size, crop_box,
                                      load_data, model_statistics)
 
-from photos import SIZES, photo, write_folder  # noqa: E402,F401  (tests/photos.py)
+from photos import SIZES, write_folder  # noqa: E402  (tests/photos.py)
 
 
 def test_resize_modes_registry_is_what_the_spec_validates():
