@@ -53,11 +53,10 @@ def plot_front(result: BuildResult, path: Path) -> None:
 
 
 def _device(f: LatencyFigure) -> str:
-    d = f.to_dict()
-    if f.source.startswith("predicted"):
-        return (f"{d['predicted_ms']:.2f} ms (band {d['low_ms']:.2f}-{d['high_ms']:.2f}, "
-                f"+-{d['expected_error']:.0%}; {f.source})")
-    return f"p50 {d['p50_ms']:.2f} / p90 {d['p90_ms']:.2f} ms ({f.source})"
+    if f.measured is None:
+        return (f"{f.predicted_ms:.2f} ms (band {f.low_ms:.2f}-{f.high_ms:.2f}, "
+                f"+-{f.expected_error:.0%}; {f.source})")
+    return f"p50 {f.measured.p50_ms:.2f} / p90 {f.measured.p90_ms:.2f} ms ({f.source})"
 
 
 def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
