@@ -25,7 +25,7 @@ import math
 import pickle
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -147,6 +147,23 @@ class Preprocess:
     interpolation: str | None = None  # resize / crop: "bilinear, antialiased"
     source_sizes: dict[str, Any] | None = None   # image files: {distinct, smallest, largest} [H, W]
     statistics: dict[str, Any] = field(default_factory=dict)   # where mean/std came from
+    resample: tuple[int, int] | None = None   # a last resize to this size (the resolution lever), see at_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the model input this produces."""
+        return self.resample or self.size
+
+    def at_size(self, size: tuple[int, int]) -> "Preprocess":
+        """This preprocessing for a model fed ``size`` images (the resolution lever). A resize or crop
+        done here targets the new size directly; otherwise (a pad, no geometry, photos resized as
+        they were read) a bilinear, antialiased resize to ``size`` follows the geometry step."""
+        size = (int(size[0]), int(size[1]))
+        if size == self.input_size:
+            return self
+        if self.geometry_at == "apply" and self.geometry in ("resize", "crop"):
+            return replace(self, size=size, resample=None)
+        return replace(self, resample=size, interpolation="bilinear, antialiased")
 
     def apply(self, raw: torch.Tensor) -> torch.Tensor:
         x = raw.float()
@@ -162,6 +179,8 @@ class Preprocess:
                 x = F.interpolate(x, size=covered, mode="bilinear", antialias=True, align_corners=False)
                 left, top, right, bottom = crop_box(covered, self.size)
                 x = x[:, :, top:bottom, left:right]
+        if self.resample is not None:
+            x = F.interpolate(x, size=self.resample, mode="bilinear", antialias=True, align_corners=False)
         x = x * self.scale
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -207,6 +226,12 @@ class Preprocess:
                 out.append({"op": "center_crop", "size": size, "at": self.geometry_at,
                             "rule": "top = round((h' - H) / 2), left = round((w' - W) / 2), halves rounded to "
                                     "even (Python round; torchvision CenterCrop)"})
+        if self.resample is not None:
+            out.append({"op": "resize", "size": list(self.resample), "aspect_ratio": "distorted",
+                        "interpolation": "bilinear", "antialias": True, "at": "apply", "result_dtype": "float32",
+                        "how": "torch.nn.functional.interpolate(mode='bilinear', antialias=True, align_corners=False) "
+                               "on float32 values, after the step above: the model's input size chosen by the "
+                               "resolution lever"})
         out.append({"op": "scale", "factor": self.scale, "dtype": "float32",
                     "how": "x = float32(raw) * factor"})
         out.append({"op": "normalize", "mean": list(self.mean), "std": list(self.std),
@@ -247,6 +272,11 @@ class DataBundle:
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
         return Batches(x, y, idx, batch_size, self.preprocess)
+
+    def at_size(self, size: tuple[int, int]) -> "DataBundle":
+        """The same images preprocessed for a model fed ``size`` images (``Preprocess.at_size``)."""
+        pre = self.preprocess.at_size(size)
+        return self if pre is self.preprocess else replace(self, preprocess=pre)
 
     def val_images(self, n: int, offset: int = 0) -> torch.Tensor:
         return self.preprocess.apply(self.x_val[offset:offset + n])
@@ -886,6 +916,9 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
 
 def load_data_for(spec: DataSpec, loaded: Any, warn: Callable[[str], None] | None = None) -> DataBundle:
     """:func:`load_data` fitted to a loaded model (its input shape, classes and the statistics
-    its weights presumably expect): what every command calls."""
+    its weights presumably expect; for bundled weights the preprocessing they were trained with,
+    where the user did not set it): what every command calls."""
+    hints = getattr(loaded, "data_hints", {}) or {}
+    spec = replace(spec, **{k: v for k, v in hints.items() if getattr(spec, k) in (None, "auto")})
     return load_data(spec, loaded.input_shape, loaded.num_classes, expects=model_statistics(loaded.source),
                      warn=warn)

@@ -20,7 +20,7 @@ import pickle
 import sys
 import zipfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,9 +33,23 @@ from edgeprune.pipeline import resnet_cifar
 from edgeprune.pipeline.data import FASHION_MNIST_CLASSES
 
 ASSETS = Path(__file__).parent / "assets"
-DEFAULT_WEIGHTS = ASSETS / "resnet56_fmnist.pt"
-# sha256 of the bundled weights; load_model refuses a file that does not match.
-DEFAULT_WEIGHTS_SHA256 = "7cb3f33c580d534715ae9bd2c6e2b01ecbcd1d118fd5d55a8900471dd0b5cac6"
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """Weights shipped inside the package (``assets/``), with the sha256 ``load_model`` insists on,
+    and the data preprocessing they were trained with (applied where the user did not set it)."""
+
+    file: str
+    sha256: str
+    data: dict[str, Any] = field(default_factory=dict)     # DataSpec fields: channels, resize, mean, std
+
+
+BUNDLED: dict[str, Bundled] = {
+    # benchmarks/studies/train_default.py: ResNet-56, 1x32x32 (28x28 zero-padded)
+    "default": Bundled("resnet56_fmnist.pt", "7cb3f33c580d534715ae9bd2c6e2b01ecbcd1d118fd5d55a8900471dd0b5cac6"),
+}
+DEFAULT_WEIGHTS = ASSETS / BUNDLED["default"].file
 
 
 @dataclass
@@ -76,6 +90,7 @@ class LoadedModel:
     num_classes: int
     source: dict[str, Any] = field(default_factory=dict)
     classes: list[str] | None = None           # class labels the weights were trained on, if known
+    data_hints: dict[str, Any] = field(default_factory=dict)   # bundled weights: the preprocessing they expect
 
 
 @dataclass
@@ -85,6 +100,7 @@ class Family:
     build: Callable[[ModelSpec], nn.Module]
     input_size: int
     classes: list[str] | None = None
+    num_classes: int | None = None     # the family's own head (bundled weights), unless --num-classes says otherwise
 
 
 def state_fingerprint(model: nn.Module) -> str:
@@ -316,24 +332,28 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         fam = fams[spec.name]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random-weight models are the same in every run
-            model, input_size = fam.build(spec), fam.input_size
+            own = replace(spec, num_classes=spec.num_classes or fam.num_classes)
+            model, input_size = fam.build(own), fam.input_size
         classes = fam.classes
     else:
         raise EdgepruneError(
             f"unknown model {spec.name!r}; known: {', '.join(known_models())}; "
             "or pass module.path:factory, or a prune record .json")
 
-    weights = spec.weights
-    if spec.name == "default" and weights is None:
-        weights = str(DEFAULT_WEIGHTS)
-        if not DEFAULT_WEIGHTS.is_file():
-            raise EdgepruneError(f"bundled weights missing: {DEFAULT_WEIGHTS} (reinstall edgeprune)")
-        digest = sha256_file(DEFAULT_WEIGHTS)
-        if digest != DEFAULT_WEIGHTS_SHA256:
-            raise EdgepruneError(f"bundled weights {DEFAULT_WEIGHTS} fail their checksum "
-                                 f"(sha256 {digest[:12]}..., expected {DEFAULT_WEIGHTS_SHA256[:12]}...): "
+    weights, hints = spec.weights, {}
+    bundled = BUNDLED.get(spec.name)
+    if bundled is not None and weights is None:
+        path = ASSETS / bundled.file
+        weights = str(path)
+        if not path.is_file():
+            raise EdgepruneError(f"bundled weights missing: {path} (reinstall edgeprune)")
+        digest = sha256_file(path)
+        if digest != bundled.sha256:
+            raise EdgepruneError(f"bundled weights {path} fail their checksum "
+                                 f"(sha256 {digest[:12]}..., expected {bundled.sha256[:12]}...): "
                                  "reinstall edgeprune")
         source["weights_sha256"] = digest
+        hints = dict(bundled.data)
     if weights is not None:
         ckpt = read_checkpoint(weights, spec.trust_checkpoint)
         if isinstance(ckpt, nn.Module):
@@ -342,7 +362,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             load_state_dict_strict(model, ckpt, spec.name)
         source["weights"] = str(weights)
         source.setdefault("weights_sha256", sha256_file(weights))
-    elif spec.name != "default":
+    elif bundled is None:
         source["weights"] = None  # random initialisation: fine for latency-only work
     model.eval()
     channels = spec.in_channels or _first_conv_channels(model) or 3
@@ -351,7 +371,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     num_classes = _output_classes(model, shape)
     if classes is not None and len(classes) != num_classes:
         classes = None
-    return refuse_non_finite_weights(LoadedModel(model, spec, shape, num_classes, source, classes))
+    return refuse_non_finite_weights(LoadedModel(model, spec, shape, num_classes, source, classes, hints))
 
 
 def refuse_non_finite_weights(loaded: LoadedModel) -> LoadedModel:

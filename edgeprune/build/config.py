@@ -37,7 +37,9 @@ from edgeprune.files import read_toml
 from edgeprune.pipeline.data import DataSpec
 from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE
 from edgeprune.pipeline.finetune import FinetuneConfig
+from edgeprune.pipeline.channels import CHANNEL_CRITERIA, CHANNEL_MULTIPLE
 from edgeprune.pipeline.importance import CRITERIA
+from edgeprune.pipeline.levers import DEFAULT_LEVERS, parse_levers
 from edgeprune.pipeline.models import ModelSpec, is_factory
 from edgeprune.pipeline.plan import STRATEGIES
 
@@ -72,9 +74,16 @@ class SearchConfig:
     select: str = "recovered"
     shortlist: int = 4                    # distinct plans fine-tuned when select = recovered
     replace_projection: bool = False
+    levers: list[str] = field(default_factory=lambda: list(DEFAULT_LEVERS))
+    channel_criterion: str = "magnitude"  # which channels of a group go first (the moves themselves are measured)
+    channel_multiple: int = CHANNEL_MULTIPLE   # kept channel counts are multiples of this
+    min_resolution: int | None = None     # the resolution lever's floor (default: half the model's input size)
+    resolution_step: int = 8              # pixels between candidate input sizes
 
     def __post_init__(self) -> None:
         self.budget_ms = parse_duration_ms(self.budget)
+        self.levers = parse_levers(self.levers)
+        _one_of(self.channel_criterion, tuple(CHANNEL_CRITERIA), "--channel-criterion")
         _one_of(self.metric, METRICS, "--metric")
         _all_of(self.strategies, tuple(STRATEGIES), "strategies")
         bad = [p for p in self.proxies if p not in PROXIES]
@@ -221,6 +230,9 @@ FLAGS: dict[str, str] = {
     "score_images": "search.score_images", "batch_size": "search.batch_size",
     "max_accuracy_drop": "search.max_accuracy_drop", "strategies": "search.strategies", "proxies": "search.proxies",
     "select": "search.select", "shortlist": "search.shortlist", "replace_projection": "search.replace_projection",
+    "levers": "search.levers", "channel_criterion": "search.channel_criterion",
+    "channel_multiple": "search.channel_multiple", "min_resolution": "search.min_resolution",
+    "resolution_step": "search.resolution_step",
     "finetune_epochs": "finetune.epochs", "finetune_lr": "finetune.lr", "kd": "finetune.kd",
     "temperature": "finetune.temperature", "alpha": "finetune.alpha",
     "device": "measure.device", "ssh": "measure.ssh", "remote_python": "measure.remote_python",
@@ -264,7 +276,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "model.num_classes": (1, None, True), "model.in_channels": (1, None, True), "model.input_size": (1, None, True),
     "data.channels": (1, None, True),
     "search.score_images": (1, None, True), "search.batch_size": (1, None, True), "search.shortlist": (1, None, True),
-    "search.max_accuracy_drop": (0, 100, True),
+    "search.max_accuracy_drop": (0, 100, True), "search.channel_multiple": (1, None, True),
+    "search.min_resolution": (1, None, True), "search.resolution_step": (1, None, True),
     "finetune.epochs": (0, None, True), "finetune.steps": (1, None, True), "finetune.lr": (0, None, False),
     "finetune.weight_decay": (0, None, True), "finetune.momentum": (0, 1, True), "finetune.batch_size": (1, None, True),
     "finetune.temperature": (0, None, False), "finetune.alpha": (0, 1, True),

@@ -8,6 +8,7 @@ from edgeprune.benchmarks.targets import LatencyFigure
 from edgeprune.build.config import BuildConfig
 from edgeprune.build.result import BuildResult
 from edgeprune.files import write_text_atomic
+from edgeprune.pipeline.levers import PlanState
 from edgeprune.pipeline.plan import pareto_front
 
 
@@ -59,6 +60,19 @@ def _device(f: LatencyFigure) -> str:
     return f"p50 {f.measured.p50_ms:.2f} / p90 {f.measured.p90_ms:.2f} ms ({f.source})"
 
 
+def _tokens(tokens: list[str]) -> str:
+    """A plan's tokens for the report: blocks removed, channel groups with their steps, the input size."""
+    state = PlanState.from_tokens(tokens)
+    parts = []
+    if state.blocks:
+        parts.append("blocks removed: " + ", ".join(sorted(state.blocks)))
+    if state.channels:
+        parts.append("channel groups shrunk (steps): " + ", ".join(f"{g} ({n})" for g, n in state.channels))
+    if state.resolution is not None:
+        parts.append(f"input {state.resolution}x{state.resolution}")
+    return "; ".join(parts) or "unchanged"
+
+
 def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
     plot_front(result, folder / "front.png")
     s, acc, lat, sel = result.search, result.accuracy, result.latency, result.selection
@@ -70,7 +84,7 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "",
         f"**Outcome:** {'within budget' if lat.within_budget else 'OVER BUDGET'}: "
         f"{lat.device_after.value_ms:.2f} ms ({lat.metric}, {lat.device_after.source}) against {budget:g} ms, "
-        f"removing {len(result.removed)} of {len(result.blocks)} blocks. "
+        f"plan: {PlanState.from_tokens(result.removed).describe()} ({len(result.blocks)} blocks found). "
         "The budget is judged on the exported final model, not on a sum of estimates.",
         "",
         "![accuracy-latency front](front.png)",
@@ -78,13 +92,14 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "## Plan",
         "",
         f"Shipped plan: **{result.strategy}** (best scored by the search: {s.winner}). "
-        f"Blocks removed: {', '.join(result.removed) or 'none'}.",
+        f"Plan: {_tokens(result.removed)}.",
         "",
-        "| strategy | blocks removed | predicted latency (ms) | top-1 on scoring images |",
+        "| strategy | plan | predicted latency (ms) | top-1 on scoring images |",
         "|---|---|---|---|",
     ]
     for name, p in sorted(s.best.items(), key=lambda kv: -kv[1].top1):
-        lines.append(f"| {name}{' (best scored)' if name == s.winner else ''} | {len(p.removed)} | "
+        lines.append(f"| {name}{' (best scored)' if name == s.winner else ''} | "
+                     f"{PlanState.from_tokens(p.removed).describe()} | "
                      f"{p.latency_ms:.2f} | {_pct(p.top1)} |")
     if len(s.best) > 1 and s.winner in s.best:
         runner_up = max(p.top1 for n, p in s.best.items() if n != s.winner)
@@ -98,14 +113,15 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
               + ("Each plan that fits got the same fine-tune; the lowest loss on the scoring images after "
                  "fine-tune ships, because accuracy before fine-tune is a weak guide to accuracy after it."
                  if sel.mode == "recovered" else "The best top-1 before fine-tune ships."),
-              "", "| plan | proposed by | blocks removed | predicted (ms) | final figure (ms) | "
+              "", "| plan | proposed by | what it does | predicted (ms) | final figure (ms) | "
               "top-1 scoring, before fine-tune | after fine-tune | loss after fine-tune |",
               "|---|---|---|---|---|---|---|---|"]
     for c in sel.candidates:
         mark = " (shipped)" if c.removed == result.removed else ""
         fin = "-" if c.final_ms is None else f"{c.final_ms:.2f}"
         loss = "-" if c.recovered_loss is None else f"{c.recovered_loss:.4f}"
-        lines.append(f"| {c.label}{mark} | {', '.join(c.proposed_by)} | {len(c.removed)} | {c.latency_ms:.2f} | "
+        lines.append(f"| {c.label}{mark} | {', '.join(c.proposed_by)} | {PlanState.from_tokens(c.removed).describe()} | "
+                     f"{c.latency_ms:.2f} | "
                      f"{fin} | {_pct(c.top1)} | {_pct(c.recovered_top1)} | {loss} |")
     lines += [
         "",
@@ -119,7 +135,7 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "",
         "| model | top-1 |", "|---|---|",
         f"| original | {_pct(acc.before)} |",
-        f"| blocks removed | {_pct(acc.after_removal)} |",
+        f"| pruned, before fine-tune | {_pct(acc.after_removal)} |",
         f"| after fine-tune | {_pct(acc.after_finetune)} |",
         "",
         "## Latency",

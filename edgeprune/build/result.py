@@ -155,6 +155,7 @@ class Unreachable:
     search_evaluations: int = 0
     selection: Selection | None = None          # the accuracy guard: the plan that fits but loses too much
     accuracy: AccuracySection | None = None
+    reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms predicted)
 
     @property
     def floor(self) -> Plan | None:
@@ -166,6 +167,8 @@ class Unreachable:
                              "attempts": [a.to_dict() for a in self.attempts]}
         if self.floor is not None:
             d.update(best_reachable_ms=self.floor.latency_ms, best_reachable_top1=self.floor.top1)
+        if self.reach:
+            d["lever_reach_ms"] = self.reach
         if self.selection is not None:
             d.update(selection=self.selection.to_dict(), removed=self.selection.chosen.removed)
         if self.accuracy is not None:

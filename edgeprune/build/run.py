@@ -28,6 +28,7 @@ from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import update_manifest
 from edgeprune.files import replace_folder, write_text_atomic
+from edgeprune.pipeline.levers import PlanState
 
 EXIT_OK, EXIT_UNREACHABLE = 0, 3
 
@@ -47,7 +48,7 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
         clock.lap()
         say(message)
 
-    space = stages.block_space(inputs, talk)
+    space = stages.plan_space(inputs, talk)
     fit = stages.fit_budget(inputs, space, talk)
     if not fit.outcome.fitting:
         return _unreachable(inputs, fit)
@@ -55,14 +56,14 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
     drop = 100 * (tuned.accuracy.before - tuned.accuracy.final)
     if drop > cfg.search.max_accuracy_drop:
         return _too_lossy(inputs, fit, tuned, drop)
-    artifact = stages.assemble_artifact(inputs, tuned, talk)
+    artifact = stages.assemble_artifact(inputs, space, tuned, talk)
     latency = stages.before_after(inputs, artifact, talk)
     if not latency.within_budget:  # cannot happen: fit_budget only returns plans whose figure fits
         raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
     result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
                          tuned.accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
                          stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
-                         fit.oracle.evaluations)
+                         fit.evaluations)
     if cfg.measure.verify_arm:
         talk("verifying on the aarch64 onnxruntime under qemu")
         arm = verify_arm(artifact.path, ArmVerifyConfig(device=inputs.profile.name), log=talk)
@@ -78,34 +79,50 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
     clock.reset()                  # a finished build: a later rerun times itself afresh
     fig = latency.device_after
     budget = f"{fig.value_ms:.2f} ms ({fig.source}) <= {cfg.search.budget_ms:g} ms"
+    state = PlanState.from_tokens(result.removed)
     message = (f"budget met without removing anything: {budget}" if not result.removed else
-               f"budget met: {budget} after removing {len(result.removed)} blocks")
+               f"budget met: {budget} after removing {len(result.removed)} blocks" if not state.levers() or
+               state.levers() == ["blocks"] else f"budget met: {budget} with {state.describe()}")
     return BuildOutcome(EXIT_OK, message, result, target)
 
 
 def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
-    o, budget = fit.outcome, inputs.cfg.search.budget_ms
-    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.oracle.evaluations)
+    o, budget, levers = fit.outcome, inputs.cfg.search.budget_ms, inputs.cfg.search.levers
+    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.evaluations, reach=fit.reach)
     floor = result.floor
     if not o.reachable and floor is not None:
-        message = (f"budget {budget:g} ms is unreachable by block removal on {inputs.profile.name}: removing all "
-                   f"{len(inputs.candidates)} removable blocks gives {floor.latency_ms:.2f} ms predicted "
-                   f"(+{floor.latency_ms - budget:.2f} ms, {100 * (floor.latency_ms / budget - 1):.0f}% over)"
-                   + (f" at top-1 {floor.top1:.2%} on the scoring images" if floor.top1 is not None else
-                      "; no plan was scored"))
+        over = (f"{floor.latency_ms:.2f} ms predicted (+{floor.latency_ms - budget:.2f} ms, "
+                f"{100 * (floor.latency_ms / budget - 1):.0f}% over)"
+                + (f" at top-1 {floor.top1:.2%} on the scoring images" if floor.top1 is not None else
+                   "; no plan was scored"))
+        if levers == ["blocks"]:
+            message = (f"budget {budget:g} ms is unreachable by block removal on {inputs.profile.name}: removing all "
+                       f"{len(inputs.candidates)} removable blocks gives {over}")
+        else:
+            message = (f"budget {budget:g} ms is unreachable with {', '.join(levers)} on {inputs.profile.name}: "
+                       f"the fastest plan ({PlanState.from_tokens(floor.removed).describe()}) gives {over}")
+        message += "".join(f"; {_combo(k, levers)}: {ms:.1f} ms predicted" for k, ms in fit.reach.items()
+                           if k != "+".join(levers))
     else:
         message = (f"no plan's final figure met {budget:g} ms after {SEARCH_ATTEMPTS} attempts "
                    f"(closest {o.closest_ms:.2f} ms)")
     return BuildOutcome(EXIT_UNREACHABLE, message, result)
 
 
+def _combo(key: str, levers: list[str]) -> str:
+    """How the unreachable message names a lever combination: ``channels alone``, ``with resolution as well``."""
+    parts = key.split("+")
+    extra = [p for p in parts if p not in levers]
+    return f"with {' and '.join(extra)} as well" if extra else f"{parts[0]} alone"
+
+
 def _too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned, drop: float) -> BuildOutcome:
     """The accuracy guard: the plan that fits loses more held-out top-1 than allowed; nothing ships."""
     cfg, chosen, acc = inputs.cfg, tuned.selection.chosen, tuned.accuracy
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.oracle.evaluations, selection=tuned.selection, accuracy=acc)
+                         fit.evaluations, selection=tuned.selection, accuracy=acc)
     message = (f"the best plan that meets {cfg.search.budget_ms:g} ms ({tuned.selection.label}: "
-               f"{len(chosen.removed)} blocks removed, {chosen.final_ms:.2f} ms) loses {drop:.1f} points of top-1 "
+               f"{PlanState.from_tokens(chosen.removed).describe()}, {chosen.final_ms:.2f} ms) loses {drop:.1f} points of top-1 "
                f"on the {acc.images} held-out images ({acc.before:.2%} -> {acc.final:.2%}), more than "
                f"--max-accuracy-drop {cfg.search.max_accuracy_drop:g}; nothing shipped")
     return BuildOutcome(EXIT_UNREACHABLE, message, result)

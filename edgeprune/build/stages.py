@@ -1,6 +1,6 @@
 """The stages of ``edgeprune build``, each a function with typed inputs and a dataclass result.
 
-    load_inputs -> block_space -> fit_budget -> finetune_and_choose -> assemble_artifact
+    load_inputs -> plan_space -> fit_budget -> finetune_and_choose -> assemble_artifact
                 -> before_after -> (report, publish: edgeprune.build.run)
 
 Everything expensive is cached in the build's :class:`BuildCache` (one file per stage and
@@ -28,7 +28,8 @@ from edgeprune.build.cache import BuildCache, str_lists
 from edgeprune.build.config import BuildConfig, SearchConfig
 from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
-from edgeprune.devices.block_latency import BlockLatencyTable, block_latency_table
+from edgeprune.build.space import PlanSpace, StateOracle
+from edgeprune.devices.block_latency import block_latency_table
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.devices.targets import resolve_target
@@ -36,11 +37,14 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import ArtifactConfig, ArtifactResult, build_artifact, update_manifest
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.files import save_torch_atomic
-from edgeprune.pipeline.blocks import Block, discover, remove_blocks, shortcut_modules
+from edgeprune.pipeline.blocks import Block, discover, shortcut_modules
+from edgeprune.pipeline.channels import ChannelGroup, channel_groups, channel_orders
 from edgeprune.pipeline.data import DataBundle, load_data_for
 from edgeprune.pipeline.evaluate import evaluate, resolve_device
 from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.importance import ScoreContext, candidates_for
+from edgeprune.pipeline.joint import JointSpace, joint_greedy
+from edgeprune.pipeline.levers import PlanState, resolution_steps
 from edgeprune.pipeline.models import LoadedModel, load_model, state_fingerprint
 from edgeprune.pipeline.plan import AccuracyOracle, Plan, SearchResult, search
 from edgeprune.pipeline.prune import HeldOut, rank_blocks, split_val
@@ -101,37 +105,40 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
 
 # ---------------------------------------------------------------- 2. the plan space
 
-@dataclass
-class BlockSpace:
-    """Block removal as the search sees it: the predicted latency of "the model minus S" on
-    the budget's device (one export, per-block costs) and the model a plan gives."""
-
-    model: nn.Module
-    blocks: list[Block]
-    table: BlockLatencyTable
-    metric: str
-    shortcuts: dict[str, list[str]]     # a removed projection block leaves its shortcut path behind
-
-    def latency(self, removed: Sequence[str]) -> float:
-        keep = [m for r in removed for m in self.shortcuts.get(r, [])]
-        if self.metric == "p90":
-            return self.table.estimate_without(removed, keep).high_ms
-        return self.table.predict_without(removed, keep)
-
-    def apply(self, removed: Sequence[str]) -> nn.Module:
-        if not removed:
-            return self.model
-        return remove_blocks(self.model, list(removed), self.blocks, replace_projection=True)
-
-
-def block_space(inputs: Inputs, say: Say) -> BlockSpace:
+def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
+    """The levers the build may pull (``--levers``) over the loaded model, with their latency model."""
+    scfg = inputs.cfg.search
     say(f"predicting per-block latency on {inputs.profile.name}")
     model = inputs.loaded.model.cpu().eval()
     shortcuts = {b.name: shortcut_modules(model, b.name) for b in inputs.blocks
-                 if b.kind == "projection" and inputs.cfg.search.replace_projection}
+                 if b.kind == "projection" and scfg.replace_projection}
     names = [b.name for b in inputs.blocks] + [m for ms in shortcuts.values() for m in ms]
     table = block_latency_table(model, (torch.zeros(inputs.loaded.input_shape),), inputs.profile, names)
-    return BlockSpace(model, inputs.blocks, table, inputs.cfg.search.metric, shortcuts)
+    shape = inputs.loaded.input_shape
+    groups: list[ChannelGroup] = []
+    try:                             # the groups are found even when the lever is off: the unreachable
+        groups = channel_groups(model, shape, scfg.channel_multiple)    # message says what it would reach
+    except EdgepruneError:
+        if "channels" in scfg.levers:
+            raise
+    orders = channel_orders(model, groups, shape, scfg.channel_criterion) if groups else {}
+    if "channels" in scfg.levers:
+        say(f"channel lever: {len(groups)} groups of coupled channels (steps of about 1/8, kept counts multiples "
+            f"of {scfg.channel_multiple}, {scfg.channel_criterion} order)")
+    size = min(shape[2], shape[3])
+    floor = scfg.min_resolution if "resolution" in scfg.levers and scfg.min_resolution else max(1, size // 2)
+    sizes = resolution_steps(size, floor, scfg.resolution_step)
+    memo_cfg = {"device": inputs.profile.name, "metric": scfg.metric, "multiple": scfg.channel_multiple,
+                "criterion": scfg.channel_criterion, "version": 1}
+    memo = inputs.cache.load("plan-latency", memo_cfg, valid=_number_dict) or {}
+    space = PlanSpace(model, shape, inputs.bundle, inputs.blocks, inputs.candidates, table, scfg.metric, shortcuts,
+                      inputs.profile, list(scfg.levers), groups, orders, sizes, memo)
+    space.on_latency = lambda: inputs.cache.save("plan-latency", memo, memo_cfg)
+    return space
+
+
+def _number_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and type(v) in (int, float) for k, v in obj.items())
 
 
 # ---------------------------------------------------------------- 3. plans that fit
@@ -140,49 +147,102 @@ def block_space(inputs: Inputs, say: Say) -> BlockSpace:
 class Fit:
     outcome: FitOutcome
     oracle: AccuracyOracle
+    states: StateOracle | None = None           # the joint search's measurements (levers beyond blocks)
+    reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms)
+
+    @property
+    def evaluations(self) -> int:
+        return self.oracle.evaluations + (self.states.evaluations if self.states else 0)
 
 
-def fit_budget(inputs: Inputs, space: BlockSpace, say: Say) -> Fit:
-    """Search plans (strategies + proxy rankings), short-list them, judge each on its own
-    exported graph, re-search with a tighter internal budget while none fits."""
+def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
+    """Search plans (block strategies + proxy rankings, and the joint greedy when levers beyond
+    blocks are enabled), short-list them, judge each on its own exported graph, re-search with a
+    tighter internal budget while none fits."""
     scfg, cache = inputs.cfg.search, inputs.cache
     memo = cache.load("accuracy-memo", valid=AccuracyOracle.valid_memo) or {}
     ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
     beat = Heartbeat("searching", unit=" plans scored")
+    joint = space.levers != ["blocks"]
 
     def on_update() -> None:
         cache.save("accuracy-memo", memo)
-        beat.beat(oracle.evaluations)
+        if states is not None:
+            cache.save("plan-accuracy", states.memo)
+        beat.beat(oracle.evaluations + (states.evaluations if states is not None else 0))
 
     oracle = AccuracyOracle(inputs.loaded.model, inputs.blocks, inputs.score_batches, ctx, memo, on_update)
-    floor_ms = space.latency(inputs.candidates)
+    states = None
+    if joint:
+        states = StateOracle(space, inputs.held.score, scfg.batch_size, inputs.torch_device,
+                             cache.load("plan-accuracy", valid=AccuracyOracle.valid_memo) or {}, on_update)
+    fastest = space.limit(space.levers).tokens()
+    floor_ms = space.latency(fastest)
     if floor_ms > scfg.budget_ms:    # answered before any accuracy is measured
         base = Plan("none", [], space.latency([]), None, None)  # type: ignore[arg-type]
-        floor = Plan("all", list(inputs.candidates), floor_ms, None, None)  # type: ignore[arg-type]
+        floor = Plan("all", fastest, floor_ms, None, None)  # type: ignore[arg-type]
         return Fit(FitOutcome(SearchResult(scfg.budget_ms, base, {}, [base, floor], None, False, floor), [], []),
-                   oracle)
-    say(f"searching plans: {len(inputs.candidates)} removable blocks, budget {scfg.budget_ms:g} ms "
-        f"({scfg.metric}) on {inputs.profile.name}")
-    orders = proxy_orders(inputs, scfg)
+                   oracle, states, lever_reach(space))
+    say(f"searching plans with {', '.join(space.levers)}:"
+        + (f" {len(space.candidates)} removable blocks" if "blocks" in space.levers else "")
+        + (f", {len(space.groups)} channel groups" if "channels" in space.levers else "")
+        + (f", input sizes down to {space.sizes[-1]}" if "resolution" in space.levers and space.sizes else "")
+        + f"; budget {scfg.budget_ms:g} ms ({scfg.metric}) on {inputs.profile.name}")
+    blocks = "blocks" in space.levers and bool(space.candidates)
+    orders = proxy_orders(inputs, scfg) if blocks else {}
+    blocks_floor = space.table_latency(space.candidates)
 
     def search_at(budget_ms: float) -> tuple[SearchResult, list[Candidate]]:
-        result = search(oracle, space.latency, inputs.candidates, budget_ms, scfg.strategies)
+        base = Plan("none", [], space.table_latency([]), *oracle([]))
+        if base.latency_ms <= budget_ms:
+            result = SearchResult(budget_ms, base, {"none": base}, [base], "none")
+        elif blocks and blocks_floor <= budget_ms:
+            result = search(oracle, space.table_latency, space.candidates, budget_ms, scfg.strategies)
+        else:                        # blocks alone cannot reach it: only the joint search can
+            result = SearchResult(budget_ms, base, {}, [base])
+        if result.winner != "none" and states is not None:
+            plan = joint_greedy(JOINT, JointSpace(space.moves, lambda st: space.latency(st.tokens()), states.measure,
+                                                  budget_ms, result.considered))
+            if plan is not None:
+                result.best[JOINT] = plan
+                result.considered.append(plan)
+        if result.best:
+            result.winner = max(result.best, key=lambda k: (result.best[k].top1, -result.best[k].loss,
+                                                            -result.best[k].latency_ms))
+        result.reachable = bool(result.best)
+        if not result.reachable:
+            result.floor = Plan("all", fastest, floor_ms, *(states or oracle)(fastest))
         cache.save("plans", result.to_dict(), {"budget_ms": budget_ms, "strategies": scfg.strategies,
-                                               "metric": scfg.metric})
-        if result.winner == "none":
+                                               "metric": scfg.metric, "levers": space.levers})
+        if result.winner == "none" or not result.reachable:
             return result, shortlist([result.base], 1)
-        pool = [*result.best.values(), *proxy_plans(orders, space.latency, budget_ms, oracle)]
+        pool = [*result.best.values()]
+        if blocks and blocks_floor <= budget_ms:
+            pool += proxy_plans(orders, space.table_latency, budget_ms, oracle)
         return result, shortlist(pool, scfg.shortlist_size)
 
     def figure(c: Candidate) -> tuple[float, str]:
         path = cache.path("plan", sorted(c.removed), ".onnx")
-        cached_onnx(cache, path, lambda: space.apply(c.removed).cpu().eval(), inputs.loaded.input_shape)
+        cached_onnx(cache, path, lambda: space.apply(c.removed).cpu().eval(), space.input_shape_of(c.removed))
         fig = inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs)
         return fig.value_ms, fig.source
 
     outcome = search_until_fits(search_at, figure, scfg.budget_ms, on_retry=lambda ms: say(
         f"final figure {ms:.2f} ms exceeds the budget; tightening the search"))
-    return Fit(outcome, oracle)
+    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space))
+
+
+JOINT = "joint-greedy"
+
+
+def lever_reach(space: PlanSpace) -> dict[str, float]:
+    """The fastest plan (predicted ms) of each enabled lever alone, of all of them together, and of
+    all of them with each other lever as well (what the unreachable message reports)."""
+    enabled = list(space.levers)
+    combos = [[lever] for lever in enabled] if len(enabled) > 1 else []
+    combos.append(enabled)
+    combos += [[*enabled, other] for other in space.available() if other not in enabled]
+    return {"+".join(c): space.latency(space.limit(c).tokens()) for c in combos}
 
 
 def proxy_orders(inputs: Inputs, scfg: SearchConfig) -> dict[str, list[str]]:
@@ -209,7 +269,7 @@ class Tuned:
     finetune: FinetuneConfig | None
 
 
-def finetune_and_choose(inputs: Inputs, space: BlockSpace, fit: FitOutcome, say: Say) -> Tuned:
+def finetune_and_choose(inputs: Inputs, space: PlanSpace, fit: FitOutcome, say: Say) -> Tuned:
     """Fine-tune every short-listed plan that fits (with ``select = recovered``), ship the lowest
     loss on the scoring images afterwards; measure the chosen model on the held-out images."""
     cfg, fitting = inputs.cfg, fit.fitting
@@ -219,7 +279,8 @@ def finetune_and_choose(inputs: Inputs, space: BlockSpace, fit: FitOutcome, say:
         for c in fitting:
             tuned[plan_key(c.removed)] = m = finetuned(inputs, space, c, ft, say)
             try:
-                r = evaluate(m, inputs.score_batches, inputs.torch_device)
+                r = evaluate(m, space.data_of(c.removed).batches("val", cfg.search.batch_size, indices=inputs.held.score),
+                         inputs.torch_device)
                 c.recovered_top1, c.recovered_loss = r.top1, r.loss
             except EdgepruneError as e:     # this plan's fine-tune diverged (non-finite outputs): drop it
                 say(f"dropping {c.label}: after fine-tune {e}")
@@ -229,43 +290,44 @@ def finetune_and_choose(inputs: Inputs, space: BlockSpace, fit: FitOutcome, say:
     chosen = choose(fitting)
     mode = cfg.search.select if ft is not None and len(fitting) > 1 else "single"
     selection = Selection(mode, fit.shortlist, chosen)
-    say(f"plan: {selection.label}, remove {len(chosen.removed)} blocks, {chosen.final_ms:.2f} ms on "
+    say(f"plan: {selection.label}, {PlanState.from_tokens(chosen.removed).describe()}, {chosen.final_ms:.2f} ms on "
         f"{inputs.profile.name}, top-1 on scoring images {chosen.top1:.2%}"
         + (f" ({chosen.recovered_top1:.2%}, loss {chosen.recovered_loss:.4f} after fine-tune)"
            if chosen.recovered_loss is not None else ""))
     dev = inputs.torch_device
     before = evaluate(inputs.loaded.model, inputs.final_batches(), dev, "eval (original)").top1
-    model = space.apply(chosen.removed)
-    after_removal = evaluate(model, inputs.final_batches(), dev, "eval (pruned)").top1 if chosen.removed else before
+    model = space.model_for(chosen.removed, dev)
+    held_out = space.data_of(chosen.removed).batches("val", cfg.search.batch_size, indices=inputs.held.final)
+    after_removal = evaluate(model, held_out, dev, "eval (pruned)").top1 if chosen.removed else before
     after_ft = None
     if ft is not None:
         model = tuned.get(plan_key(chosen.removed)) or finetuned(inputs, space, chosen, ft, say)
-        after_ft = evaluate(model, inputs.final_batches(), dev, "eval (fine-tuned)").top1
+        after_ft = evaluate(model, held_out, dev, "eval (fine-tuned)").top1
     held = inputs.held
     accuracy = AccuracySection(len(held.final), len(held.score), held.shared, before, after_removal, after_ft,
                                held.describe())
     return Tuned(selection, model.cpu().eval(), accuracy, ft)
 
 
-def finetuned(inputs: Inputs, space: BlockSpace, c: Candidate, ft: FinetuneConfig, say: Say) -> nn.Module:
+def finetuned(inputs: Inputs, space: PlanSpace, c: Candidate, ft: FinetuneConfig, say: Say) -> nn.Module:
     """The plan's model after the build's fine-tune; cached per plan and fine-tune config,
     checkpointed per epoch so an interrupted fine-tune resumes."""
     stage_cfg = {"removed": sorted(c.removed), "finetune": {**ft.to_dict(), "checkpoint": None}}
     done = inputs.cache.path("finetuned", stage_cfg, ".pt")
-    m = space.apply(c.removed)
+    m = space.model_for(c.removed, inputs.torch_device)
     if done.exists():
         try:
             state = torch.load(done, map_location="cpu", weights_only=True)
             m.load_state_dict(state)
         except Exception:  # noqa: BLE001 - torch.load raises many types for a torn or foreign file
             inputs.cache.discard(done)
-            m = space.apply(c.removed)      # a partly loaded state must not leak into the fine-tune
+            m = space.model_for(c.removed, inputs.torch_device)   # a partly loaded state must not leak in
         else:
             say(f"fine-tuned weights for {c.label} found in the cache")
             return m
-    say(f"fine-tuning {c.label} (remove {len(c.removed)} blocks)")
+    say(f"fine-tuning {c.label} ({PlanState.from_tokens(c.removed).describe()})")
     run = replace(ft, checkpoint=str(inputs.cache.path("finetune", stage_cfg, ".ckpt")))
-    bundle = inputs.bundle
+    bundle = space.data_of(c.removed)
     finetune(m, lambda ep: bundle.batches("train", run.batch_size, shuffle=True, seed=inputs.cfg.seed + ep),
              len(bundle.y_train), run, teacher=inputs.loaded.model if run.kd else None, device=inputs.torch_device,
              warn=say)
@@ -275,15 +337,19 @@ def finetuned(inputs: Inputs, space: BlockSpace, c: Candidate, ft: FinetuneConfi
 
 # ---------------------------------------------------------------- 5. the artifact
 
-def assemble_artifact(inputs: Inputs, tuned: Tuned, say: Say) -> ArtifactResult:
-    """Export, simplify, verify and package the chosen model in the cache's staging folder."""
+def assemble_artifact(inputs: Inputs, space: PlanSpace, tuned: Tuned, say: Say) -> ArtifactResult:
+    """Export, simplify, verify and package the chosen model in the cache's staging folder; the
+    golden vectors and the manifest's preprocessing are those of the plan's input size."""
     say("exporting, simplifying and verifying the artifact")
-    held, bundle = inputs.held, inputs.bundle
+    tokens = tuned.selection.chosen.removed
+    held, bundle, state = inputs.held, space.data_of(tokens), PlanState.from_tokens(tokens)
     golden = held.final[:min(GOLDEN_IMAGES, len(held.final))]
     raw = bundle.raw_images("val", golden[:ArtifactConfig().golden_count])
-    source = {**inputs.loaded.source, "removed_blocks": tuned.selection.chosen.removed,
-              "replace_projection": inputs.cfg.search.replace_projection}
-    return build_artifact(tuned.model, inputs.loaded.input_shape, inputs.cache.path("artifact", suffix=""),
+    source = {**inputs.loaded.source, "removed_blocks": sorted(state.blocks),
+              "replace_projection": inputs.cfg.search.replace_projection,
+              "plan": {"tokens": tokens, "levers": state.levers(), "channel_steps": state.steps,
+                       "input_size": list(space.input_shape_of(tokens)[2:])}}
+    return build_artifact(tuned.model, space.input_shape_of(tokens), inputs.cache.path("artifact", suffix=""),
                           ArtifactConfig(force=True), images=bundle.preprocess.apply(bundle.x_val[golden]),
                           labels=bundle.y_val[golden], raw_images=raw, preprocess=bundle.preprocess.to_dict(),
                           classes=bundle.classes, source=source, accuracy=tuned.accuracy.to_dict(), progress=say)

@@ -1,4 +1,4 @@
-"""`edgeprune build`: the latency-budgeted block-removal plan, end to end.
+"""`edgeprune build`: the latency-budgeted pruning plan (blocks, channels, resolution), end to end.
 
 A thin layer: every flag maps onto a field of :class:`BuildConfig` (``config.FLAGS``) and
 takes its default from ``BuildConfig()``; ``--config FILE`` starts from the file instead,
@@ -18,6 +18,7 @@ from edgeprune import options as o
 from edgeprune.build import BuildConfig, BuildOutcome, BuildResult, run_build
 from edgeprune.build.config import default_of as d
 from edgeprune.cli_util import console, err_console, print_json, user_errors
+from edgeprune.pipeline.levers import PlanState
 from edgeprune.progress import duration, set_enabled
 
 ORDER = 1
@@ -47,6 +48,11 @@ def build_command(
     shortlist: Annotated[int, typer.Option(help="Distinct plans (search strategies' and proxies') fine-tuned with --select recovered.")] = d("shortlist"),
     proxies: Annotated[list[str], typer.Option("--proxy", help="Proxy rankings that propose plans for the short list (repeatable): norm-ratio, bn-gamma, l1, random.")] = d("proxies"),
     replace_projection: o.ReplaceProjection = d("replace_projection"),
+    levers: Annotated[list[str], typer.Option("--levers", help="Plan levers, comma-separated: blocks (remove residual blocks), channels (shrink coupled channel groups), resolution (feed smaller images: changes the firmware's input).")] = d("levers"),
+    channel_criterion: Annotated[str, typer.Option(help="Which channels of a group go first: magnitude (filter L2 norm) or bn-scale (|BatchNorm gamma|).")] = d("channel_criterion"),
+    channel_multiple: Annotated[int, typer.Option(help="Kept channel counts are multiples of this (docs/channel-multiple.md).")] = d("channel_multiple"),
+    min_resolution: Annotated[Optional[int], typer.Option(help="Smallest input size the resolution lever may choose (default: half the model's).")] = d("min_resolution"),
+    resolution_step: Annotated[int, typer.Option(help="Pixels between the resolution lever's candidate input sizes.")] = d("resolution_step"),
     ssh: o.Ssh = d("ssh"), remote_python: o.RemotePython = d("remote_python"), ssh_config: o.SshConfigFile = d("ssh_config"),
     ssh_timeout: o.SshTimeout = d("ssh_timeout"),
     verify_arm: Annotated[bool, typer.Option("--verify-arm", help="Last step: run the artifact on aarch64 onnxruntime under qemu.")] = d("verify_arm"),
@@ -96,13 +102,15 @@ def _print_summary(outcome: BuildOutcome, r: BuildResult) -> None:
     t.add_row(f"host latency (interleaved, per-round p{100 * h.round_quantile:g})", f"{h.b_ms:.3f} ms",
               f"{h.a_ms:.3f} ms")
     t.add_row(f"top-1 ({acc.images} held-out images)", f"{acc.before:.2%}", f"{acc.final:.2%}")
-    t.add_row("blocks", str(len(r.blocks)), str(len(r.blocks) - len(r.removed)))
+    state = PlanState.from_tokens(r.removed)
+    t.add_row("blocks", str(len(r.blocks)), str(len(r.blocks) - len(state.blocks)))
     t.add_row("parameters", f"{r.params_before:,}", f"{r.params_after:,}")
     console.print(t)
     console.print(f"host speed-up {1 / h.ratio:.2f}x: the median over {h.rounds} interleaved rounds of each round's "
                   f"before/after ratio of the figures above ({100 * h.confidence:.0f}% interval "
                   f"{1 / h.ci_high:.2f}-{1 / h.ci_low:.2f}x)")
-    console.print(f"strategy: {r.strategy}; removed: {', '.join(r.removed) or 'none'}")
+    console.print(f"strategy: {r.strategy}; plan: {state.describe()}"
+                  + (f"; blocks removed: {', '.join(sorted(state.blocks))}" if state.blocks else ""))
     console.print(f"[green]{outcome.message}[/]")
     console.print(f"artifact: {outcome.artifact} (report.md, front.png, model.onnx, manifest.json)")
 

@@ -32,7 +32,8 @@ def env(tmp_path_factory):
     sys.path.insert(0, str(HERE))
     os.environ["PYTHONPATH"] = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     args = ["--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp / "tiny.npz"),
-            "--device", "rpi4", "--score-images", "100", "--finetune-epochs", "0.1", "--bench-runs", "5"]
+            "--device", "rpi4", "--score-images", "100", "--finetune-epochs", "0.1", "--bench-runs", "5",
+            "--levers", "blocks"]      # block removal; the other levers: tests/edgeprune/build/test_levers.py
     r = runner.invoke(app, ["build", *args, "--budget", "0.001ms", "--out", str(tmp / "u"), "--json"])
     return tmp, args, r
 

@@ -116,7 +116,7 @@ def test_bundled_weights_checksum_is_enforced(tmp_path, monkeypatch):
     with open(tampered, "r+b") as f:
         f.seek(-10, 2)
         f.write(b"0123456789")
-    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tampered)
+    monkeypatch.setattr(models, "ASSETS", tmp_path)
     with pytest.raises(EdgepruneError, match="fail their checksum"):
         load_model(ModelSpec("default"))
 

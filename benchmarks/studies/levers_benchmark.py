@@ -1,0 +1,185 @@
+"""Blocks only vs channels only (Torch-Pruning, as a user would run it) vs the joint search, at rpi4 budgets.
+
+    python benchmarks/studies/levers_benchmark.py --model default --seeds 0,1,2
+    python benchmarks/studies/levers_benchmark.py --model mobilenet_v2_fmnist --seeds 0,1,2
+
+For one model, at budgets of 75%, 50% and 35% of its unpruned rpi4 prediction:
+
+* ``blocks``: the build's block strategies (``--levers blocks``), the best-scored plan;
+* ``channels-tp``: Torch-Pruning's global magnitude pruning (``MagnitudePruner``, filter L2 norm,
+  ``global_pruning=True``, ``round_to`` = the build's channel multiple, the classifier ignored) at the
+  smallest pruning ratio whose exported graph the predictor puts within the budget (bisection);
+* ``joint``: the joint greedy over blocks and channels (``--levers blocks,channels``).
+
+Every plan gets the same fine-tune (the library's ``finetune``, ``--finetune-epochs`` of the full
+Fashion-MNIST training set, one run per seed), is exported with the artifact's exporter, and its
+top-1 is onnxruntime's output of that file on the held-out test images (those that took no part in
+scoring or choosing). The predicted rpi4 latency is that of the exported file. Each (budget, method,
+seed) result is written to ``--results`` as it is done, so the script resumes; the doc is rewritten
+from the results at the end (``--doc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+
+from edgeprune.build import stages
+from edgeprune.build.config import BuildConfig
+from edgeprune.devices.predictor import predict
+from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+from edgeprune.exporters.runtime import run, session
+from edgeprune.files import write_json_atomic
+from edgeprune.pipeline.channels import output_layers
+from edgeprune.pipeline.finetune import FinetuneConfig, finetune
+from edgeprune.pipeline.levers import PlanState
+
+FRACTIONS = (0.75, 0.5, 0.35)
+
+
+def predicted_ms(model: torch.nn.Module, shape, device: str) -> float:
+    """The device prediction of ``model``'s graph, exported as the joint search exports its plans."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model.cpu().eval(), shape, path, ExportConfig(dynamo=False))
+        return predict(path, device).latency_ms
+
+
+def tp_prune(model, shape, ratio: float, multiple: int) -> torch.nn.Module:
+    """A copy of ``model`` after Torch-Pruning's global magnitude pruning at ``ratio``."""
+    m = copy.deepcopy(model).eval()
+    names = {mod: n for n, mod in model.named_modules()}
+    ignored = [m.get_submodule(names[i]) for i in output_layers(model, shape)]
+    pruner = tp.pruner.MagnitudePruner(m, torch.zeros(shape), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                       global_pruning=True, pruning_ratio=ratio, ignored_layers=ignored,
+                                       round_to=multiple)
+    pruner.step()
+    return m.eval()
+
+
+def tp_global_magnitude(model, shape, budget_ms, device, multiple) -> tuple[float, float]:
+    """The smallest global pruning ratio (bisection, 8 steps) whose exported graph meets the budget, and its ms."""
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        ms = predicted_ms(tp_prune(model, shape, mid, multiple), shape, device)
+        if ms <= budget_ms:
+            hi, best = mid, (mid, ms)
+        else:
+            lo = mid
+    if best is None:
+        ms = predicted_ms(tp_prune(model, shape, hi, multiple), shape, device)
+        if ms > budget_ms:
+            raise SystemExit(f"channels-tp: even ratio {hi} gives {ms:.2f} ms > {budget_ms:.2f} ms")
+        best = (hi, ms)
+    return best
+
+
+def ort_top1(model, shape, bundle, indices, folder: Path) -> tuple[float, float]:
+    path = folder / "model.onnx"
+    export_onnx(model.cpu().eval(), shape, path, ExportConfig())
+    sess = session(path, threads=1)
+    correct = 0
+    for x, y in bundle.batches("val", 256, indices=indices):
+        logits = np.concatenate(run(sess, x.numpy()))
+        correct += int((logits.argmax(1) == y.numpy()).sum())
+    return correct / len(indices), predict(path, "rpi4").latency_ms
+
+
+def breakdown(tokens: list[str]) -> dict:
+    s = PlanState.from_tokens(tokens)
+    return {"blocks_removed": len(s.blocks), "channel_groups": len(s.channels),
+            "channel_steps": sum(n for _, n in s.channels), "resolution": s.resolution, "tokens": tokens}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    ap.add_argument("--methods", default="blocks,channels-tp,joint")
+    ap.add_argument("--finetune-epochs", type=float, default=0.25)
+    ap.add_argument("--score-images", type=int, default=500)
+    ap.add_argument("--workdir", default="runs/levers")
+    ap.add_argument("--results", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.workdir) / args.model
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results or f"docs/levers-benchmark-{args.model}.json")
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
+    say = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)   # noqa: E731
+
+    def build_cfg(levers: str, budget_ms: float = 1000.0) -> BuildConfig:
+        return BuildConfig.from_flags({"model": args.model, "data": args.data, "levers": [levers],
+                                       "score_images": args.score_images, "shortlist": 1,
+                                       "budget": f"{budget_ms:.4f}ms", "out": str(work / "build")})
+
+    cfg = build_cfg("blocks,channels")
+    inputs = stages.load_inputs(cfg, say)
+    space = stages.plan_space(inputs, say)
+    base_ms = space.latency([])
+    results.update(model=args.model, base_rpi4_ms=base_ms, host=platform.processor() or platform.machine(),
+                   torch=torch.__version__, finetune_epochs=args.finetune_epochs, score_images=args.score_images,
+                   held_out_images=len(inputs.held.final), multiple=cfg.search.channel_multiple)
+    for frac in [float(f) for f in args.fractions.split(",")]:
+        budget = frac * base_ms
+        for method in args.methods.split(","):
+            plan_key = f"{frac}/{method}"
+            plan = results["runs"].get(plan_key, {}).get("plan")
+            if plan is None:
+                t0 = time.time()
+                if method == "channels-tp":
+                    ratio, ms = tp_global_magnitude(inputs.loaded.model, inputs.loaded.input_shape, budget,
+                                                       "rpi4", cfg.search.channel_multiple)
+                    plan = {"pruning_ratio": ratio, "planned_ms": ms}
+                else:
+                    inputs.cfg = build_cfg("blocks" if method == "blocks" else "blocks,channels", budget)
+                    sp = stages.plan_space(inputs, say) if method == "blocks" else space
+                    fit = stages.fit_budget(inputs, sp, say)
+                    if not fit.outcome.fitting:
+                        plan = {"unreachable": True, "reach": fit.reach}
+                    else:
+                        chosen = fit.outcome.fitting[0]
+                        plan = {"planned_ms": chosen.latency_ms, "final_ms": chosen.final_ms,
+                                "scoring_top1": chosen.top1, **breakdown(chosen.removed)}
+                plan["search_s"] = time.time() - t0
+                results["runs"][plan_key] = {"plan": plan, "seeds": {}}
+                write_json_atomic(results_path, results, indent=1)
+                say(f"{plan_key}: {plan}")
+            if plan.get("unreachable"):
+                continue
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                if str(seed) in results["runs"][plan_key]["seeds"]:
+                    continue
+                if method == "channels-tp":      # deterministic: the same ratio gives the same model
+                    model = tp_prune(inputs.loaded.model, inputs.loaded.input_shape, plan["pruning_ratio"],
+                                     cfg.search.channel_multiple)
+                else:
+                    model = space.model_for(plan["tokens"], torch.device("cpu"))
+                t0 = time.time()
+                ft = FinetuneConfig(epochs=args.finetune_epochs, seed=seed)
+                bundle = inputs.bundle
+                finetune(model, lambda ep: bundle.batches("train", ft.batch_size, shuffle=True, seed=seed + ep),
+                         len(bundle.y_train), ft, progress=None)
+                with tempfile.TemporaryDirectory() as tmp:
+                    top1, ms = ort_top1(model, inputs.loaded.input_shape, bundle, inputs.held.final, Path(tmp))
+                results["runs"][plan_key]["seeds"][str(seed)] = {"ort_top1": top1, "rpi4_ms": ms,
+                                                                 "finetune_s": time.time() - t0}
+                write_json_atomic(results_path, results, indent=1)
+                say(f"{plan_key} seed {seed}: top-1 {top1:.4f}, {ms:.2f} ms")
+    say("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The build's plan space: the levers it may pull, and what any plan gives.
+
+A plan is a list of tokens (``edgeprune.pipeline.levers``). :class:`PlanSpace` answers, for any
+plan: its predicted latency on the budget's device, its model, its input shape and its data.
+Each lever registers in :data:`LEVER_MOVES` what moves it offers from a plan and in
+:data:`LEVER_LIMIT` the plan with everything it can do done (the fastest it reaches); the joint
+search and the unreachable message only go through these two registries.
+
+Latency: the block strategies read a plan of removed blocks from the per-block table (one export,
+as always); the joint search exports every plan (TorchScript, in a temporary file) and predicts
+it, once per plan (the memo is cached with the build), so all its savings come from one source. Accuracy of a plan that changes
+channels or resolution is measured after re-estimating BatchNorm statistics on a fixed, seeded
+set of training images at the plan's input size (``StateOracle``); a plan of removed blocks only
+keeps today's direct removal.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from edgeprune.devices.block_latency import BlockLatencyTable
+from edgeprune.devices.predictor import predict
+from edgeprune.devices.profiles import DeviceProfile
+from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+from edgeprune.pipeline.blocks import Block, remove_blocks
+from edgeprune.pipeline.channels import ChannelGroup, prune_channels, reestimate_batchnorm
+from edgeprune.pipeline.data import DataBundle
+from edgeprune.pipeline.evaluate import evaluate
+from edgeprune.pipeline.levers import PlanState, is_block_only
+
+BN_IMAGES = 256            # training images that re-estimate BatchNorm statistics after a plan's change
+
+
+@dataclass
+class PlanSpace:
+    model: nn.Module                    # the original, eval mode, on the CPU
+    input_shape: tuple[int, int, int, int]
+    bundle: DataBundle
+    blocks: list[Block]
+    candidates: list[str]               # removable blocks (moves only when "blocks" is among the levers)
+    table: BlockLatencyTable
+    metric: str
+    shortcuts: dict[str, list[str]]     # a removed projection block leaves its shortcut path behind
+    profile: DeviceProfile
+    levers: list[str]
+    groups: list[ChannelGroup] = field(default_factory=list)
+    orders: dict[str, list[int]] = field(default_factory=dict)     # group -> channels, least important first
+    sizes: list[int] = field(default_factory=list)                 # resolution steps below the input, descending
+    latency_memo: dict[str, float] = field(default_factory=dict)
+    on_latency: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------ what a plan gives
+
+    def input_shape_of(self, tokens: Sequence[str]) -> tuple[int, int, int, int]:
+        r = PlanState.from_tokens(tokens).resolution
+        n, c, h, w = self.input_shape
+        return (n, c, h, w) if r is None else (n, c, r, r)
+
+    def data_of(self, tokens: Sequence[str]) -> DataBundle:
+        shape = self.input_shape_of(tokens)
+        return self.bundle.at_size((shape[2], shape[3]))
+
+    def apply(self, tokens: Sequence[str]) -> nn.Module:
+        """The plan's structure (BatchNorm statistics as the original's): what is exported and timed."""
+        if not tokens:
+            return self.model
+        s = PlanState.from_tokens(tokens)
+        model = self.model
+        if s.channels:
+            model = prune_channels(model, self.groups, self.orders, s.steps, self.input_shape_of(tokens))
+        if s.blocks:
+            model = remove_blocks(model, sorted(s.blocks), self.blocks, replace_projection=True)
+        return model
+
+    def model_for(self, tokens: Sequence[str], device: torch.device) -> nn.Module:
+        """The plan's model as it is measured and fine-tuned: a plan that changes channels or the input
+        size gets BatchNorm statistics re-estimated on :data:`BN_IMAGES` training images at its size."""
+        model = self.apply(tokens)
+        if is_block_only(tokens):
+            return model
+        data = self.data_of(tokens)
+        n = min(BN_IMAGES, len(data.y_train))
+        idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
+        return reestimate_batchnorm(model, (x for x, _ in data.batches("train", 64, indices=idx)), device)
+
+    def table_latency(self, removed: Sequence[str]) -> float:
+        """Predicted ms of the model minus ``removed`` blocks from the per-block table (fast): what the
+        block strategies plan with (``metric`` p90: the band's upper edge)."""
+        keep = [m for r in removed for m in self.shortcuts.get(r, [])]
+        if self.metric == "p90":
+            return self.table.estimate_without(removed, keep).high_ms
+        return self.table.predict_without(removed, keep)
+
+    def latency(self, tokens: Sequence[str]) -> float:
+        """Predicted ms of the plan on the budget's device. With block removal the only lever, the
+        per-block table; otherwise every plan, the original included, is exported and predicted the
+        same way, so the joint search compares savings from one source."""
+        if self.levers == ["blocks"] and is_block_only(tokens):
+            return self.table_latency(tokens)
+        key = ",".join(sorted(tokens))
+        if key not in self.latency_memo:
+            with tempfile.TemporaryDirectory(prefix="edgeprune-plan-") as tmp:
+                path = Path(tmp) / "plan.onnx"
+                export_onnx(self.apply(tokens).cpu().eval(), self.input_shape_of(tokens), path,
+                            ExportConfig(dynamo=False))
+                p = predict(path, self.profile)
+            self.latency_memo[key] = p.high_ms if self.metric == "p90" else p.latency_ms
+            self.on_latency()
+        return self.latency_memo[key]
+
+    # ------------------------------------------------------------ the levers
+
+    def moves(self, state: PlanState) -> dict[str, PlanState]:
+        """Every move the enabled levers offer from ``state``, by label."""
+        out: dict[str, PlanState] = {}
+        for lever in self.levers:
+            out.update(LEVER_MOVES[lever](self, state))
+        return out
+
+    def available(self) -> list[str]:
+        """The levers this model offers anything to (removable blocks, channel groups, smaller sizes)."""
+        parts = {"blocks": self.candidates, "channels": self.groups, "resolution": self.sizes}
+        return [lever for lever in LEVER_MOVES if parts[lever]]
+
+    def limit(self, levers: Sequence[str], state: PlanState = PlanState()) -> PlanState:
+        """``state`` with everything ``levers`` can do done: the fastest plan they reach."""
+        for lever in levers:
+            state = LEVER_LIMIT[lever](self, state)
+        return state
+
+
+def _block_moves(space: PlanSpace, state: PlanState) -> dict[str, PlanState]:
+    return {f"remove {b}": state.with_block(b) for b in space.candidates if b not in state.blocks}
+
+
+def _channel_moves(space: PlanSpace, state: PlanState) -> dict[str, PlanState]:
+    steps = state.steps
+    return {f"shrink {g.name}": state.with_channel_step(g.name) for g in space.groups
+            if steps.get(g.name, 0) < g.max_steps}
+
+
+def _resolution_moves(space: PlanSpace, state: PlanState) -> dict[str, PlanState]:
+    lower = [s for s in space.sizes if state.resolution is None or s < state.resolution]
+    return {f"input {lower[0]}": state.with_resolution(lower[0])} if lower else {}
+
+
+def _blocks_limit(space: PlanSpace, state: PlanState) -> PlanState:
+    return PlanState(state.blocks | set(space.candidates), state.channels, state.resolution)
+
+
+def _channels_limit(space: PlanSpace, state: PlanState) -> PlanState:
+    return PlanState(state.blocks, tuple(sorted((g.name, g.max_steps) for g in space.groups if g.max_steps)),
+                     state.resolution)
+
+
+def _resolution_limit(space: PlanSpace, state: PlanState) -> PlanState:
+    return state.with_resolution(space.sizes[-1]) if space.sizes else state
+
+
+LEVER_MOVES: dict[str, Callable[[PlanSpace, PlanState], dict[str, PlanState]]] = {
+    "blocks": _block_moves, "channels": _channel_moves, "resolution": _resolution_moves}
+LEVER_LIMIT: dict[str, Callable[[PlanSpace, PlanState], PlanState]] = {
+    "blocks": _blocks_limit, "channels": _channels_limit, "resolution": _resolution_limit}
+
+
+class StateOracle:
+    """Top-1 and loss of any plan on the scoring images, measured on the plan's own model
+    (``PlanSpace.model_for``), memoised by the plan's key (plain JSON, cached with the build)."""
+
+    def __init__(self, space: PlanSpace, score: torch.Tensor, batch_size: int, device: torch.device,
+                 memo: dict[str, list[float]] | None = None, on_update: Callable[[], None] = lambda: None):
+        self.space, self.score, self.batch_size, self.device = space, score, batch_size, device
+        self.memo = memo if memo is not None else {}
+        self.on_update = on_update
+        self.evaluations = 0
+
+    def __call__(self, tokens: Sequence[str]) -> tuple[float, float]:
+        key = ",".join(sorted(tokens))
+        if key not in self.memo:
+            model = self.space.model_for(tokens, self.device)
+            batches = self.space.data_of(tokens).batches("val", self.batch_size, indices=self.score)
+            r = evaluate(model, batches, self.device)
+            self.memo[key] = [r.top1, r.loss]
+            self.evaluations += 1
+            self.on_update()
+        top1, loss = self.memo[key]
+        return top1, loss
+
+    def measure(self, states: Sequence[PlanState]) -> list[tuple[float, float]]:
+        return [self(s.tokens()) for s in states]

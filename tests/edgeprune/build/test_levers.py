@@ -1,0 +1,102 @@
+"""Builds with the channel and resolution levers, end to end on a tiny model and tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+from edgeprune.exporters.artifact import checksum_problems
+
+TESTS = Path(__file__).parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("levers")
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 10
+    x = (rng.integers(0, 60, (400, 16, 16)) + (y[:, None, None] * 20)).astype(np.uint8)  # learnable brightness
+    np.savez(tmp / "tiny.npz", x_train=x[:200], y_train=y[:200], x_val=x[200:], y_val=y[200:])
+    sys.path.insert(0, str(TESTS))
+    os.environ["PYTHONPATH"] = f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    args = ["--model", "tinynets:tiny_wide_resnet", "--input-size", "16", "--data", str(tmp / "tiny.npz"),
+            "--device", "rpi4", "--score-images", "60", "--finetune-epochs", "0", "--bench-runs", "5",
+            "--max-accuracy-drop", "100", "--shortlist", "1"]
+    return tmp, args
+
+
+def _build(env, *extra, out="b"):
+    tmp, args = env
+    r = runner.invoke(app, ["build", *args, *extra, "--out", str(tmp / out), "--json"])
+    return r, (json.loads(r.stdout) if r.stdout.strip().startswith("{") else None)
+
+
+@pytest.fixture(scope="module")
+def reach(env):
+    """What each lever reaches, from one unreachable build (answered before any accuracy is measured)."""
+    r, out = _build(env, "--budget", "0.001ms", "--levers", "blocks", out="u")
+    assert r.exit_code == 3, r.output
+    return out, r
+
+
+def test_unreachable_says_what_each_other_lever_would_reach(reach):
+    out, r = reach
+    reach_ms = out["lever_reach_ms"]
+    assert set(reach_ms) == {"blocks", "blocks+channels", "blocks+resolution"}
+    assert reach_ms["blocks+channels"] < reach_ms["blocks"] and reach_ms["blocks+resolution"] < reach_ms["blocks"]
+    msg = out["message"]
+    assert "unreachable by block removal" in msg
+    assert "with channels as well:" in msg and "with resolution as well:" in msg and "\n" not in msg
+    assert out["search_evaluations"] == 0
+
+
+def test_channels_meet_a_budget_blocks_alone_cannot(env, reach):
+    reach_ms = reach[0]["lever_reach_ms"]
+    budget = reach_ms["blocks+channels"] + 0.5 * (reach_ms["blocks"] - reach_ms["blocks+channels"])
+    r, out = _build(env, "--budget", f"{budget:.4f}ms", "--levers", "blocks")
+    assert r.exit_code == 3 and "unreachable" in out["message"]
+    r, out = _build(env, "--budget", f"{budget:.4f}ms", "--levers", "blocks,channels", out="c")
+    assert r.exit_code == 0, r.output
+    assert any(t.startswith("channels:") for t in out["removed"]) and "joint-greedy" in out["search"]["best"]
+    art = Path(out["artifact"])
+    assert checksum_problems(art) == []
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["latency"]["device_after"]["value_ms"] <= budget
+    assert manifest["source"]["plan"]["channel_steps"] and manifest["source"]["plan"]["levers"][-1] == "channels"
+    assert manifest["verification"]["passed"] if "verification" in manifest else True
+    assert "channel groups shrunk" in (art / "report.md").read_text()
+
+
+def test_resolution_lever_ships_the_chosen_input_size(env, reach):
+    reach_ms = reach[0]["lever_reach_ms"]
+    budget = reach_ms["blocks+resolution"] + 0.2 * (reach_ms["blocks"] - reach_ms["blocks+resolution"])
+    r, out = _build(env, "--budget", f"{budget:.4f}ms", "--levers", "blocks,resolution", "--min-resolution", "8",
+                    out="r")
+    assert r.exit_code == 0, r.output
+    size = next(int(t.split(":")[1]) for t in out["removed"] if t.startswith("resolution:"))
+    assert size < 16
+    art = Path(out["artifact"])
+    dims = [d.dim_value for d in onnx.load(str(art / "model.onnx")).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == [size, size]
+    manifest = json.loads((art / "manifest.json").read_text())
+    steps = manifest["preprocessing"]["steps"]
+    assert any(s["op"] == "resize" and s["size"] == [size, size] for s in steps)
+    golden = np.load(art / "golden.npz")
+    assert golden[next(k for k in golden.files if golden[k].ndim == 4)].shape[2:] == (size, size)
+
+
+def test_bad_lever_input_is_one_line(env, tmp_path):
+    r, _ = _build(env, "--budget", "1ms", "--levers", "blocks,width", out="x1")
+    assert r.exit_code == 2 and "unknown lever width; known: blocks, channels, resolution" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    r, _ = _build(env, "--budget", "1ms", "--levers", "resolution", "--min-resolution", "20", out="x2")
+    assert r.exit_code == 2 and "--min-resolution 20 is above the model's input size 16" in r.stderr
