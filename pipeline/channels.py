@@ -350,3 +350,68 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
             bn.momentum = m
         model.eval()
     return model
+
+
+# ---------------------------------------------------------------- gradual pruning
+
+def cubic_share(step: int, total: int, ramp: float = 0.75) -> float:
+    """Share of a plan's channel removal done after ``step`` of ``total`` fine-tune steps: Zhu & Gupta's
+    (2017) cubic schedule 1 - (1 - t)^3, t = step / (ramp * total), from nothing at the start to all of it
+    at ``ramp`` of the way; the rest of the fine-tune recovers with the final widths."""
+    t = min(1.0, step / max(1.0, ramp * total))
+    return 1.0 - (1.0 - t) ** 3
+
+
+class ChannelMasks:
+    """The channels a plan removes, zeroed in the unpruned structure and growing with a schedule.
+
+    For each group the first ``share`` of the channels its order removes are dead: every layer
+    Torch-Pruning couples to them has those weights (and biases, BatchNorm scales and shifts)
+    zeroed, their producers' outputs and their consumers' inputs alike, so the model computes what
+    the pruned one would. ``after_step(step, total)`` re-applies the masks after each optimizer step
+    (a fine-tune's ``after_step`` hook); :func:`prune_channels` with the same steps then removes the
+    dead channels exactly. Groups whose root layer the model no longer has (inside a removed block)
+    are left out, as their channels are gone anyway.
+    """
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], orders: dict[str, list[int]],
+                 steps: dict[str, int], input_shape: tuple[int, ...], schedule: Callable[[int, int], float] = cubic_share):
+        self.model, self.schedule = model, schedule
+        present = dict(model.named_modules())
+        self.groups = [g for g in groups if steps.get(g.name) and g.name in present
+                       and isinstance(present[g.name], (nn.Conv2d, nn.Linear))
+                       and _out_channels(present[g.name]) == g.channels]
+        self.steps = {g.name: steps[g.name] for g in self.groups}
+        self.removed = {g.name: list(orders[g.name][:g.channels - g.kept(steps[g.name])]) for g in self.groups}
+        with _tracing(model):
+            self._graph, _ = _dependency_graph(model, input_shape)
+        self._share = -1.0
+        self._zero: list[tuple[torch.Tensor, int, torch.Tensor]] = []   # (tensor, dim, indices) to zero
+
+    def _targets(self, share: float) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        out = []
+        for g in self.groups:
+            n = round(share * len(self.removed[g.name]))
+            if not n:
+                continue
+            for dep, idxs in _tp_group(self._graph, self.model, g, self.removed[g.name][:n]):
+                module, idx = dep.target.module, torch.as_tensor(list(idxs), dtype=torch.long)
+                if not isinstance(module, (_CONV, nn.Linear, _BATCHNORM)) or not len(idx):
+                    continue
+                if self._graph.is_out_channel_pruning_fn(dep.handler):   # outputs: weight rows, bias, BN affine
+                    out += [(t, 0, idx) for t in (module.weight, module.bias) if t is not None]
+                if self._graph.is_in_channel_pruning_fn(dep.handler) and not isinstance(module, _BATCHNORM):
+                    depthwise = isinstance(module, _CONV) and module.groups > 1
+                    out.append((module.weight, 0 if depthwise else 1, idx))
+        return out
+
+    @torch.no_grad()
+    def apply(self, share: float) -> None:
+        """Zero the first ``share`` of each group's removed channels (the same or more than before)."""
+        if share != self._share:
+            self._zero, self._share = self._targets(share), share
+        for tensor, dim, idx in self._zero:
+            tensor.index_fill_(dim, idx.to(tensor.device), 0.0)
+
+    def after_step(self, step: int, total: int) -> None:
+        self.apply(self.schedule(step, total))

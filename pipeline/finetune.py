@@ -37,6 +37,7 @@ class FinetuneConfig:
     temperature: float = 4.0
     alpha: float = 0.9                # weight of the soft (distillation) loss
     augment: str = "crop"             # none | crop | crop+flip
+    gradual: bool = False             # channels leave over the fine-tune (Zhu & Gupta's cubic schedule), not at once
     checkpoint: str | None = None     # checkpoint file (resume): written each epoch and every checkpoint_every_s
     checkpoint_every_s: float = 120.0  # of training, so an interruption mid-epoch loses at most this much
     max_memory_mb: float = 2048.0     # activations of one forward/backward: larger batches run in micro-batches
@@ -116,8 +117,11 @@ def micro_batch(model: nn.Module, cfg: FinetuneConfig, example: torch.Tensor, ov
 
 def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images: int, cfg: FinetuneConfig,
              teacher: nn.Module | None = None, device: torch.device | str = "cpu",
-             progress: str | None = "fine-tune", warn: Callable[[str], None] | None = None) -> nn.Module:
+             progress: str | None = "fine-tune", warn: Callable[[str], None] | None = None,
+             after_step: Callable[[int, int], None] | None = None) -> nn.Module:
     """Train ``model`` for ``cfg.epochs`` (or ``cfg.steps``); ``make_batches(epoch)`` yields (x, y).
+    ``after_step(step, total)`` runs before the first step (``step`` 0, or where a resumed run
+    goes on) and after every optimizer step: gradual pruning re-applies its masks there.
 
     A checkpoint that cannot be read (torn, not a checkpoint, another model's) is treated as
     absent: it is removed, ``warn`` (or a Python warning) says so, and training starts afresh."""
@@ -173,6 +177,8 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
                                  "step": step, "epoch": epoch, "in_epoch": in_epoch, "gen": gen.get_state()})
 
     saved_at = time.monotonic()
+    if after_step is not None:
+        after_step(step, total)
     bar = iter(track(range(step, total), progress, total=total - step))
     while step < total:
         gen.manual_seed(cfg.seed * 7919 + epoch)
@@ -200,6 +206,8 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
             opt.step()
             sched.step()
             step += 1
+            if after_step is not None:
+                after_step(step, total)
             in_epoch = i + 1
             next(bar, None)
             if ckpt is not None and time.monotonic() - saved_at >= cfg.checkpoint_every_s and step < total:

@@ -101,6 +101,41 @@ def breakdown(tokens: list[str]) -> dict:
             "channel_steps": sum(n for _, n in s.channels), "resolution": s.resolution, "tokens": tokens}
 
 
+def write_doc(results_files: list[Path], doc: Path) -> None:
+    """The benchmark's doc from the results of every model run so far."""
+    lines = ["# Levers benchmark: blocks, channels (Torch-Pruning) and the joint search at rpi4 budgets", "",
+             "Written by `benchmarks/studies/levers_benchmark.py` from its results "
+             f"({', '.join(f'`{f}`' for f in results_files)}). Top-1 is onnxruntime's output of the exported, "
+             "fine-tuned model on the held-out test images (none scored a plan); ms is the rpi4 prediction of "
+             "that file (the predictor's band is about ±31%: [devices.md](devices.md)).", ""]
+    for f in results_files:
+        r = json.loads(f.read_text())
+        lines += [f"## {r['model']}", "",
+                  f"Unpruned rpi4 prediction {r['base_rpi4_ms']:.2f} ms; {r['score_images']} scoring images, "
+                  f"{r['held_out_images']} held-out test images; fine-tune {r['finetune_epochs']:g} epoch of the "
+                  f"full training set per seed (SGD, the library's defaults); channel multiple {r['multiple']}; "
+                  f"torch {r['torch']}, 1 thread, on {r['host']}.", "",
+                  "| budget | method | rpi4 ms | plan | top-1 per seed | mean | search s | fine-tune s |",
+                  "|---|---|---:|---|---|---:|---:|---:|"]
+        for key, run in r["runs"].items():
+            frac, method = key.split("/")
+            plan, seeds = run["plan"], run["seeds"]
+            if plan.get("unreachable"):
+                lines.append(f"| {float(frac):.0%} | {method} | - | unreachable: "
+                             + ", ".join(f"{k} {v:.1f} ms" for k, v in plan["reach"].items()) + " | | | | |")
+                continue
+            what = (f"global ratio {plan['pruning_ratio']:.3f}" if method == "channels-tp" else
+                    f"{plan['blocks_removed']} blocks, {plan['channel_groups']} groups / {plan['channel_steps']} steps")
+            tops = [v["ort_top1"] for v in seeds.values()]
+            ms = next(iter(seeds.values()))["rpi4_ms"] if seeds else plan.get("final_ms") or plan["planned_ms"]
+            ft = sum(v["finetune_s"] for v in seeds.values()) / max(1, len(seeds))
+            lines.append(f"| {float(frac):.0%} | {method} | {ms:.2f} | {what} | "
+                         f"{', '.join(f'{t:.2%}' for t in tops) or '-'} | "
+                         f"{(sum(tops) / len(tops)) if tops else float('nan'):.2%} | {plan['search_s']:.0f} | {ft:.0f} |")
+        lines.append("")
+    doc.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
@@ -112,7 +147,12 @@ def main() -> None:
     ap.add_argument("--score-images", type=int, default=500)
     ap.add_argument("--workdir", default="runs/levers")
     ap.add_argument("--results", default=None)
+    ap.add_argument("--doc", default="docs/levers-benchmark.md")
+    ap.add_argument("--doc-only", action="store_true", help="rewrite the doc from the results files and stop")
     args = ap.parse_args()
+    if args.doc_only:
+        write_doc(sorted(Path("docs").glob("levers-benchmark-*.json")), Path(args.doc))
+        return
     torch.set_num_threads(1)
     work = Path(args.workdir) / args.model
     work.mkdir(parents=True, exist_ok=True)
@@ -178,6 +218,7 @@ def main() -> None:
                                                                  "finetune_s": time.time() - t0}
                 write_json_atomic(results_path, results, indent=1)
                 say(f"{plan_key} seed {seed}: top-1 {top1:.4f}, {ms:.2f} ms")
+    write_doc(sorted(Path("docs").glob("levers-benchmark-*.json")), Path(args.doc))
     say("done")
 
 

@@ -234,7 +234,7 @@ FLAGS: dict[str, str] = {
     "channel_multiple": "search.channel_multiple", "min_resolution": "search.min_resolution",
     "resolution_step": "search.resolution_step",
     "finetune_epochs": "finetune.epochs", "finetune_lr": "finetune.lr", "kd": "finetune.kd",
-    "temperature": "finetune.temperature", "alpha": "finetune.alpha",
+    "temperature": "finetune.temperature", "alpha": "finetune.alpha", "gradual": "finetune.gradual",
     "device": "measure.device", "ssh": "measure.ssh", "remote_python": "measure.remote_python",
     "ssh_config": "measure.ssh_config", "ssh_timeout": "measure.ssh_timeout", "bench_runs": "measure.bench_runs", "bench_rounds": "measure.bench_rounds",
     "verify_arm": "measure.verify_arm",

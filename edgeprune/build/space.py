@@ -11,11 +11,13 @@ as always); the joint search exports every plan (TorchScript, in a temporary fil
 it, once per plan (the memo is cached with the build), so all its savings come from one source. Accuracy of a plan that changes
 channels or resolution is measured after re-estimating BatchNorm statistics on a fixed, seeded
 set of training images at the plan's input size (``StateOracle``); a plan of removed blocks only
-keeps today's direct removal.
+keeps today's direct removal. The joint search screens every move with a second oracle on
+:data:`SCREEN_IMAGES` scoring images and measures its :data:`FINALISTS` in full.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +31,14 @@ from edgeprune.devices.predictor import predict
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.pipeline.blocks import Block, remove_blocks
-from edgeprune.pipeline.channels import ChannelGroup, prune_channels, reestimate_batchnorm
+from edgeprune.pipeline.channels import ChannelGroup, ChannelMasks, prune_channels, reestimate_batchnorm
 from edgeprune.pipeline.data import DataBundle
 from edgeprune.pipeline.evaluate import evaluate
 from edgeprune.pipeline.levers import PlanState, is_block_only
 
 BN_IMAGES = 256            # training images that re-estimate BatchNorm statistics after a plan's change
+SCREEN_IMAGES = 128        # the joint search screens every move on this many scoring images (and BN images)
+FINALISTS = 8              # moves per step then measured on all the scoring images
 
 
 @dataclass
@@ -78,14 +82,15 @@ class PlanSpace:
             model = remove_blocks(model, sorted(s.blocks), self.blocks, replace_projection=True)
         return model
 
-    def model_for(self, tokens: Sequence[str], device: torch.device) -> nn.Module:
+    def model_for(self, tokens: Sequence[str], device: torch.device, bn_images: int = BN_IMAGES) -> nn.Module:
         """The plan's model as it is measured and fine-tuned: a plan that changes channels or the input
-        size gets BatchNorm statistics re-estimated on :data:`BN_IMAGES` training images at its size."""
+        size gets BatchNorm statistics re-estimated on ``bn_images`` training images at its size (the
+        first of one seeded shuffle, the same for every plan)."""
         model = self.apply(tokens)
         if is_block_only(tokens):
             return model
         data = self.data_of(tokens)
-        n = min(BN_IMAGES, len(data.y_train))
+        n = min(bn_images, len(data.y_train))
         idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
         return reestimate_batchnorm(model, (x for x, _ in data.batches("train", 64, indices=idx)), device)
 
@@ -96,6 +101,19 @@ class PlanSpace:
         if self.metric == "p90":
             return self.table.estimate_without(removed, keep).high_ms
         return self.table.predict_without(removed, keep)
+
+    def gradual(self, tokens: Sequence[str]) -> tuple[nn.Module, ChannelMasks]:
+        """The plan's blocks removed, its channels still there but masked (``ChannelMasks``), for a
+        fine-tune that removes them gradually; :meth:`finish_gradual` then prunes them."""
+        s = PlanState.from_tokens(tokens)
+        model = (remove_blocks(self.model, sorted(s.blocks), self.blocks, replace_projection=True) if s.blocks
+                 else copy.deepcopy(self.model))
+        return model, ChannelMasks(model, self.groups, self.orders, s.steps, self.input_shape_of(tokens))
+
+    def finish_gradual(self, model: nn.Module, masks: ChannelMasks, tokens: Sequence[str]) -> nn.Module:
+        """The gradually fine-tuned model with its masked channels removed: the plan's structure."""
+        masks.apply(1.0)
+        return prune_channels(model, masks.groups, self.orders, masks.steps, self.input_shape_of(tokens))
 
     def latency(self, tokens: Sequence[str]) -> float:
         """Predicted ms of the plan on the budget's device. With block removal the only lever, the
@@ -174,8 +192,10 @@ class StateOracle:
     (``PlanSpace.model_for``), memoised by the plan's key (plain JSON, cached with the build)."""
 
     def __init__(self, space: PlanSpace, score: torch.Tensor, batch_size: int, device: torch.device,
-                 memo: dict[str, list[float]] | None = None, on_update: Callable[[], None] = lambda: None):
+                 memo: dict[str, list[float]] | None = None, on_update: Callable[[], None] = lambda: None,
+                 bn_images: int = BN_IMAGES):
         self.space, self.score, self.batch_size, self.device = space, score, batch_size, device
+        self.bn_images = bn_images
         self.memo = memo if memo is not None else {}
         self.on_update = on_update
         self.evaluations = 0
@@ -183,7 +203,7 @@ class StateOracle:
     def __call__(self, tokens: Sequence[str]) -> tuple[float, float]:
         key = ",".join(sorted(tokens))
         if key not in self.memo:
-            model = self.space.model_for(tokens, self.device)
+            model = self.space.model_for(tokens, self.device, self.bn_images)
             batches = self.space.data_of(tokens).batches("val", self.batch_size, indices=self.score)
             r = evaluate(model, batches, self.device)
             self.memo[key] = [r.top1, r.loss]

@@ -28,7 +28,7 @@ from edgeprune.build.cache import BuildCache, str_lists
 from edgeprune.build.config import BuildConfig, SearchConfig
 from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
-from edgeprune.build.space import PlanSpace, StateOracle
+from edgeprune.build.space import FINALISTS, SCREEN_IMAGES, PlanSpace, StateOracle
 from edgeprune.devices.block_latency import block_latency_table
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
@@ -167,15 +167,19 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
 
     def on_update() -> None:
         cache.save("accuracy-memo", memo)
-        if states is not None:
+        if states is not None and screen is not None:
             cache.save("plan-accuracy", states.memo)
-        beat.beat(oracle.evaluations + (states.evaluations if states is not None else 0))
+            cache.save("plan-screen", screen.memo)
+        beat.beat(oracle.evaluations + sum(o.evaluations for o in (states, screen) if o is not None))
 
     oracle = AccuracyOracle(inputs.loaded.model, inputs.blocks, inputs.score_batches, ctx, memo, on_update)
-    states = None
+    states = screen = None
     if joint:
         states = StateOracle(space, inputs.held.score, scfg.batch_size, inputs.torch_device,
                              cache.load("plan-accuracy", valid=AccuracyOracle.valid_memo) or {}, on_update)
+        screen = StateOracle(space, inputs.held.score[:SCREEN_IMAGES], scfg.batch_size, inputs.torch_device,
+                             cache.load("plan-screen", valid=AccuracyOracle.valid_memo) or {}, on_update,
+                             bn_images=SCREEN_IMAGES)
     fastest = space.limit(space.levers).tokens()
     floor_ms = space.latency(fastest)
     if floor_ms > scfg.budget_ms:    # answered before any accuracy is measured
@@ -202,7 +206,8 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
             result = SearchResult(budget_ms, base, {}, [base])
         if result.winner != "none" and states is not None:
             plan = joint_greedy(JOINT, JointSpace(space.moves, lambda st: space.latency(st.tokens()), states.measure,
-                                                  budget_ms, result.considered))
+                                                  budget_ms, result.considered, screen=screen.measure,
+                                                  finalists=FINALISTS))
             if plan is not None:
                 result.best[JOINT] = plan
                 result.considered.append(plan)
@@ -325,12 +330,19 @@ def finetuned(inputs: Inputs, space: PlanSpace, c: Candidate, ft: FinetuneConfig
         else:
             say(f"fine-tuned weights for {c.label} found in the cache")
             return m
-    say(f"fine-tuning {c.label} ({PlanState.from_tokens(c.removed).describe()})")
+    gradual = ft.gradual and bool(PlanState.from_tokens(c.removed).channels)
+    say(f"fine-tuning {c.label} ({PlanState.from_tokens(c.removed).describe()}"
+        + (", channels removed gradually" if gradual else "") + ")")
     run = replace(ft, checkpoint=str(inputs.cache.path("finetune", stage_cfg, ".ckpt")))
     bundle = space.data_of(c.removed)
+    masks = None
+    if gradual:
+        m, masks = space.gradual(c.removed)
     finetune(m, lambda ep: bundle.batches("train", run.batch_size, shuffle=True, seed=inputs.cfg.seed + ep),
              len(bundle.y_train), run, teacher=inputs.loaded.model if run.kd else None, device=inputs.torch_device,
-             warn=say)
+             warn=say, after_step=masks.after_step if masks is not None else None)
+    if masks is not None:
+        m = space.finish_gradual(m, masks, c.removed)
     save_torch_atomic(done, m.state_dict())
     return m
 

@@ -41,6 +41,7 @@ def build_command(
     finetune_lr: Annotated[float, typer.Option(help="Fine-tune peak learning rate.")] = d("finetune_lr"),
     kd: o.Kd = d("kd"),
     temperature: o.Temperature = d("temperature"), alpha: o.Alpha = d("alpha"),
+    gradual: Annotated[bool, typer.Option("--gradual", help="Remove a plan's channels over the fine-tune (Zhu & Gupta's cubic schedule over its first 3/4) instead of at once.")] = d("gradual"),
     score_images: o.ScoreImages = d("score_images"), batch_size: o.BatchSize = d("batch_size"),
     max_accuracy_drop: Annotated[float, typer.Option(help="Points of held-out top-1 the shipped plan may lose after fine-tune; a plan beyond it is not shipped (exit 3).")] = d("max_accuracy_drop"),
     strategies: Annotated[list[str], typer.Option("--strategy", help="Search strategies (repeatable): latency-greedy, accuracy-greedy, knapsack.")] = d("strategies"),

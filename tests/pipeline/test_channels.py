@@ -16,8 +16,10 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.onnx_export import export_onnx
 from edgeprune.pipeline.blocks import discover
-from edgeprune.pipeline.channels import (CHANNEL_CRITERIA, ChannelGroup, channel_groups, channel_orders,
+from edgeprune.pipeline.channels import (CHANNEL_CRITERIA, ChannelGroup, ChannelMasks, channel_groups, channel_orders,
+                                         cubic_share,
                                          prune_channels, reestimate_batchnorm)
+from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.models import randomize_batchnorm, state_fingerprint
 from edgeprune.pipeline.resnet_cifar import CifarResNet
 
@@ -341,3 +343,47 @@ def test_pruned_model_exports_to_onnx(catnet, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(out, pruned(x).detach().numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------- gradual pruning
+
+def test_cubic_share_rises_from_nothing_to_all_by_the_ramp():
+    shares = [cubic_share(s, 100) for s in range(0, 101, 5)]
+    assert shares[0] == 0.0 and cubic_share(75, 100) == 1.0 and shares[-1] == 1.0
+    assert all(a <= b for a, b in zip(shares, shares[1:]))
+    assert cubic_share(25, 100) > 25 / 75          # cubic: most of the removal early, as Zhu & Gupta
+
+
+@pytest.mark.parametrize("which,shape", [("resnet", RESNET_SHAPE), ("mobilenet", MOBILENET_SHAPE),
+                                         ("catnet", CAT_SHAPE)])
+def test_masks_compute_what_the_pruned_model_computes(which, shape, request):
+    model, groups = request.getfixturevalue(which)
+    model = randomize_batchnorm(copy.deepcopy(model))     # outputs of a size that a difference shows in
+    orders = channel_orders(model, groups, shape, "magnitude")
+    steps = {g.name: g.max_steps for g in groups[::2]}
+    masks = ChannelMasks(model, groups, orders, steps, shape)
+    x = torch.randn(4, *shape[1:])
+    with torch.no_grad():
+        before = model(x)
+        masks.apply(0.5)
+        half = model(x)
+        masks.apply(1.0)
+        masked = model(x)
+        pruned = prune_channels(model, groups, orders, steps, shape)(x)
+    assert not torch.allclose(before, masked) and not torch.allclose(half, masked)
+    torch.testing.assert_close(pruned, masked, atol=1e-5, rtol=1e-4)
+
+
+def test_masks_survive_a_fine_tune_step(resnet):
+    model, groups = resnet
+    model = copy.deepcopy(model)
+    orders = channel_orders(model, groups, RESNET_SHAPE, "magnitude")
+    steps = {groups[0].name: groups[0].max_steps}
+    masks = ChannelMasks(model, groups, orders, steps, RESNET_SHAPE)
+    x, y = torch.randn(16, *RESNET_SHAPE[1:]), torch.randint(0, 10, (16,))
+    finetune(model, lambda ep: [(x, y)] * 3, 48, FinetuneConfig(epochs=1, batch_size=16, augment="none"),
+             progress=None, after_step=masks.after_step)
+    dead = masks.removed[groups[0].name]
+    root = model.get_submodule(groups[0].name)
+    assert float(root.weight.detach()[dead].abs().sum()) == 0.0        # zeroed again after the last step
+    assert float(root.weight.detach().abs().sum()) > 0.0

@@ -74,3 +74,17 @@ def test_budget_already_met_returns_the_start():
     space, _ = _space(25.0)
     plan = joint_greedy("joint-greedy", space)
     assert plan.removed == [] and plan.latency_ms == 20.0
+
+
+def test_a_screen_picks_finalists_and_the_full_measure_decides():
+    space, measured = _space(19.5)
+    screened = []
+
+    def screen(states):
+        screened.extend(states)
+        return _measure(states)
+    space.screen, space.finalists = screen, 2
+    plan = joint_greedy("joint-greedy", space)
+    assert len(screened) == 1 + 4              # the current plan and every move, cheaply
+    assert len(measured) == 1 + 2              # the start, then only the two finalists in full
+    assert PlanState.from_tokens(plan.removed) == PlanState(frozenset({"b"}))   # 19 ms, the cheapest per ms

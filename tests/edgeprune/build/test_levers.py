@@ -76,6 +76,18 @@ def test_channels_meet_a_budget_blocks_alone_cannot(env, reach):
     assert "channel groups shrunk" in (art / "report.md").read_text()
 
 
+def test_gradual_channel_removal_ships_the_same_structure(env, reach):
+    reach_ms = reach[0]["lever_reach_ms"]
+    budget = reach_ms["blocks+channels"] + 0.5 * (reach_ms["blocks"] - reach_ms["blocks+channels"])
+    r, out = _build(env, "--budget", f"{budget:.4f}ms", "--levers", "blocks,channels", "--gradual",
+                    "--finetune-epochs", "0.5", out="g")
+    assert r.exit_code == 0, r.output
+    art = Path(out["artifact"])
+    assert checksum_problems(art) == [] and "gradual = true" in (art / "build-config.toml").read_text()
+    assert any(t.startswith("channels:") for t in out["removed"])
+    assert out["latency"]["device_after"]["value_ms"] <= budget
+
+
 def test_resolution_lever_ships_the_chosen_input_size(env, reach):
     reach_ms = reach[0]["lever_reach_ms"]
     budget = reach_ms["blocks+resolution"] + 0.2 * (reach_ms["blocks"] - reach_ms["blocks+resolution"])
