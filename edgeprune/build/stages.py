@@ -89,7 +89,12 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
     loaded = load_model(cfg.model)
     bundle = load_data_for(cfg.data, loaded, warn=lambda line: say(f"warning: {line}"))
     blocks = discover(loaded.model, loaded.input_shape)
-    candidates = [b.name for b in candidates_for(blocks, cfg.search.replace_projection)]
+    try:
+        candidates = [b.name for b in candidates_for(blocks, cfg.search.replace_projection)]
+    except EdgepruneError:          # no removable block: only a build that pulls other levers goes on
+        if cfg.search.levers == ["blocks"]:
+            raise
+        candidates = []
     held = split_val(bundle, cfg.search.score_images, seed=cfg.seed)
     cache = BuildCache.for_inputs(out, {
         "model": loaded.spec.to_dict(), "weights": state_fingerprint(loaded.model),

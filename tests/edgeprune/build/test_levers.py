@@ -112,3 +112,29 @@ def test_bad_lever_input_is_one_line(env, tmp_path):
     assert r.stderr.strip().count("\n") == 0
     r, _ = _build(env, "--budget", "1ms", "--levers", "resolution", "--min-resolution", "20", out="x2")
     assert r.exit_code == 2 and "--min-resolution 20 is above the model's input size 16" in r.stderr
+
+
+def test_a_model_torch_pruning_cannot_handle_is_one_line_naming_the_layer(env):
+    tmp, args = env
+    swapped = [("tinynets:grouped_net" if a == "tinynets:tiny_wide_resnet" else a) for a in args]
+    r = runner.invoke(app, ["build", *swapped, "--budget", "0.001ms", "--levers", "blocks,channels", "--json",
+                            "--out", str(tmp / "grouped")])
+    assert r.exit_code == 2 and r.stderr.strip().count("\n") == 0, r.output
+    assert "torch-pruning cannot handle layer grouped.0 (Conv2d, groups=4)" in r.stderr
+    r = runner.invoke(app, ["build", *swapped, "--budget", "0.001ms", "--levers", "blocks",
+                            "--out", str(tmp / "grouped-blocks")])
+    assert r.exit_code == 2 and "no removable block" in r.stderr, r.output     # nothing for blocks alone
+
+
+def test_a_model_without_residual_blocks_is_pruned_by_its_channels(env, reach):
+    tmp, args = env
+    plain = [("tinynets:plain_net" if a == "tinynets:tiny_wide_resnet" else a) for a in args]
+    r = runner.invoke(app, ["build", *plain, "--budget", "0.001ms", "--json", "--out", str(tmp / "plain-u")])
+    assert r.exit_code == 3, r.output
+    reach_ms = json.loads(r.stdout)["lever_reach_ms"]
+    base = json.loads(r.stdout)["search"]["base"]["latency_ms"]
+    budget = reach_ms["blocks+channels"] + 0.3 * (base - reach_ms["blocks+channels"])
+    r = runner.invoke(app, ["build", *plain, "--budget", f"{budget:.4f}ms", "--json", "--out", str(tmp / "plain")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["removed"] and all(t.startswith("channels:") for t in out["removed"])
