@@ -44,6 +44,8 @@ from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.levers import PlanState
 
 FRACTIONS = (0.75, 0.5, 0.35)
+METHODS = ("blocks", "channels-tp", "joint")
+SEEDS = (0, 1, 2)
 
 
 def predicted_ms(model: torch.nn.Module, shape, device: str) -> float:
@@ -132,6 +134,12 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
             lines.append(f"| {float(frac):.0%} | {method} | {ms:.2f} | {what} | "
                          f"{', '.join(f'{t:.2%}' for t in tops) or '-'} | "
                          f"{(sum(tops) / len(tops)) if tops else float('nan'):.2%} | {plan['search_s']:.0f} | {ft:.0f} |")
+        missing = [f"{frac:.0%} {m} seed {seed}" for frac in FRACTIONS for m in METHODS for seed in SEEDS
+                   if str(seed) not in r["runs"].get(f"{frac}/{m}", {}).get("seeds", {})
+                   and not r["runs"].get(f"{frac}/{m}", {}).get("plan", {}).get("unreachable")]
+        if missing:
+            lines += ["", f"**Not run yet** ({len(missing)} of {len(FRACTIONS) * len(METHODS) * len(SEEDS)}): "
+                      + ", ".join(missing) + ". The script resumes where it stopped."]
         lines.append("")
     doc.write_text("\n".join(lines) + "\n")
 
@@ -140,9 +148,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
-    ap.add_argument("--methods", default="blocks,channels-tp,joint")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--finetune-epochs", type=float, default=0.25)
     ap.add_argument("--score-images", type=int, default=500)
     ap.add_argument("--workdir", default="runs/levers")

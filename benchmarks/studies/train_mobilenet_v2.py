@@ -16,7 +16,8 @@ channel. 64x64 is the size whose unpruned rpi4 prediction is in the tens of mill
 Augmentation on the raw 28x28 image: random crop with 2 pixels of zero padding, horizontal
 flip. SGD (Nesterov, momentum 0.9), weight decay 1e-4 on conv/linear weights only, batch 128,
 peak LR 0.1 after a linear warm-up over the first epoch, cosine decay to zero; seed 0;
-float32 (faster than bfloat16 autocast at this size on the 2-core Xeon used).
+float32 (faster than bfloat16 autocast at this size on the 2-core Xeon used). On a machine
+shared with other jobs, ``--threads 1`` keeps two OpenMP threads from waiting on each other.
 
 A checkpoint is written after every epoch and every 10 minutes inside one (the shuffling is
 seeded per epoch, so a resumed run takes the same batches). The result is a plain fp16
@@ -77,7 +78,10 @@ def main() -> None:
     ap.add_argument("--wd", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/mobilenet_v2")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     spec = DataSpec(path=args.data, channels=3, resize="resize", mean=(FMNIST_MEAN,), std=(FMNIST_STD,))

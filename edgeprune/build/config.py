@@ -84,6 +84,11 @@ class SearchConfig:
         self.budget_ms = parse_duration_ms(self.budget)
         self.levers = parse_levers(self.levers)
         _one_of(self.channel_criterion, tuple(CHANNEL_CRITERIA), "--channel-criterion")
+        if self.channel_multiple % 4:
+            raise EdgepruneError(f"--channel-multiple must be a multiple of 4 (4, 8, 16, ...), got {self.channel_multiple}: "
+                                 "off a multiple of 4 onnxruntime's CPU convolutions leave their NCHWc kernels, which "
+                                 "the latency predictor does not model (1.2-4.4x slower than predicted on the host: "
+                                 "docs/predictor-shapes.md)")
         _one_of(self.metric, METRICS, "--metric")
         _all_of(self.strategies, tuple(STRATEGIES), "strategies")
         bad = [p for p in self.proxies if p not in PROXIES]

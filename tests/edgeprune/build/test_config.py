@@ -190,3 +190,15 @@ def test_factory_from_a_config_file_needs_trust_code(tmp_path, monkeypatch):
 def test_flags_are_range_checked_like_files(tmp_path, flag, value, message):
     r = runner.invoke(app, ["build", flag, value, "--out", str(tmp_path / "x"), "--dry-run"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.output
+
+
+def test_lever_settings_are_validated():
+    assert BuildConfig.from_flags({"levers": ["channels,blocks"]}).search.levers == ["blocks", "channels"]
+    with pytest.raises(EdgepruneError, match="unknown lever depth; known: blocks, channels, resolution"):
+        BuildConfig.from_flags({"levers": ["depth"]})
+    with pytest.raises(EdgepruneError, match="--channel-multiple must be a multiple of 4"):
+        BuildConfig.from_flags({"channel_multiple": 6})
+    with pytest.raises(EdgepruneError, match="--channel-criterion must be one of magnitude, bn-scale"):
+        BuildConfig.from_flags({"channel_criterion": "taylor"})
+    with pytest.raises(EdgepruneError, match="--min-resolution must be at least 1"):
+        BuildConfig.from_flags({"min_resolution": 0})
