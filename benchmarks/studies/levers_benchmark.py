@@ -119,9 +119,9 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
                   f"torch {r['torch']}, 1 thread, on {r['host']}.", "",
                   "| budget | method | rpi4 ms | plan | top-1 per seed | mean | search s | fine-tune s |",
                   "|---|---|---:|---|---|---:|---:|---:|"]
-        for key, run in r["runs"].items():
+        for key, entry in r["runs"].items():
             frac, method = key.split("/")
-            plan, seeds = run["plan"], run["seeds"]
+            plan, seeds = entry["plan"], entry["seeds"]
             if plan.get("unreachable"):
                 lines.append(f"| {float(frac):.0%} | {method} | - | unreachable: "
                              + ", ".join(f"{k} {v:.1f} ms" for k, v in plan["reach"].items()) + " | | | | |")

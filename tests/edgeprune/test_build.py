@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -11,26 +10,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from builds import brightness_npz, factories_importable  # tests/builds.py
 
 from edgeprune.cli import app
 from edgeprune.exporters.artifact import checksum_problems
 
-HERE = Path(__file__).parent
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("build")
-    rng = np.random.default_rng(0)
-    y = np.arange(500) % 10
-    x = (rng.integers(0, 60, (500, 16, 16)) + (y[:, None, None] * 20)).astype(np.uint8)  # learnable brightness
-    np.savez(tmp / "tiny.npz", x_train=x[:200], y_train=y[:200], x_val=x[200:], y_val=y[200:])
-    sys.path.insert(0, str(HERE))
-    os.environ["PYTHONPATH"] = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    brightness_npz(tmp / "tiny.npz", 500, 200)
+    factories_importable()
     args = ["--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp / "tiny.npz"),
             "--device", "rpi4", "--score-images", "100", "--finetune-epochs", "0.1", "--bench-runs", "5",
             "--levers", "blocks"]      # block removal; the other levers: tests/edgeprune/build/test_levers.py

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,22 +10,19 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from builds import brightness_npz, factories_importable  # tests/builds.py
+
 from edgeprune.cli import app
 from edgeprune.exporters.artifact import checksum_problems
 
-TESTS = Path(__file__).parents[1]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("levers")
-    rng = np.random.default_rng(0)
-    y = np.arange(400) % 10
-    x = (rng.integers(0, 60, (400, 16, 16)) + (y[:, None, None] * 20)).astype(np.uint8)  # learnable brightness
-    np.savez(tmp / "tiny.npz", x_train=x[:200], y_train=y[:200], x_val=x[200:], y_val=y[200:])
-    sys.path.insert(0, str(TESTS))
-    os.environ["PYTHONPATH"] = f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    brightness_npz(tmp / "tiny.npz", 400, 200)
+    factories_importable()
     args = ["--model", "tinynets:tiny_wide_resnet", "--input-size", "16", "--data", str(tmp / "tiny.npz"),
             "--device", "rpi4", "--score-images", "60", "--finetune-epochs", "0", "--bench-runs", "5",
             "--max-accuracy-drop", "100", "--shortlist", "1"]
