@@ -101,7 +101,9 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
         "data": {k: v for k, v in bundle.describe().items() if k != "classes"},
         "n_train": len(bundle.y_train), "n_val": len(bundle.y_val), "score_images": cfg.search.score_images,
         "replace_projection": cfg.search.replace_projection, "seed": cfg.seed, "split": held.to_dict(),
-        "version": 4}, say=say)
+        # a channel token's meaning (which channels, how many a step) depends on these two
+        "channel_multiple": cfg.search.channel_multiple, "channel_criterion": cfg.search.channel_criterion,
+        "version": 5}, say=say)
     cache.sweep()
     say(f"cache {cache.folder}")
     return Inputs(cfg, loaded, bundle, blocks, candidates, held, profile, target, load_profile("host"),
@@ -133,8 +135,7 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
     size = min(shape[2], shape[3])
     floor = scfg.min_resolution if "resolution" in scfg.levers and scfg.min_resolution else max(1, size // 2)
     sizes = resolution_steps(size, floor, scfg.resolution_step)
-    memo_cfg = {"device": inputs.profile.name, "metric": scfg.metric, "multiple": scfg.channel_multiple,
-                "criterion": scfg.channel_criterion, "version": 1}
+    memo_cfg = {"device": inputs.profile.name, "metric": scfg.metric, "version": 1}
     memo = inputs.cache.load("plan-latency", memo_cfg, valid=_number_dict) or {}
     space = PlanSpace(model, shape, inputs.bundle, inputs.blocks, inputs.candidates, table, scfg.metric, shortcuts,
                       inputs.profile, list(scfg.levers), groups, orders, sizes, memo)
