@@ -30,7 +30,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import sha256_file
 from edgeprune.pipeline import resnet_cifar
-from edgeprune.pipeline.data import FASHION_MNIST_CLASSES
+from edgeprune.pipeline.data import FASHION_MNIST_CLASSES, FMNIST_MEAN, FMNIST_STD
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -48,6 +48,10 @@ class Bundled:
 BUNDLED: dict[str, Bundled] = {
     # benchmarks/studies/train_default.py: ResNet-56, 1x32x32 (28x28 zero-padded)
     "default": Bundled("resnet56_fmnist.pt", "7cb3f33c580d534715ae9bd2c6e2b01ecbcd1d118fd5d55a8900471dd0b5cac6"),
+    # benchmarks/studies/train_mobilenet_v2.py: torchvision MobileNetV2, 3x64x64 (gray replicated, resized)
+    "mobilenet_v2_fmnist": Bundled(
+        "mobilenet_v2_fmnist.pt", "bf2bae123c2e1e564546381e81dec740e09ae1491af150790d7bb451687eea48", {
+            "channels": 3, "resize": "resize", "mean": (FMNIST_MEAN,), "std": (FMNIST_STD,)}),
 }
 DEFAULT_WEIGHTS = ASSETS / BUNDLED["default"].file
 
@@ -160,6 +164,7 @@ def _registry() -> dict[str, Family]:
 
     fams: dict[str, Family] = {
         "default": Family(_cifar(56), 32, FASHION_MNIST_CLASSES),
+        "mobilenet_v2_fmnist": Family(_torchvision("mobilenet_v2"), 64, FASHION_MNIST_CLASSES, num_classes=10),
         "cifar_resnet20": Family(_cifar(20), 32),
         "cifar_resnet56": Family(_cifar(56), 32),
     }

@@ -12,7 +12,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import sha256_file
 from edgeprune.pipeline import models
-from edgeprune.pipeline.data import DataSpec, load_data
+from edgeprune.pipeline.data import DataSpec, load_data, load_data_for
 from edgeprune.pipeline.evaluate import evaluate
 from edgeprune.pipeline.models import ModelSpec, load_model
 
@@ -119,6 +119,18 @@ def test_bundled_weights_checksum_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "ASSETS", tmp_path)
     with pytest.raises(EdgepruneError, match="fail their checksum"):
         load_model(ModelSpec("default"))
+
+
+def test_bundled_mobilenet_v2_brings_its_preprocessing_and_accuracy():
+    m = load_model(ModelSpec("mobilenet_v2_fmnist"))
+    assert m.input_shape == (1, 3, 64, 64) and m.num_classes == 10 and m.classes[9] == "Ankle boot"
+    bundle = load_data_for(DataSpec("default"), m)        # 28x28 gray: replicated and resized, as trained
+    pre = bundle.preprocess
+    assert (pre.channels, pre.size, pre.geometry, pre.mean) == (3, (64, 64), "resize", (0.286,) * 3)
+    result = evaluate(m.model, bundle.batches("val", 250))
+    assert result.images == 2000 and result.top1 >= 0.90, result
+    # what the user sets wins over what the weights were trained with
+    assert load_data_for(DataSpec("default", mean=(0.5,), std=(0.5,)), m).preprocess.mean == (0.5,) * 3
 
 
 def test_bundled_model_accuracy_on_bundled_test_subset():
