@@ -109,7 +109,9 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
              "Written by `benchmarks/studies/levers_benchmark.py` from its results "
              f"({', '.join(f'`{f}`' for f in results_files)}). Top-1 is onnxruntime's output of the exported, "
              "fine-tuned model on the held-out test images (none scored a plan); ms is the rpi4 prediction of "
-             "that file (the predictor's band is about ±31%: [devices.md](devices.md)).", ""]
+             "that file (the predictor's band is about ±31%: [devices.md](devices.md)). *search s* is the wall time of the "
+             "run that completed the plan (a search resumed from its cache after an interruption took longer in "
+             "all); the joint search's later budgets reuse the earlier ones' measurements.", ""]
     for f in results_files:
         r = json.loads(f.read_text())
         lines += [f"## {r['model']}", "",
