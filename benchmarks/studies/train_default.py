@@ -57,6 +57,16 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+def warmup_cosine(peak: float, warmup: int, total: int):
+    """step -> learning rate: a linear warm-up to ``peak`` over ``warmup`` steps, then cosine to zero at ``total``."""
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * peak * (1 + math.cos(math.pi * t))
+    return lr_at
+
+
 @torch.no_grad()
 def evaluate(model, x, y, bs=500):
     model.eval()
@@ -93,11 +103,7 @@ def main() -> None:
     steps_per_epoch = math.ceil(len(xtr) / args.batch_size)
     total = steps_per_epoch * args.epochs
 
-    def lr_at(step: int) -> float:
-        if step < steps_per_epoch:
-            return args.lr * (step + 1) / steps_per_epoch
-        t = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
-        return 0.5 * args.lr * (1 + math.cos(math.pi * t))
+    lr_at = warmup_cosine(args.lr, steps_per_epoch, total)
 
     start_epoch, history = 0, []
     ckpt = work / "checkpoint.pt"

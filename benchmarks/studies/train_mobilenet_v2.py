@@ -39,6 +39,7 @@ import torchvision
 
 from edgeprune.files import save_torch_atomic
 from edgeprune.pipeline.data import FMNIST_MEAN, FMNIST_STD, DataSpec, load_data
+from train_default import warmup_cosine  # the same schedule as the bundled ResNet-56 (run from this folder)
 
 SIZE = 64
 
@@ -98,11 +99,7 @@ def main() -> None:
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total = steps_per_epoch * args.epochs
 
-    def lr_at(step: int) -> float:
-        if step < steps_per_epoch:
-            return args.lr * (step + 1) / steps_per_epoch
-        t = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
-        return 0.5 * args.lr * (1 + math.cos(math.pi * t))
+    lr_at = warmup_cosine(args.lr, steps_per_epoch, total)
 
     epoch, step_in, history, run_loss, spent = 0, 0, [], 0.0, 0.0
     ckpt = work / "checkpoint.pt"
