@@ -68,8 +68,9 @@ def tp_prune(model, shape, ratio: float, multiple: int) -> torch.nn.Module:
     return m.eval()
 
 
-def tp_global_magnitude(model, shape, budget_ms, device, multiple) -> tuple[float, float]:
-    """The smallest global pruning ratio (bisection, 8 steps) whose exported graph meets the budget, and its ms."""
+def tp_global_magnitude(model, shape, budget_ms, device, multiple) -> tuple[float | None, float]:
+    """The smallest global pruning ratio (bisection, 8 steps) whose exported graph meets the budget, and its ms;
+    (None, the fastest ms of a sweep) when no ratio meets it."""
     lo, hi, best = 0.0, 0.95, None
     for _ in range(8):
         mid = (lo + hi) / 2
@@ -78,11 +79,11 @@ def tp_global_magnitude(model, shape, budget_ms, device, multiple) -> tuple[floa
             hi, best = mid, (mid, ms)
         else:
             lo = mid
-    if best is None:
-        ms = predicted_ms(tp_prune(model, shape, hi, multiple), shape, device)
-        if ms > budget_ms:
-            raise SystemExit(f"channels-tp: even ratio {hi} gives {ms:.2f} ms > {budget_ms:.2f} ms")
-        best = (hi, ms)
+    if best is None:     # latency need not fall with the ratio (round_to): the fastest of a coarse sweep
+        sweep = {r: predicted_ms(tp_prune(model, shape, r, multiple), shape, device) for r in
+                 (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
+        r, ms = min(sweep.items(), key=lambda kv: kv[1])
+        return (r, ms) if ms <= budget_ms else (None, ms)
     return best
 
 
@@ -192,7 +193,8 @@ def main() -> None:
                 if method == "channels-tp":
                     ratio, ms = tp_global_magnitude(inputs.loaded.model, inputs.loaded.input_shape, budget,
                                                        "rpi4", cfg.search.channel_multiple)
-                    plan = {"pruning_ratio": ratio, "planned_ms": ms}
+                    plan = ({"pruning_ratio": ratio, "planned_ms": ms} if ratio is not None else
+                            {"unreachable": True, "reach": {"fastest swept ratio": ms}})
                 else:
                     inputs.cfg = build_cfg("blocks" if method == "blocks" else "blocks,channels", budget)
                     sp = stages.plan_space(inputs, say) if method == "blocks" else space
