@@ -35,6 +35,7 @@ import torch_pruning as tp
 
 from edgeprune.build import stages
 from edgeprune.build.config import BuildConfig
+from edgeprune.build.space import plan_prediction
 from edgeprune.devices.predictor import predict
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.exporters.runtime import run, session
@@ -50,10 +51,7 @@ SEEDS = (0, 1, 2)
 
 def predicted_ms(model: torch.nn.Module, shape, device: str) -> float:
     """The device prediction of ``model``'s graph, exported as the joint search exports its plans."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        export_onnx(model.cpu().eval(), shape, path, ExportConfig(dynamo=False))
-        return predict(path, device).latency_ms
+    return plan_prediction(model, shape, device).latency_ms
 
 
 def tp_prune(model, shape, ratio: float, multiple: int) -> torch.nn.Module:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edgeprune.devices.block_latency import BlockLatencyTable
-from edgeprune.devices.predictor import predict
+from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.pipeline.blocks import Block, remove_blocks
@@ -123,11 +123,7 @@ class PlanSpace:
             return self.table_latency(tokens)
         key = ",".join(sorted(tokens))
         if key not in self.latency_memo:
-            with tempfile.TemporaryDirectory(prefix="edgeprune-plan-") as tmp:
-                path = Path(tmp) / "plan.onnx"
-                export_onnx(self.apply(tokens).cpu().eval(), self.input_shape_of(tokens), path,
-                            ExportConfig(dynamo=False))
-                p = predict(path, self.profile)
+            p = plan_prediction(self.apply(tokens), self.input_shape_of(tokens), self.profile)
             self.latency_memo[key] = p.high_ms if self.metric == "p90" else p.latency_ms
             self.on_latency()
         return self.latency_memo[key]
@@ -151,6 +147,14 @@ class PlanSpace:
         for lever in levers:
             state = LEVER_LIMIT[lever](self, state)
         return state
+
+
+def plan_prediction(model: nn.Module, input_shape: Sequence[int], device: DeviceProfile | str) -> Prediction:
+    """``model`` exported as the joint search exports its plans (TorchScript, a temporary file) and predicted."""
+    with tempfile.TemporaryDirectory(prefix="edgeprune-plan-") as tmp:
+        path = Path(tmp) / "plan.onnx"
+        export_onnx(model.cpu().eval(), input_shape, path, ExportConfig(dynamo=False))
+        return predict(path, device)
 
 
 def _block_moves(space: PlanSpace, state: PlanState) -> dict[str, PlanState]:
