@@ -65,6 +65,10 @@ Criterion = Annotated[str, typer.Option("--criterion", help="direct (remove and 
                                         "random.")]
 Mode = Annotated[str, typer.Option("--mode", help="oneshot (score once) or iterative (remove the weakest, re-score, "
                                    "repeat).")]
+ChannelCriterion = Annotated[str, typer.Option("--channel-criterion", help="Which channels of a group go first: "
+                                               "magnitude (filter L2 norm) or bn-scale (|BatchNorm gamma|).")]
+ChannelMultiple = Annotated[int, typer.Option("--channel-multiple", help="Kept channel counts are multiples of this "
+                                              "(docs/channel-multiple.md).")]
 ReplaceProjection = Annotated[bool, typer.Option("--replace-projection", help="Also remove projection blocks, "
                                                  "replacing each by its shortcut path alone.")]
 FinetuneEpochs = Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs after removal (0: none).")]

@@ -250,13 +250,13 @@ CHANNEL_CRITERIA: dict[str, ChannelCriterion] = {
 }
 
 
-def channel_orders(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...],
-                   criterion: str) -> dict[str, list[int]]:
-    """For each group, its channel indices least important first (ties by index)."""
+def channel_importance(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...],
+                       criterion: str) -> dict[str, torch.Tensor]:
+    """For each group, the ``criterion``'s importance of each of its channels (float64, on the CPU)."""
     if criterion not in CHANNEL_CRITERIA:
         raise EdgepruneError(f"unknown channel criterion {criterion!r}; choose from {', '.join(CHANNEL_CRITERIA)}")
     fn = CHANNEL_CRITERIA[criterion]
-    orders = {}
+    out = {}
     with _tracing(model):
         graph, _ = _dependency_graph(model, input_shape)
         for g in groups:
@@ -264,8 +264,15 @@ def channel_orders(model: nn.Module, groups: Sequence[ChannelGroup], input_shape
             if imp is None or imp.shape != (g.channels,):
                 raise EdgepruneError(f"criterion {criterion} gave no score per channel for channel group {g.name} "
                                      f"({g.channels} channels)")
-            orders[g.name] = torch.sort(imp.detach().double().cpu(), stable=True).indices.tolist()
-    return orders
+            out[g.name] = imp.detach().double().cpu()
+    return out
+
+
+def channel_orders(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...],
+                   criterion: str) -> dict[str, list[int]]:
+    """For each group, its channel indices least important first (ties by index)."""
+    return {name: torch.sort(imp, stable=True).indices.tolist()
+            for name, imp in channel_importance(model, groups, input_shape, criterion).items()}
 
 
 # ---------------------------------------------------------------- pruning

@@ -9,7 +9,9 @@ For one model, at budgets of 75%, 50% and 35% of its unpruned rpi4 prediction:
 * ``channels-tp``: Torch-Pruning's global magnitude pruning (``MagnitudePruner``, filter L2 norm,
   ``global_pruning=True``, ``round_to`` = the build's channel multiple, the classifier ignored) at the
   smallest pruning ratio whose exported graph the predictor puts within the budget (bisection);
-* ``joint``: the joint greedy over blocks and channels (``--levers blocks,channels``).
+* ``joint``: the joint greedy over blocks and channels (``--levers blocks,channels``);
+* ``joint-gradual``: the joint plan again, its channels removed over the fine-tune by Zhu & Gupta's
+  cubic schedule (``--gradual``) instead of at once before it.
 
 Every plan gets the same fine-tune (the library's ``finetune``, ``--finetune-epochs`` of the full
 Fashion-MNIST training set, one run per seed), is exported with the artifact's exporter, and its
@@ -45,7 +47,7 @@ from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.levers import PlanState
 
 FRACTIONS = (0.75, 0.5, 0.35)
-METHODS = ("blocks", "channels-tp", "joint")
+METHODS = ("blocks", "channels-tp", "joint", "joint-gradual")
 SEEDS = (0, 1, 2)
 
 
@@ -188,7 +190,12 @@ def main() -> None:
             plan = results["runs"].get(plan_key, {}).get("plan")
             if plan is None:
                 t0 = time.time()
-                if method == "channels-tp":
+                if method == "joint-gradual":      # the joint plan, fine-tuned another way
+                    joint = results["runs"].get(f"{frac}/joint", {}).get("plan")
+                    if joint is None:
+                        raise SystemExit(f"{frac:.0%} joint-gradual needs the joint plan: run --methods joint first")
+                    plan = {**joint, "search_s": 0.0}
+                elif method == "channels-tp":
                     ratio, ms = tp_global_magnitude(inputs.loaded.model, inputs.loaded.input_shape, budget,
                                                        "rpi4", cfg.search.channel_multiple)
                     plan = ({"pruning_ratio": ratio, "planned_ms": ms} if ratio is not None else
@@ -203,7 +210,7 @@ def main() -> None:
                         chosen = fit.outcome.fitting[0]
                         plan = {"planned_ms": chosen.latency_ms, "final_ms": chosen.final_ms,
                                 "scoring_top1": chosen.top1, **breakdown(chosen.removed)}
-                plan["search_s"] = time.time() - t0
+                plan.setdefault("search_s", time.time() - t0)
                 results["runs"][plan_key] = {"plan": plan, "seeds": {}}
                 write_json_atomic(results_path, results, indent=1)
                 say(f"{plan_key}: {plan}")
@@ -212,16 +219,21 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 if str(seed) in results["runs"][plan_key]["seeds"]:
                     continue
+                masks = None
                 if method == "channels-tp":      # deterministic: the same ratio gives the same model
                     model = tp_prune(inputs.loaded.model, inputs.loaded.input_shape, plan["pruning_ratio"],
                                      cfg.search.channel_multiple)
+                elif method == "joint-gradual":
+                    model, masks = space.gradual(plan["tokens"])
                 else:
                     model = space.model_for(plan["tokens"], torch.device("cpu"))
                 t0 = time.time()
                 ft = FinetuneConfig(epochs=args.finetune_epochs, seed=seed)
                 bundle = inputs.bundle
                 finetune(model, lambda ep: bundle.batches("train", ft.batch_size, shuffle=True, seed=seed + ep),
-                         len(bundle.y_train), ft, progress=None)
+                         len(bundle.y_train), ft, progress=None, after_step=masks.after_step if masks else None)
+                if masks is not None:
+                    model = space.finish_gradual(model, masks, plan["tokens"])
                 with tempfile.TemporaryDirectory() as tmp:
                     top1, ms = ort_top1(model, inputs.loaded.input_shape, bundle, inputs.held.final, Path(tmp))
                 results["runs"][plan_key]["seeds"][str(seed)] = {"ort_top1": top1, "rpi4_ms": ms,

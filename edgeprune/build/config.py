@@ -60,6 +60,16 @@ def _all_of(values: list[str], allowed: tuple[str, ...], flag: str) -> None:
         raise EdgepruneError(f"unknown {flag} {bad or values}; use {', '.join(allowed)}")
 
 
+def validate_channel_options(criterion: str, multiple: int) -> None:
+    """The channel lever's options: a known per-channel criterion, a multiple of 4."""
+    _one_of(criterion, tuple(CHANNEL_CRITERIA), "--channel-criterion")
+    if multiple < 4 or multiple % 4:
+        raise EdgepruneError(f"--channel-multiple must be a multiple of 4 (4, 8, 16, ...), got {multiple}: "
+                             "off a multiple of 4 onnxruntime's CPU convolutions leave their NCHWc kernels, which "
+                             "the latency predictor does not model (1.2-4.4x slower than predicted on the host: "
+                             "docs/predictor-shapes.md)")
+
+
 @dataclass
 class SearchConfig:
     """What plan to look for: the budget, how plans are searched and which one ships."""
@@ -83,12 +93,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         self.budget_ms = parse_duration_ms(self.budget)
         self.levers = parse_levers(self.levers)
-        _one_of(self.channel_criterion, tuple(CHANNEL_CRITERIA), "--channel-criterion")
-        if self.channel_multiple % 4:
-            raise EdgepruneError(f"--channel-multiple must be a multiple of 4 (4, 8, 16, ...), got {self.channel_multiple}: "
-                                 "off a multiple of 4 onnxruntime's CPU convolutions leave their NCHWc kernels, which "
-                                 "the latency predictor does not model (1.2-4.4x slower than predicted on the host: "
-                                 "docs/predictor-shapes.md)")
+        validate_channel_options(self.channel_criterion, self.channel_multiple)
         _one_of(self.metric, METRICS, "--metric")
         _all_of(self.strategies, tuple(STRATEGIES), "strategies")
         bad = [p for p in self.proxies if p not in PROXIES]

@@ -89,10 +89,7 @@ class PlanSpace:
         model = self.apply(tokens)
         if is_block_only(tokens):
             return model
-        data = self.data_of(tokens)
-        n = min(bn_images, len(data.y_train))
-        idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
-        return reestimate_batchnorm(model, (x for x, _ in data.batches("train", 64, indices=idx)), device)
+        return reestimate_batchnorm(model, bn_batches(self.data_of(tokens), bn_images), device)
 
     def table_latency(self, removed: Sequence[str]) -> float:
         """Predicted ms of the model minus ``removed`` blocks from the per-block table (fast): what the
@@ -147,6 +144,14 @@ class PlanSpace:
         for lever in levers:
             state = LEVER_LIMIT[lever](self, state)
         return state
+
+
+def bn_batches(data: DataBundle, images: int = BN_IMAGES) -> list[torch.Tensor]:
+    """The training images that re-estimate a changed model's BatchNorm statistics: the first ``images``
+    of one seeded shuffle (the same for every plan), in batches of 64."""
+    n = min(images, len(data.y_train))
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
+    return [x for x, _ in data.batches("train", 64, indices=idx)]
 
 
 def plan_prediction(model: nn.Module, input_shape: Sequence[int], device: DeviceProfile | str) -> Prediction:

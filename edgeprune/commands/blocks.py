@@ -10,7 +10,11 @@ from rich.table import Table
 from edgeprune import options as o
 from edgeprune.cli_util import console, err_console, print_json, user_errors, warn
 from edgeprune.errors import EdgepruneError
+from edgeprune.build.config import validate_channel_options
+from edgeprune.build.space import bn_batches
 from edgeprune.pipeline.blocks import discover, macs_by_module
+from edgeprune.pipeline.channel_importance import GROUP_CRITERIA, GroupContext, score_groups
+from edgeprune.pipeline.channels import CHANNEL_MULTIPLE, channel_groups, channel_orders
 from edgeprune.pipeline.data import load_data_for
 from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE, evaluate, resolve_device
 from edgeprune.pipeline.finetune import finetune, FinetuneConfig
@@ -74,16 +78,31 @@ def score_command(
     resize: o.Resize = "auto",
     criterion: o.Criterion = "direct", mode: o.Mode = "oneshot", score_images: o.ScoreImages = 1000,
     replace_projection: o.ReplaceProjection = False, seed: o.Seed = 0, batch_size: o.BatchSize = EVAL_BATCH_SIZE,
+    lever: Annotated[str, typer.Option(help="blocks (remove each block) or channels (shrink each channel group by "
+                                            "one step; criteria direct, magnitude, bn-scale).")] = "blocks",
+    channel_criterion: o.ChannelCriterion = "magnitude", channel_multiple: o.ChannelMultiple = CHANNEL_MULTIPLE,
     accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
 ) -> None:
-    """Score every removable block by a criterion (default: direct removal) and rank them."""
+    """Score every removable block (or channel group) by a criterion (default: direct measurement) and rank them."""
 
+    if lever not in ("blocks", "channels"):
+        raise EdgepruneError(f"--lever must be blocks or channels, got {lever!r}")
+    if lever == "channels":
+        if criterion not in GROUP_CRITERIA:
+            raise EdgepruneError(f"unknown channel-group criterion {criterion!r}; choose from {', '.join(GROUP_CRITERIA)}")
+        if mode != "oneshot":
+            raise EdgepruneError("--mode iterative is for blocks; channel groups are scored one step from the model")
+        validate_channel_options(channel_criterion, channel_multiple)
     if json_out:
         set_enabled(False)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                    data, mean, std, channels, resize, trust_code)
-    cands = candidates(found, replace_projection)
     held = split_val(bundle, score_images, seed)
+    if lever == "channels":
+        _score_groups(loaded, bundle, held, criterion, channel_criterion, channel_multiple, batch_size,
+                      resolve_device(accelerator), model, data, json_out)
+        return
+    cands = candidates(found, replace_projection)
     batches = list(bundle.batches("val", batch_size, indices=held.score))
     ctx = ScoreContext(resolve_device(accelerator), seed, replace_projection, progress=f"scoring ({criterion})")
     ranking = rank_blocks(loaded.model, cands, batches, ctx, criterion, mode)
@@ -103,6 +122,33 @@ def score_command(
         imp = step["importance"] if step else s.importance
         table.add_row(str(i), name, f"{imp:.4f}", f"{top1:.2%}" if top1 is not None else "-",
                       f"{s.loss:.4f}" if s and s.loss is not None and not step else "-")
+    console.print(table)
+
+
+def _score_groups(loaded, bundle, held, criterion, channel_criterion, multiple, batch_size, device, model, data,
+                  json_out) -> None:
+    shape = loaded.input_shape
+    groups = channel_groups(loaded.model, shape, multiple)
+    if not any(g.max_steps for g in groups):
+        raise EdgepruneError(f"{model} has no channel group that can shrink by a step of a multiple of {multiple}")
+    ctx = GroupContext(shape, channel_orders(loaded.model, groups, shape, channel_criterion),
+                       bn_batches=bn_batches(bundle), device=device, progress=f"scoring channel groups ({criterion})")
+    batches = list(bundle.batches("val", batch_size, indices=held.score))
+    scores = score_groups(loaded.model, groups, batches, ctx, criterion)
+    order = sorted(scores, key=lambda n: (scores[n].importance, n))
+    if json_out:
+        print_json({"model": model, "data": data, "images": len(held.score), "split": held.to_dict(),
+                    "lever": "channels", "criterion": criterion, "channel_criterion": channel_criterion,
+                    "channel_multiple": multiple, "order": order, "scores": {n: s.to_dict() for n, s in scores.items()}})
+        return
+    table = Table(title=f"{criterion} cost of shrinking each channel group by one step ({channel_criterion} order) "
+                        f"on {len(held.score)} scoring images; least important first")
+    for col in ("rank", "group", "channels", "importance", "top1 after", "loss after"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for i, name in enumerate(order, 1):
+        s = scores[name]
+        table.add_row(str(i), name, f"{s.channels} -> {s.kept}", f"{s.importance:.4g}",
+                      f"{s.top1:.2%}" if s.top1 is not None else "-", f"{s.loss:.4f}" if s.loss is not None else "-")
     console.print(table)
 
 

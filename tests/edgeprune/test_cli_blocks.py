@@ -34,6 +34,25 @@ def test_score_json_ranks_every_identity_block():
     assert len(out["order"]) == 7 and out["criterion"] == "l1"
 
 
+def test_score_channel_groups_json_and_bad_options():
+    r = runner.invoke(app, ["score", *TINY, "--lever", "channels", "--criterion", "bn-scale", "--score-images", "50",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    # ResNet-20 at multiple 8: the 16-channel stem stage and the 9 branch convs shrink; 3 stages + 9 = 12 groups
+    assert out["lever"] == "channels" and len(out["order"]) == 12 == len(out["scores"])
+    imps = [out["scores"][g]["importance"] for g in out["order"]]
+    assert imps == sorted(imps) and out["scores"]["layer3.0.conv1"]["kept"] == 56
+    for args, message in [(["--criterion", "l1"], "unknown channel-group criterion 'l1'; choose from direct"),
+                          (["--mode", "iterative"], "--mode iterative is for blocks"),
+                          (["--channel-multiple", "6"], "--channel-multiple must be a multiple of 4"),
+                          (["--channel-criterion", "taylor"], "--channel-criterion")]:
+        r = runner.invoke(app, ["score", *TINY, "--lever", "channels", *args])
+        assert r.exit_code == 2 and message in r.stderr, (args, r.output)
+    r = runner.invoke(app, ["score", *TINY, "--lever", "widths"])
+    assert r.exit_code == 2 and "--lever must be blocks or channels" in r.stderr
+
+
 def test_prune_record_roundtrip_and_bad_names(tmp_path):
     out = tmp_path / "p.pt"
     r = runner.invoke(app, ["prune", *TINY, "--blocks", "layer1.1,layer3.2", "--score-images", "100",
