@@ -11,7 +11,8 @@ as always); the joint search exports every plan (TorchScript, in a temporary fil
 it, once per plan (the memo is cached with the build), so all its savings come from one source. Accuracy of a plan that changes
 channels or resolution is measured after re-estimating BatchNorm statistics on a fixed, seeded
 set of training images at the plan's input size (``StateOracle``); a plan of removed blocks only
-keeps today's direct removal. The joint search screens every move with a second oracle on
+keeps today's direct removal, except in the joint search, which re-estimates every plan's statistics so
+that all its moves are measured alike. The joint search screens every move with a second oracle on
 :data:`SCREEN_IMAGES` scoring images and measures its :data:`FINALISTS` in full.
 """
 
@@ -82,13 +83,17 @@ class PlanSpace:
             model = remove_blocks(model, sorted(s.blocks), self.blocks, replace_projection=True)
         return model
 
-    def model_for(self, tokens: Sequence[str], device: torch.device, bn_images: int = BN_IMAGES) -> nn.Module:
-        """The plan's model as it is measured and fine-tuned: a plan that changes channels or the input
-        size gets BatchNorm statistics re-estimated on ``bn_images`` training images at its size (the
-        first of one seeded shuffle, the same for every plan)."""
+    def model_for(self, tokens: Sequence[str], device: torch.device, bn_images: int = BN_IMAGES,
+                  reestimate: bool | None = None) -> nn.Module:
+        """The plan's model as it is fine-tuned (and measured, with ``reestimate=True``): a plan that
+        changes channels or the input size (or any plan, with ``reestimate``) gets BatchNorm statistics
+        re-estimated on ``bn_images`` training images at its size (the first of one seeded shuffle, the
+        same for every plan). The original is never changed."""
         model = self.apply(tokens)
-        if is_block_only(tokens):
+        if not (not is_block_only(tokens) if reestimate is None else reestimate):
             return model
+        if model is self.model:
+            model = copy.deepcopy(model)
         return reestimate_batchnorm(model, bn_batches(self.data_of(tokens), bn_images), device)
 
     def table_latency(self, removed: Sequence[str]) -> float:
@@ -198,7 +203,10 @@ LEVER_LIMIT: dict[str, Callable[[PlanSpace, PlanState], PlanState]] = {
 
 class StateOracle:
     """Top-1 and loss of any plan on the scoring images, measured on the plan's own model
-    (``PlanSpace.model_for``), memoised by the plan's key (plain JSON, cached with the build)."""
+    (``PlanSpace.model_for``) with BatchNorm statistics re-estimated for every plan, the unpruned and
+    block-only ones included: re-estimation alone moves top-1 on a few hundred scoring images by up
+    to a point (docs/channel-criteria.md), which would otherwise count for whichever move first
+    changes channels. Memoised by the plan's key (plain JSON, cached with the build)."""
 
     def __init__(self, space: PlanSpace, score: torch.Tensor, batch_size: int, device: torch.device,
                  memo: dict[str, list[float]] | None = None, on_update: Callable[[], None] = lambda: None,
@@ -212,7 +220,7 @@ class StateOracle:
     def __call__(self, tokens: Sequence[str]) -> tuple[float, float]:
         key = ",".join(sorted(tokens))
         if key not in self.memo:
-            model = self.space.model_for(tokens, self.device, self.bn_images)
+            model = self.space.model_for(tokens, self.device, self.bn_images, reestimate=True)
             batches = self.space.data_of(tokens).batches("val", self.batch_size, indices=self.score)
             r = evaluate(model, batches, self.device)
             self.memo[key] = [r.top1, r.loss]

@@ -53,6 +53,7 @@ from edgeprune.progress import Heartbeat
 
 Say = Callable[[str], None]
 GOLDEN_IMAGES = 256          # held-out images that verify the export and become the test vectors
+STATE_MEMO = {"batchnorm": "re-estimated for every plan"}   # what the joint search's memos measured
 
 
 # ---------------------------------------------------------------- 1. inputs
@@ -174,17 +175,17 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     def on_update() -> None:
         cache.save("accuracy-memo", memo)
         if states is not None and screen is not None:
-            cache.save("plan-accuracy", states.memo)
-            cache.save("plan-screen", screen.memo)
+            cache.save("plan-accuracy", states.memo, STATE_MEMO)
+            cache.save("plan-screen", screen.memo, STATE_MEMO)
         beat.beat(oracle.evaluations + sum(o.evaluations for o in (states, screen) if o is not None))
 
     oracle = AccuracyOracle(inputs.loaded.model, inputs.blocks, inputs.score_batches, ctx, memo, on_update)
     states = screen = None
     if joint:
         states = StateOracle(space, inputs.held.score, scfg.batch_size, inputs.torch_device,
-                             cache.load("plan-accuracy", valid=AccuracyOracle.valid_memo) or {}, on_update)
+                             cache.load("plan-accuracy", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update)
         screen = StateOracle(space, inputs.held.score[:SCREEN_IMAGES], scfg.batch_size, inputs.torch_device,
-                             cache.load("plan-screen", valid=AccuracyOracle.valid_memo) or {}, on_update,
+                             cache.load("plan-screen", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update,
                              bn_images=SCREEN_IMAGES)
     fastest = space.limit(space.levers).tokens()
     floor_ms = space.latency(fastest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -64,12 +66,19 @@ def test_every_criterion_scores_every_group_that_can_shrink(setup):
 
 def test_direct_is_the_measured_drop_after_batchnorm_reestimation(setup):
     model, groups, orders, bn, batches = setup
-    scores = score_groups(model, groups, batches, GroupContext(SHAPE, orders, bn_batches=bn), "direct")
+    shifted = copy.deepcopy(model)       # stale statistics: re-estimation alone changes its accuracy
+    for m in shifted.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean += 0.5
+    assert abs(evaluate(shifted, batches).loss - evaluate(model, batches).loss) > 1e-3
+    scores = score_groups(shifted, groups, batches, GroupContext(SHAPE, orders, bn_batches=bn), "direct")
     other = "layer3.0.conv1"
-    pruned = reestimate_batchnorm(prune_channels(model, groups, orders, {other: 1}, SHAPE), bn)
-    r = evaluate(pruned, batches)
+    r = evaluate(reestimate_batchnorm(prune_channels(shifted, groups, orders, {other: 1}, SHAPE), bn), batches)
     assert scores[other].top1 == pytest.approx(r.top1) and scores[other].loss == pytest.approx(r.loss)
-    assert scores[other].importance == pytest.approx((1.0 - r.top1) + 1e-6 * (r.loss - evaluate(model, batches).loss))
+    # against the unpruned model re-estimated on the same images (which is ``model``: top-1 1.0)
+    base = evaluate(model, batches)
+    assert scores[other].importance == pytest.approx((1.0 - r.top1) + 1e-6 * (r.loss - base.loss))
+    assert scores[DEAD].top1 == 1.0 and abs(scores[DEAD].importance) < 1e-6
     assert any(s.importance > 0 for s in scores.values())
 
 
