@@ -19,10 +19,11 @@ from edgeprune.benchmarks.baseline import make_baseline, save_baseline
 from edgeprune.benchmarks.compare import CompareConfig, Comparison, compare
 from edgeprune.benchmarks.latency import BenchConfig
 from edgeprune.benchmarks.memory import MemoryResult
-from edgeprune.benchmarks.modelfile import ModelFile, inspect_model
+from edgeprune.benchmarks.modelfile import ModelFile, check_dynamic_dims, inspect_model
 from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.benchmarks.targets import HostTarget, MeasuringTarget
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import load_onnx
 
 
 @dataclass
@@ -79,6 +80,8 @@ def run_bench(req: BenchRequest, cfg: BenchConfig,
         check_output_path(req.save_baseline, "--save-baseline")
     models = [req.model] + ([req.vs] if req.vs is not None else [])
     infos = [inspect_model(m) for m in models]   # missing/garbled files fail before timing
+    for m in models:                               # and so does a height or width nobody gave
+        check_dynamic_dims(load_onnx(m, load_external_data=False), cfg.shapes)
     if req.memory and req.memory_repeats < 1:
         raise EdgepruneError(f"memory repeats must be at least 1, got {req.memory_repeats}")
     repeats = req.memory_repeats if req.memory else 0

@@ -39,11 +39,12 @@ from edgeprune.benchmarks.baseline import Baseline, load_baseline, locate_model
 from edgeprune.benchmarks.compare import CompareConfig, Comparison, compare
 from edgeprune.benchmarks.latency import BenchConfig
 from edgeprune.benchmarks.memory import MemoryResult
-from edgeprune.benchmarks.modelfile import inspect_model
+from edgeprune.benchmarks.modelfile import check_dynamic_dims, inspect_model
 from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.benchmarks.targets import HostTarget, MeasuringTarget
 from edgeprune.benchmarks.units import fmt_bytes, fmt_ms
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import load_onnx
 
 BUDGET_STATS = ("p50", "p90", "p99", "mean")
 
@@ -190,6 +191,7 @@ def run_check(model: str | os.PathLike[str], baseline_path: str | os.PathLike[st
     if bench is None:
         bench = base.bench_config if base else BenchConfig()
     bench.validate()
+    check_dynamic_dims(load_onnx(model, load_external_data=False), bench.shapes)   # not a 1x1 image
     notes: list[str] = []
     checks: list[Check] = []
     comparison = None

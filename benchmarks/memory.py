@@ -82,7 +82,10 @@ def probe(model: str, cfg: BenchConfig, arena: bool, runs: int = 10,
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        raise EdgepruneError(f"memory probe of {model} took longer than {timeout_s:.0f} s") from None
+        raise EdgepruneError(f"memory probe of {model} (a fresh onnxruntime process, arena "
+                             f"{'on' if arena else 'off'}, {runs} runs) took longer than {timeout_s:.0f} s; stopped: "
+                             f"check that it runs ('edgeprune bench {model} --no-memory') and that this machine "
+                             "is not overloaded, or skip memory with --no-memory") from None
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit status {proc.returncode}"

@@ -1,4 +1,4 @@
-"""Identity and size of an ONNX model on disk, external-data files included.
+"""Identity and size of an ONNX model on disk, external-data files included, and its inputs.
 
 A model exported with external data (``model.onnx`` + ``model.onnx.data``) is one model;
 its sha256 and size must cover both, or a baseline would not notice changed weights.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import onnx
 from onnx.external_data_helper import uses_external_data
@@ -55,3 +55,28 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelFile:
             raise EdgepruneError(f"{p} refers to external data {f.name} which is missing")
     total = sum(f.stat().st_size for f in files)
     return ModelFile(str(p), sha256_files(files), p.stat().st_size, total, externals)
+
+
+def input_dims(proto: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """The declared dims of each graph input (initializers aside): a size, or the dimension's
+    symbolic name (``"?"`` when it has none)."""
+    inits = {i.name for i in proto.graph.initializer}
+    return {inp.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                       for d in inp.type.tensor_type.shape.dim]
+            for inp in proto.graph.input if inp.name not in inits and inp.type.HasField("tensor_type")}
+
+
+def check_dynamic_dims(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """Refuse an input with a dynamic dimension besides the batch that ``shapes`` (``--shape``) does not fix.
+
+    A dynamic batch (the first dimension) is fed as 1; a dynamic height or width fed as 1 would
+    time or predict a 1x1 image, a figure that means nothing.
+    """
+    for name, dims in input_dims(proto).items():
+        if name in (shapes or {}) or all(isinstance(d, int) for d in dims[1:]):
+            continue
+        example = [1 if not isinstance(dims[0], int) else dims[0]] + [d if isinstance(d, int) else 224
+                                                                      for d in dims[1:]]
+        raise EdgepruneError(f"input '{name}' has dynamic dims ({', '.join(str(d) for d in dims)}) and only a "
+                             f"dynamic batch defaults to 1: pass its shape, e.g. "
+                             f"--shape {name}={'x'.join(str(d) for d in example)}")

@@ -28,7 +28,7 @@ Timing mode prints ONE JSON object on stdout (schema ``edgeprune.ort_runner/1``)
       "provider_used": str,               # session_providers[0]
       "fallback": str | null,             # why the first requested provider is not used
       "ort_version": str, "numpy_version": str, "python": str,
-      "platform": str, "machine": str, "cpu": str, "cpu_count": int | null,
+      "platform": str, "machine": str, "cpu": str, "cpu_count": int | null, "cpu_features": [str],
       "inputs": [{"name": str, "shape": [int, ...], "dtype": str}, ...],
       "wall_s": float,                    # seconds spent in the timed loop
       "profile": null | {                 # with --profile: onnxruntime's per-node profiler,
@@ -153,6 +153,31 @@ def cpu_model() -> str:
     return name or platform.processor() or platform.machine() or "unknown"
 
 
+# /proc/cpuinfo flags that change which onnxruntime CPU kernels run (MLAS dispatches on them), by the
+# name a fingerprint gives them: x86 "flags", Arm "Features"
+KERNEL_FEATURES = {
+    "avx2": "avx2", "avx512f": "avx512", "avx512_vnni": "avx512-vnni", "avx_vnni": "avx-vnni",
+    "amx_tile": "amx", "asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16", "i8mm": "i8mm",
+    "sve": "sve",
+}
+
+
+def cpu_features(info: str | None = None) -> list[str]:
+    """The kernel-relevant instruction-set features of this CPU (``KERNEL_FEATURES``), sorted;
+    ``info`` is a /proc/cpuinfo text (read here when None; empty where there is none)."""
+    if info is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                info = f.read()
+        except OSError:
+            info = ""
+    for line in info.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            return sorted({KERNEL_FEATURES[f] for f in value.split() if f in KERNEL_FEATURES})
+    return []
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -170,6 +195,7 @@ def host_facts() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_features": cpu_features(),
     }
 
 

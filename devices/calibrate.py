@@ -25,6 +25,7 @@ import onnx
 from edgeprune.devices import latency_fit as cal
 from edgeprune.devices.kernel_graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
+from edgeprune.devices.fingerprint import Fingerprint, local
 from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile, save_profile
 from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model
 from edgeprune.devices.targets import MeasuringTarget, RemoteTarget, resolve_target
@@ -186,7 +187,8 @@ def calibrate_local(cfg: CalibrationConfig, progress: Progress | None = None) ->
     return _finish(cfg, profile, out, lm, "profiled", [pm.name for pm in measured], meas,
                    fitted, held, threads,
                    f"measured here with onnxruntime; predictor fitted {when} to per-node "
-                   "onnxruntime profiles of the calibration suite (edgeprune calibrate)")
+                   "onnxruntime profiles of the calibration suite (edgeprune calibrate)",
+                   fingerprint=replace(local(), source=f"read on the calibrated machine, {when}"))
 
 
 def _predict_profiled(pm: cal.ProfiledModel, lm: LatencyModel) -> float:
@@ -238,7 +240,8 @@ def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None,
                    [t.latency_ms for t in timings], fitted, held, threads,
                    f"measured on the device over SSH (onnxruntime {raws[0].get('ort_version', '?')}); "
                    f"predictor fitted {when} to whole-model latencies of the calibration suite",
-                   {"calibration_cpu": str(raws[0].get("cpu", profile.cpu))}, ssh=written_ssh)
+                   {"calibration_cpu": str(raws[0].get("cpu", profile.cpu))}, ssh=written_ssh,
+                   fingerprint=Fingerprint.from_facts(raws[0], f"reported by the device's onnxruntime runner, {when}"))
 
 
 # -- shared ------------------------------------------------------------------------------------
@@ -246,7 +249,8 @@ def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None,
 def _finish(cfg: CalibrationConfig, profile: DeviceProfile, out: Path, lm: LatencyModel, mode: str,
             names: Sequence[str], meas: Sequence[float], fitted: Sequence[float],
             held: Sequence[float], threads: int, source: str,
-            extra_sources: dict[str, str] | None = None, ssh: str | None = None) -> CalibrationResult:
+            extra_sources: dict[str, str] | None = None, ssh: str | None = None,
+            fingerprint: Fingerprint | None = None) -> CalibrationResult:
     fit = cal.error_summary(fitted, meas)
     cv = cal.error_summary(held, meas)
     lm.fit.update({"models": len(names), "fit_median_abs_rel_err": round(fit["median_abs_rel_err"], 4),
@@ -254,7 +258,7 @@ def _finish(cfg: CalibrationConfig, profile: DeviceProfile, out: Path, lm: Laten
                    "cv_within_10pct": round(cv["within_10pct"], 3),
                    "cv_p90_abs_rel_err": round(cv["p90_abs_rel_err"], 4)})
     new = replace(profile, latency_model=lm, threads=threads, latency_source=source,
-                  ssh=ssh or profile.ssh,
+                  ssh=ssh or profile.ssh, fingerprint=fingerprint,
                   expected_error=_band(cal.relative_errors(held, meas)),
                   sources={**profile.sources,
                            "latency_model": lm.fitted_on,

@@ -20,9 +20,13 @@ from typing import Any, Sequence
 
 import onnx
 
+from edgeprune.benchmarks.modelfile import check_dynamic_dims
+from edgeprune.devices.fingerprint import differences, local
 from edgeprune.devices.kernel_graph import Kernel, detect_kernels, load_model, spill_fraction
 from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile
 from edgeprune.errors import EdgepruneError
+
+HOST = "host"       # the profile of the machine edgeprune runs on
 
 
 def kernel_cost_us(k: Kernel, lm: LatencyModel, spill: float = 0.0) -> float:
@@ -77,6 +81,8 @@ class Prediction:
     kernels: list[KernelCost]
     source: str                     # "predicted:<device>"
     basis: str                      # how the constants were obtained
+    fitted_elsewhere: list[str] = field(default_factory=list)   # how this machine differs from the
+                                    # one a profile of the machine at hand (host) was fitted on
 
     def heaviest(self, n: int = 10) -> list[KernelCost]:
         return sorted(self.kernels, key=lambda k: k.cost_ms, reverse=True)[:n]
@@ -115,7 +121,15 @@ def predict_kernels(kernels: Sequence[Kernel], profile: DeviceProfile) -> Predic
         device=profile.name, latency_ms=total, low_ms=total * (1 - err), high_ms=total * (1 + err),
         expected_error=err, run_overhead_ms=run_ms, runtime_factor=lm.runtime_factor,
         threads=profile.threads, providers=list(profile.providers), kernels=kc,
-        source=f"predicted:{profile.name}", basis=profile.latency_source)
+        source=f"predicted:{profile.name}", basis=profile.latency_source,
+        fitted_elsewhere=host_differences(profile))
+
+
+def host_differences(profile: DeviceProfile) -> list[str]:
+    """For the profile of the machine at hand (``host``, bundled or calibrated): how this machine differs
+    from the one it was fitted on (empty: the same). A board's profile predicts that board, not this
+    machine: nothing to compare."""
+    return differences(profile.fingerprint, local()) if profile.name == HOST else []
 
 
 def as_profile(device: DeviceProfile | str) -> DeviceProfile:
@@ -126,6 +140,7 @@ def model_kernels(model: str | Path | onnx.ModelProto, profile: DeviceProfile,
                   input_shapes: dict[str, Sequence[int]] | None = None) -> list[Kernel]:
     lm = require_model(profile)
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    check_dynamic_dims(proto, input_shapes)
     return detect_kernels(proto, lm.nchwc_block, input_shapes)
 
 
@@ -133,7 +148,7 @@ def predict(model: str | Path | onnx.ModelProto, device: DeviceProfile | str,
             input_shapes: dict[str, Sequence[int]] | None = None) -> Prediction:
     """Predicted latency of ``model`` (a path or ModelProto) on ``device`` (name, path or profile).
 
-    Dynamic input dimensions are taken as 1 unless ``input_shapes`` fixes them.
+    A dynamic batch is taken as 1; any other dynamic input dimension must be fixed by ``input_shapes``.
     """
     profile = as_profile(device)
     return predict_kernels(model_kernels(model, profile, input_shapes), profile)

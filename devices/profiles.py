@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.devices.address import parse_target
+from edgeprune.devices.fingerprint import Fingerprint
 from edgeprune.devices.kernels import validate_coefficients
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import read_toml, write_text_atomic
@@ -68,6 +69,7 @@ class DeviceProfile:
     python: str = "python3"        # interpreter on the device for the SSH runner
     sources: dict[str, str] = field(default_factory=dict)
     latency_model: LatencyModel | None = None
+    fingerprint: Fingerprint | None = None   # the machine the latency model was fitted on
     path: Path | None = None       # file it was loaded from
 
     def summary(self) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class DeviceProfile:
             "providers": list(self.providers), "ssh": self.ssh,
             "latency_source": self.latency_source, "expected_error": self.expected_error,
             "has_latency_model": self.latency_model is not None,
+            "fingerprint": self.fingerprint.to_dict() if self.fingerprint else None,
             "path": str(self.path) if self.path else None,
         }
 
@@ -199,6 +202,7 @@ def profile_from_dict(data: dict, where: Path | str = "<dict>") -> DeviceProfile
     if not all(isinstance(v, str) for v in sources.values()):
         raise EdgepruneError(f"device profile {where}: every entry of [sources] must be a string")
     lm = _get(data, "latency_model", dict, where, None)
+    fp = _get(data, "fingerprint", dict, where, None)
     prof = DeviceProfile(
         name=name,
         cpu=_get(data, "cpu", str, where),
@@ -214,6 +218,7 @@ def profile_from_dict(data: dict, where: Path | str = "<dict>") -> DeviceProfile
         python=_get(data, "python", str, where, "python3"),
         sources=dict(sources),
         latency_model=_latency_model_from_dict(lm, where) if lm is not None else None,
+        fingerprint=Fingerprint.from_dict(fp, f"device profile {where}") if fp is not None else None,
         path=path,
     )
     for key in ("cores", "threads"):
@@ -267,6 +272,8 @@ def profile_to_dict(p: DeviceProfile) -> dict[str, Any]:
         "latency_source": p.latency_source, "expected_error": p.expected_error,
         "sources": dict(p.sources),
     }
+    if p.fingerprint is not None:
+        d["fingerprint"] = p.fingerprint.to_dict()
     if p.latency_model is not None:
         lm = p.latency_model
         d["latency_model"] = {

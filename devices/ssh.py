@@ -4,6 +4,9 @@ Nothing of edgeprune is installed on the device: the model and the self-containe
 ``benchmarks/ort_runner.py`` (python3 + numpy + onnxruntime) are copied to a temporary
 folder there, run with the profile's providers and threads, and the folder is removed.
 Using the system binaries means the user's ``~/.ssh/config``, keys and agent apply.
+An interrupted measurement (Ctrl-C, SIGTERM, --ssh-timeout) also stops the runner there: each
+runner records its pid in the folder and ``exec``s, and the cleanup kills that pid before it
+removes the folder (ssh without a terminal does not pass a hang-up on to the remote process).
 
 :func:`resolve_ssh` says whether and where to go: ``--ssh`` first, else the device
 profile's ``ssh`` line (``edgeprune.devices.targets.resolve_target`` builds on it to decide,
@@ -34,6 +37,7 @@ from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.errors import EdgepruneError
 
 SSH_TIMEOUT_S = 900.0     # default of --ssh-timeout: the longest a remote benchmark may run
+RUNNER_PID = "runner.pid"  # in the device's temporary folder: the pid of the runner now running
 
 __all__ = ["SshConfig", "SshTarget", "bench_over_ssh", "copy_to", "measure_over_ssh", "parse_target",
            "remote_workdir", "resolve_ssh", "run_ssh", "runner_script", "ssh_error",
@@ -166,7 +170,11 @@ _PROBE = ("import sys; import onnxruntime, numpy; "
 
 @contextlib.contextmanager
 def remote_workdir(cfg: SshConfig) -> Iterator[str]:
-    """A temporary folder on the device whose python has numpy and onnxruntime; removed after."""
+    """A temporary folder on the device whose python has numpy and onnxruntime; removed after.
+
+    When the body ends with an exception (Ctrl-C, SIGTERM through the CLI, a timeout), the runner
+    whose pid is in the folder's ``runner.pid`` is stopped first.
+    """
     py = shlex.quote(cfg.python)
     probe = (f"{py} -c {shlex.quote(_PROBE)} && mktemp -d /tmp/edgeprune.XXXXXX")
     proc = run_ssh(cfg, probe, "checking the device", timeout_s=cfg.connect_timeout_s + 60)
@@ -188,11 +196,22 @@ def remote_workdir(cfg: SshConfig) -> Iterator[str]:
         raise EdgepruneError(f"could not create a temporary folder on {cfg.target}")
     try:
         yield remote_dir
-    finally:
-        try:
-            run_ssh(cfg, f"rm -rf {shlex.quote(remote_dir)}", "cleaning up", timeout_s=60)
-        except EdgepruneError:
-            pass
+    except BaseException:
+        _clean_up(cfg, remote_dir, stop_runner=True)   # interrupted, timed out or failed: it may still run
+        raise
+    _clean_up(cfg, remote_dir, stop_runner=False)      # finished: its pid may already be someone else's
+
+
+def _clean_up(cfg: SshConfig, remote_dir: str, stop_runner: bool) -> None:
+    rdir = shlex.quote(remote_dir)
+    command = f"rm -rf {rdir}"
+    if stop_runner:
+        pid_file = shlex.quote(f"{remote_dir}/{RUNNER_PID}")
+        command = f'[ -f {pid_file} ] && kill -TERM "$(cat {pid_file})" 2>/dev/null; {command}'
+    try:
+        run_ssh(cfg, command, "cleaning up", timeout_s=60)
+    except EdgepruneError:
+        pass
 
 
 def _model_files(model: Path) -> list[Path]:
@@ -217,9 +236,16 @@ def _runner_args(model_name: str, threads: int, providers: Sequence[str], warmup
     return args
 
 
-def _runner_command(cfg: SshConfig, rdir: str, args: Sequence[str], env: str = "") -> str:
-    return (f"cd {shlex.quote(rdir)} && {env}{shlex.quote(cfg.python)} ort_runner.py "
-            + " ".join(shlex.quote(a) for a in args))
+def _runner_command(cfg: SshConfig, rdir: str, runs: Sequence[Sequence[str]], env: str = "") -> str:
+    """Run the runner in ``rdir`` once per argument list, one after the other while they succeed.
+
+    Each run writes its shell's pid to ``runner.pid`` and ``exec``s the runner, so the pid is the
+    runner's and :func:`remote_workdir` can stop it when the measurement is interrupted.
+    """
+    execs = [f"echo $$ > {RUNNER_PID} && exec {env}{shlex.quote(cfg.python)} ort_runner.py "
+             + " ".join(shlex.quote(a) for a in args) for args in runs]
+    body = execs[0] if len(execs) == 1 else " && ".join(f"sh -c {shlex.quote(e)}" for e in execs)
+    return f"cd {shlex.quote(rdir)} && {body}"
 
 
 def _parse_runner_output(cfg: SshConfig, proc: subprocess.CompletedProcess) -> list[dict[str, Any]]:
@@ -267,14 +293,13 @@ def bench_over_ssh(model: str | Path, cfg: SshConfig, bench: BenchConfig,
         copy_to(cfg, [runner_script(), *files], rdir)
         args = _runner_args(model.name, bench.threads, bench.providers, bench.warmup, bench.runs,
                             bench.time_budget_s, bench.shapes, bench.profile, bench.top, bench.seed)
-        proc = run_ssh(cfg, _runner_command(cfg, rdir, args), "running the benchmark")
+        proc = run_ssh(cfg, _runner_command(cfg, rdir, [args]), "running the benchmark")
         raw = _parse_runner_output(cfg, proc)[-1]
         if memory_repeats:
             env = "env PYTHONDONTWRITEBYTECODE=1 " + "".join(
                 f"{k}={shlex.quote(v)} " for k, v in STABLE_MALLOC_ENV.items())
-            cmd = " && ".join(_runner_command(cfg, rdir, probe_args(model.name, bench, arena,
-                                                                    memory_runs), env)
-                              for _ in range(memory_repeats) for arena in (True, False))
+            cmd = _runner_command(cfg, rdir, [probe_args(model.name, bench, arena, memory_runs)
+                                              for _ in range(memory_repeats) for arena in (True, False)], env)
             proc = run_ssh(cfg, cmd, "measuring memory")
             probes = [r for r in _parse_runner_output(cfg, proc) if r.get("mode") == "memory"]
             if len(probes) != 2 * memory_repeats:
@@ -316,6 +341,6 @@ def time_models_over_ssh(models: Sequence[Path], cfg: SshConfig, threads: int,
             if progress:
                 progress(Path(m).name)
             args = _runner_args(Path(m).name, threads, providers, warmup, runs, None, None)
-            cmd = _runner_command(cfg, rdir, args)
+            cmd = _runner_command(cfg, rdir, [args])
             results.append(_parse_runner_output(cfg, run_ssh(cfg, cmd, f"timing {Path(m).name}"))[-1])
     return results

@@ -12,6 +12,7 @@ import pkgutil
 import typer
 
 from edgeprune import __version__, commands
+from edgeprune.cli_util import interrupt_on_sigterm
 
 app = typer.Typer(
     name="edgeprune",
@@ -47,4 +48,5 @@ for _module in _command_modules():
 
 
 def main() -> None:
+    interrupt_on_sigterm()
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from typing import Any, Callable
 
@@ -12,8 +13,27 @@ import typer
 from edgeprune.console import console, err_console
 from edgeprune.errors import DISK_ERRORS, EdgepruneError, disk_error
 
-__all__ = ["console", "err_console", "fail", "print_json", "user_errors", "warn"]
+__all__ = ["Interrupted", "console", "err_console", "fail", "interrupt_on_sigterm", "print_json",
+           "user_errors", "warn"]
 
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal raised like Ctrl-C's KeyboardInterrupt, so every ``finally`` runs on the way
+    out (staged folders here, the temporary folder and the runner on a device)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM end the command like SIGINT does (unless whoever started us ignores it)."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -27,6 +47,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     EdgepruneError carries its own exit code; a few OS errors that always mean bad
     input (a missing file, a directory given for a file) are mapped to exit code 2.
+    Ctrl-C (and SIGTERM, see :func:`interrupt_on_sigterm`) ends with 128 + the signal's number.
     """
 
     @functools.wraps(fn)
@@ -43,8 +64,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             where = f" {d.filename}" if d.filename else ""
             fail(f"cannot write{where}: {d.strerror} ({DISK_ERRORS[d.errno]})", 2)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            fail(f"interrupted by {signal.Signals(signum).name}", 128 + signum)
 
     return wrapper
 

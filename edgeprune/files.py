@@ -6,6 +6,8 @@
   write through a temporary file in the same folder and rename it into place, so a reader
   (or a resumed run) sees the old file or the new one, never half of one. The result gets
   the permissions a plain ``open()`` would give it (the umask), as does a staged folder.
+* ``naming_disk_errors`` - a disk refusal (full, quota, read-only, too large) raised while a file
+  is written names that file, so the one-line error says where.
 * ``replace_folder`` - move a finished folder over an existing one, rolling back on failure;
   ``staged_folder`` - a context manager that yields an empty folder beside the target and
   renames it into place only when the block succeeds.
@@ -28,7 +30,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import DISK_ERRORS, EdgepruneError
 
 PathLike = str | os.PathLike[str]
 
@@ -70,6 +72,18 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def naming_disk_errors(path: PathLike) -> Iterator[None]:
+    """Give a disk refusal raised in the block the name of the file being written (a failed
+    ``write()`` carries none)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_ERRORS or e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 def _write_atomic(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
     path = Path(path)
@@ -79,9 +93,10 @@ def _write_atomic(path: PathLike, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 would make the result private
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with naming_disk_errors(path):
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -55,7 +55,8 @@ Providers = Annotated[Optional[str], typer.Option("--providers", help="Execution
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed runs first.")]
 Runs = Annotated[Optional[int], typer.Option("--runs", show_default=False, help="Timed runs (default 100).")]
 Shape = Annotated[Optional[list[str]], typer.Option("--shape", help="Input shape NAME=1x3x32x32 (repeatable); "
-                                                    "dynamic dims default to 1.")]
+                                                    "a dynamic batch defaults to 1, other dynamic dims "
+                                                    "must be given.")]
 Rounds = Annotated[int, typer.Option("--rounds", help="Interleaved A/B rounds of the side-by-side ratio.")]
 
 # -- scoring, removing and fine-tuning blocks

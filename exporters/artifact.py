@@ -35,7 +35,7 @@ from torch import nn
 
 from edgeprune import __version__
 from edgeprune.errors import EdgepruneError
-from edgeprune.files import read_json, sha256_file, staged_folder, write_json_atomic
+from edgeprune.files import naming_disk_errors, read_json, sha256_file, staged_folder, write_json_atomic
 from edgeprune.exporters import runtime
 from edgeprune.exporters.onnx_facts import count_macs, io_spec, node_module_paths, operator_counts, parameter_count
 from edgeprune.exporters.memory import static_memory
@@ -275,7 +275,8 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
                 "random standard-normal inputs (no validation images were given)"
         arrays, golden_info = _golden(sess, g_in, g_lab, g_src, in_name, out_names, cfg.verify,
                                       raw_images if x_real is not None else None)
-        np.savez_compressed(stage / GOLDEN, **arrays)
+        with naming_disk_errors(stage / GOLDEN):
+            np.savez_compressed(stage / GOLDEN, **arrays)
 
         ort_info = None
         if cfg.ort_format:

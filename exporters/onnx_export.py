@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError, disk_error
+from edgeprune.files import naming_disk_errors
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -148,7 +149,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path,
     try:
         for name in order:
             try:
-                with quiet_output(), torch.no_grad():
+                with quiet_output(), torch.no_grad(), naming_disk_errors(path):
                     _EXPORTERS[name](model, example, path, cfg)
                 break
             except Exception as e:  # noqa: BLE001 - any exporter failure is recorded, then judged below

@@ -70,7 +70,10 @@ def write_doc(data: dict, doc: Path) -> None:
              "filter L2 norm (*magnitude*) or |BatchNorm gamma| (*bn-scale*) of the channels the step removes. "
              f"Against direct: Spearman's rho over the groups, how many of direct's {K} cheapest groups the "
              f"criterion also ranks among its {K} cheapest, and the mean top-1 (points) that direct measurement says "
-             f"its {K} cheapest groups cost.", ""]
+             f"its {K} cheapest groups cost (one scoring image is {100 / data['images']:.1f} points, so costs this "
+             "small are mostly noise: what the table shows is how far each proxy's ranking is from the measured "
+             "one, not which step is cheaper by a tenth of a point). A negative cost is a step after which "
+             "more scoring images came out right.", ""]
     for model, r in data["models"].items():
         lines += [f"## {model}", "", f"{r['groups']} groups that can shrink.", "",
                   f"| criterion | Spearman rho vs direct | shared of {K} cheapest | measured top-1 cost of its "

@@ -104,6 +104,35 @@ def breakdown(tokens: list[str]) -> dict:
             "channel_steps": sum(n for _, n in s.channels), "resolution": s.resolution, "tokens": tokens}
 
 
+def _mean(entry: dict | None) -> float | None:
+    tops = [v["ort_top1"] for v in (entry or {}).get("seeds", {}).values()]
+    return sum(tops) / len(tops) if tops else None
+
+
+def summary(r: dict) -> list[str]:
+    """Per budget: the joint plan against the best single lever, and gradual against one-shot (means over
+    the seeds run so far; the seeds run differ between rows until every row has all three)."""
+    out = []
+    for frac in FRACTIONS:
+        runs = {m: r["runs"].get(f"{frac}/{m}") for m in METHODS}
+        joint, gradual = _mean(runs["joint"]), _mean(runs["joint-gradual"])
+        singles = {m: _mean(runs[m]) for m in ("blocks", "channels-tp")}
+        singles = {m: v for m, v in singles.items() if v is not None}
+        if joint is None:
+            continue
+        parts = []
+        if singles:
+            best = max(singles, key=singles.get)
+            parts.append(f"joint {joint:.2%} against the best single lever ({best}) {singles[best]:.2%}: "
+                         f"{100 * (joint - singles[best]):+.2f} points")
+        else:
+            parts.append(f"joint {joint:.2%}; neither single lever reaches it")
+        if gradual is not None:
+            parts.append(f"gradual {gradual:.2%} against one-shot {joint:.2%}: {100 * (gradual - joint):+.2f} points")
+        out.append(f"- {frac:.0%}: " + "; ".join(parts))
+    return out
+
+
 def write_doc(results_files: list[Path], doc: Path) -> None:
     """The benchmark's doc from the results of every model run so far."""
     lines = ["# Levers benchmark: blocks, channels (Torch-Pruning) and the joint search at rpi4 budgets", "",
@@ -112,7 +141,13 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
              "fine-tuned model on the held-out test images (none scored a plan); ms is the rpi4 prediction of "
              "that file (the predictor's band is about ±31%: [devices.md](devices.md)). *search s* is the wall time of the "
              "run that completed the plan (a search resumed from its cache after an interruption took longer in "
-             "all); the joint search's later budgets reuse the earlier ones' measurements.", ""]
+             "all); the joint search's later budgets reuse the earlier ones' measurements. *joint-gradual* is the "
+             "joint plan fine-tuned with its channels removed over the fine-tune (Zhu & Gupta's cubic schedule, "
+             "`--gradual`): its search s is 0. The joint plans here were searched before commit fe6a035, which "
+             "measured the unpruned and block-only plans without re-estimating BatchNorm (every plan with "
+             "channels was re-estimated): re-estimation alone moves top-1 on the 500 scoring images by up to "
+             "+0.8 points ([channel-criteria.md](channel-criteria.md)), so the first channel move of each "
+             "search had that much in hand; the search now re-estimates every plan.", ""]
     for f in results_files:
         r = json.loads(f.read_text())
         lines += [f"## {r['model']}", "",
@@ -122,7 +157,9 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
                   f"torch {r['torch']}, 1 thread, on {r['host']}.", "",
                   "| budget | method | rpi4 ms | plan | top-1 per seed | mean | search s | fine-tune s |",
                   "|---|---|---:|---|---|---:|---:|---:|"]
-        for key, entry in r["runs"].items():
+        order = lambda key: (-float(key.split("/")[0]), METHODS.index(key.split("/")[1]))   # noqa: E731
+        for key in sorted(r["runs"], key=order):
+            entry = r["runs"][key]
             frac, method = key.split("/")
             plan, seeds = entry["plan"], entry["seeds"]
             if plan.get("unreachable"):
@@ -137,6 +174,7 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
             lines.append(f"| {float(frac):.0%} | {method} | {ms:.2f} | {what} | "
                          f"{', '.join(f'{t:.2%}' for t in tops) or '-'} | "
                          f"{(sum(tops) / len(tops)) if tops else float('nan'):.2%} | {plan['search_s']:.0f} | {ft:.0f} |")
+        lines += ["", *summary(r)]
         missing = [f"{frac:.0%} {m} seed {seed}" for frac in FRACTIONS for m in METHODS for seed in SEEDS
                    if str(seed) not in r["runs"].get(f"{frac}/{m}", {}).get("seeds", {})
                    and not r["runs"].get(f"{frac}/{m}", {}).get("plan", {}).get("unreachable")]

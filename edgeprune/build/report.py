@@ -7,6 +7,7 @@ from pathlib import Path
 from edgeprune.benchmarks.targets import LatencyFigure
 from edgeprune.build.config import BuildConfig
 from edgeprune.build.result import BuildResult
+from edgeprune.devices.fingerprint import mismatch_note
 from edgeprune.files import write_text_atomic
 from edgeprune.pipeline.levers import PlanState
 from edgeprune.pipeline.plan import pareto_front
@@ -154,6 +155,7 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "",
         f"Predicted against measured on the host for the final model: {hp.latency_ms:.3f} ms "
         f"predicted, {ha.p50_ms:.3f} ms measured (p50), ratio {hp.latency_ms / ha.p50_ms:.2f}.",
+        *(["", f"**{mismatch_note('host', hp.fitted_elsewhere)}.**"] if hp.fitted_elsewhere else []),
         "",
         "## Size and memory",
         "",

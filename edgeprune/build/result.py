@@ -94,6 +94,7 @@ class LatencySection:
                            "rounds": h.rounds, "after_ms": h.a_ms, "before_ms": h.b_ms,
                            "statistic": f"median over rounds of each round's {100 * h.round_quantile:g}th percentile"},
             "host_predicted_after_ms": p.latency_ms, "host_predicted_band": [p.low_ms, p.high_ms],
+            "host_profile_fitted_elsewhere": list(p.fitted_elsewhere),
         }
 
 

@@ -30,7 +30,8 @@ from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
 from edgeprune.build.space import FINALISTS, SCREEN_IMAGES, PlanSpace, StateOracle
 from edgeprune.devices.block_latency import block_latency_table
-from edgeprune.devices.predictor import Prediction, predict
+from edgeprune.devices.fingerprint import mismatch_note
+from edgeprune.devices.predictor import host_differences, Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.devices.targets import resolve_target
 from edgeprune.errors import EdgepruneError
@@ -117,6 +118,9 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
     """The levers the build may pull (``--levers``) over the loaded model, with their latency model."""
     scfg = inputs.cfg.search
     say(f"predicting per-block latency on {inputs.profile.name}")
+    elsewhere = host_differences(inputs.profile)
+    if elsewhere:
+        say(mismatch_note(inputs.profile.name, elsewhere))
     model = inputs.loaded.model.cpu().eval()
     shortcuts = {b.name: shortcut_modules(model, b.name) for b in inputs.blocks
                  if b.kind == "projection" and scfg.replace_projection}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +14,7 @@ from edgeprune.benchmarks.baseline import load_baseline
 from edgeprune.benchmarks.bench import check_output_path
 from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.gate import GateConfig, run_check, write_junit
-from edgeprune.benchmarks.latency import BenchConfig, parse_providers
+from edgeprune.benchmarks.latency import BenchConfig, parse_providers, parse_shapes
 from edgeprune.benchmarks.tables import print_gate
 from edgeprune.benchmarks.units import parse_bytes, parse_duration_ms, parse_fraction
 from edgeprune.cli_util import console, err_console, print_json, user_errors
@@ -49,6 +51,7 @@ def check(
     ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
     threads: o.Threads = None,
     providers: o.Providers = None,
+    shape: o.Shape = None,
     rounds: o.Rounds = 20,
     max_rounds: Annotated[int, typer.Option("--max-rounds", help="Most rounds when the first look is "
                                             "borderline.")] = 80,
@@ -73,6 +76,8 @@ def check(
         check_output_path(junit, "--junit")
     start = load_baseline(baseline).bench_config if baseline is not None else BenchConfig()
     bench = bench_config(start, device, threads=threads, providers=parse_providers(providers))
+    if shape:
+        bench = replace(bench, shapes=parse_shapes(shape))
     target = resolve_target(device, ssh, remote_python=remote_python, ssh_config=ssh_config,
                             otherwise="host", ssh_timeout_s=ssh_timeout)
     result = run_check(model, baseline, cfg, bench, target)

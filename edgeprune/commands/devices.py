@@ -8,7 +8,9 @@ import typer
 from rich.table import Table
 
 from edgeprune import options as o
-from edgeprune.cli_util import console, print_json, user_errors
+from edgeprune.cli_util import console, print_json, user_errors, warn
+from edgeprune.devices.fingerprint import mismatch_note
+from edgeprune.devices.predictor import host_differences
 from edgeprune.devices.profiles import list_profiles, load_profile
 
 ORDER = 40
@@ -34,7 +36,7 @@ def devices(
             return
         console.print(f"[bold]{p.name}[/]  {p.description}", highlight=False)
         for key, val in p.summary().items():
-            if key != "name":
+            if key not in ("name", "fingerprint"):
                 console.print(f"  {key:16s} {val}", highlight=False)
         if p.sources:
             console.print("  sources:")
@@ -46,6 +48,11 @@ def devices(
                           f"{lm.runtime_factor:g}, NCHWc block {lm.nchwc_block}, cache {lm.cache_mb:g} MB",
                           highlight=False)
             console.print(f"    fitted on: {lm.fitted_on}", highlight=False)
+        if p.fingerprint:
+            console.print(f"  fitted machine   {p.fingerprint.describe()} ({p.fingerprint.source})", highlight=False)
+        elsewhere = host_differences(p)
+        if elsewhere:
+            warn(mismatch_note(p.name, elsewhere))
         return
     profiles = list_profiles()
     if json_out:

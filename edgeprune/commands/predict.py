@@ -14,7 +14,8 @@ from rich.table import Table
 
 from edgeprune import options as o
 from edgeprune.benchmarks.latency import BenchConfig, parse_shapes
-from edgeprune.cli_util import console, print_json, user_errors
+from edgeprune.cli_util import console, print_json, user_errors, warn
+from edgeprune.devices.fingerprint import mismatch_note
 from edgeprune.devices.profiles import load_profile
 from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.devices.targets import PredictedTarget, bench_config, resolve_target
@@ -63,6 +64,8 @@ def predict_command(
                   f"(+-{pred.expected_error:.0%}: {pred.low_ms:.3f} - {pred.high_ms:.3f} ms)",
                   highlight=False)
     console.print(f"  basis: {pred.basis}", highlight=False)
+    if pred.fitted_elsewhere:
+        warn(mismatch_note(profile.name, pred.fitted_elsewhere))
     t = Table(title=f"Heaviest kernels ({len(pred.kernels)} in all)")
     for col in ("module (or ONNX node)", "class", "fused", "MMACs", "ms", "share"):
         t.add_column(col, overflow="fold")

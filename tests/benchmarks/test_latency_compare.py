@@ -7,7 +7,7 @@ import pytest
 
 from edgeprune.benchmarks.compare import CompareConfig, bootstrap_median_ci, compare
 from edgeprune.benchmarks.latency import BenchConfig, measure, resolve_config, to_result
-from edgeprune.benchmarks.memory import measure_memory
+from edgeprune.benchmarks.memory import measure_memory, probe
 from edgeprune.errors import EdgepruneError
 
 FAST = CompareConfig(rounds=5, max_rounds=5, round_ms=40)
@@ -102,3 +102,9 @@ def test_memory_peak_grows_with_weights(models):
     assert big.arena_on_peak_bytes - small.arena_on_peak_bytes > 6 * 2**20
     assert big.total_file_bytes > 8 * 2**20 > small.total_file_bytes
     assert set(small.samples) == {"arena_on", "arena_off"}
+
+
+def test_a_memory_probe_that_does_not_finish_is_stopped_with_what_to_check(models):
+    with pytest.raises(EdgepruneError, match=r"memory probe of .*small.onnx \(a fresh onnxruntime process, arena on, "
+                                             r"2 runs\) took longer than 0 s; stopped: .*--no-memory"):
+        probe(str(models["small"]), BenchConfig(), arena=True, runs=2, timeout_s=0.01)

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from edgeprune.cli import app
 from edgeprune.devices import latency_fit as cal
+from edgeprune.devices.fingerprint import local
 from edgeprune.devices.kernel_graph import Kernel, detect_kernels
-from edgeprune.devices.predictor import kernels_cost_us
+from edgeprune.devices.predictor import host_differences, kernels_cost_us
 from edgeprune.devices.profiles import LatencyModel, load_profile
 from edgeprune.devices.suite import synthetic_model, synthetic_suite
 from edgeprune.errors import EdgepruneError
@@ -117,6 +118,11 @@ def test_calibrate_host_cli_writes_a_usable_profile(tmp_path):
     p = load_profile(str(out))
     assert p.latency_model.fit["models"] == 10 and p.expected_error == d["expected_error"]
     assert all(m["measured_ms"] > 0 and m["held_out_ms"] > 0 for m in d["models"])
+    # it records the machine it measured, so predictions with it here are not flagged
+    here = local()
+    assert (p.fingerprint.cpu, p.fingerprint.features, p.fingerprint.cores, p.fingerprint.onnxruntime) == \
+        (here.cpu, here.features, here.cores, here.onnxruntime)
+    assert host_differences(p) == []
     # refuses to overwrite without --force, and refuses a board it cannot reach
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--force" in r.output

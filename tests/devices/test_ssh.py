@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +171,11 @@ def test_calibrate_over_ssh(sshd, tmp_path):
     from edgeprune.devices.profiles import load_profile
     p = load_profile(str(out))
     assert p.ssh == sshd.target and set(p.latency_model.fit["group_scales"]) == {"conv", "dwconv", "rest"}
+    # the device's own facts, as its onnxruntime runner reported them (the loopback device is this machine)
+    from edgeprune.devices.fingerprint import local
+    assert (p.fingerprint.machine, p.fingerprint.features, p.fingerprint.cores) == \
+        (local().machine, local().features, local().cores)
+    assert "runner" in p.fingerprint.source
 
 
 # -- edgeprune bench / check on the device ------------------------------------------------
@@ -329,7 +336,7 @@ def test_build_judges_the_budget_on_the_device_measured_over_ssh(sshd, tmp_path)
 def test_a_remote_python_that_hangs_is_stopped_by_the_ssh_timeout(sshd, model, tmp_path):
     """The probe answers, then the benchmark never does: --ssh-timeout stops it with one line."""
     sleepy = tmp_path / "sleepy-python"
-    sleepy.write_text(f'#!/bin/sh\ncase "$1" in -c) exec {VENV_PY} "$@";; *) sleep 120;; esac\n')
+    sleepy.write_text(f'#!/bin/sh\ncase "$1" in -c) exec {VENV_PY} "$@";; *) exec sleep 120;; esac\n')
     sleepy.chmod(0o755)
     started = time.monotonic()
     r = runner.invoke(app, ["bench", str(model), "--ssh", sshd.target, "--ssh-config", str(sshd.client_config),
@@ -339,3 +346,64 @@ def test_a_remote_python_that_hangs_is_stopped_by_the_ssh_timeout(sshd, model, t
     assert "longer than 3s" in r.stderr and "--ssh-timeout" in r.stderr
     r = runner.invoke(app, ["bench", str(model), "--ssh", sshd.target, "--ssh-timeout", "0"])
     assert r.exit_code == 2 and "--ssh-timeout must be positive" in r.stderr
+
+
+# -- an interrupted measurement leaves nothing on the device ------------------------------
+
+def runner_pids(model_name: str) -> list[int]:
+    """Processes running ``python ort_runner.py MODEL_NAME`` (the runner on the loopback "device")."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:           # it ended while we looked
+            continue
+        if argv[1:3] == [b"ort_runner.py", model_name.encode()]:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def wait_for(what: str, condition, proc: subprocess.Popen, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        assert proc.poll() is None, f"bench ended before {what}: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def default_signals() -> None:
+    """A shell that starts the suite in the background has SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_remote_bench_stops_the_runner_and_removes_its_folder(sshd, model, tmp_path, sig, code):
+    name = f"interrupt-{uuid.uuid4().hex[:12]}.onnx"      # finds this test's folder and runner, nobody else's
+    (tmp_path / name).write_bytes(model.read_bytes())
+    cmd = [sys.executable, "-m", "edgeprune", "bench", str(tmp_path / name), *ssh_flags(sshd), "--warmup", "0",
+           "--time-budget", "300", "--runs", "100000000", "--no-memory"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
+    try:
+        copied = wait_for("the folder on the device", lambda: list(Path("/tmp").glob(f"edgeprune.*/{name}")), proc)
+        folder = copied[0].parent
+        wait_for("the runner on the device", lambda: runner_pids(name), proc)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == code
+        stderr = proc.stderr.read()
+        assert stderr.strip().splitlines() == [f"error: interrupted by {sig.name}"], stderr
+        assert not folder.exists() and not list(Path("/tmp").glob(f"edgeprune.*/{name}"))
+        deadline = time.monotonic() + 30
+        while runner_pids(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runner_pids(name) == [], "the runner still runs on the device"
+    finally:                      # a failed test leaves no runner burning a core for 300 s
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in runner_pids(name):
+            os.kill(pid, signal.SIGKILL)
