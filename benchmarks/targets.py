@@ -12,14 +12,28 @@ deciding on its own:
   ``resolve_target``, which makes the decision from ``--device``/``--ssh``.
 
 A :class:`LatencyFigure` is one figure judged against a budget: the measured p50 or p90,
-or the predicted centre (p50) or the upper edge of the error band (p90).
+or the predicted centre (p50) or the upper edge of the error band (p90); with a
+``confidence`` c, the figure the device meets with chance c instead (a prediction's, from
+its band: :func:`at_confidence`; a measurement's, the c-quantile of its runs). Every figure
+states the chance that the device meets a budget (:meth:`LatencyFigure.chance_within`).
+
+A prediction's band is the profile's ``expected_error`` e, the 90th percentile of the
+cross-validated relative error |predicted / measured - 1| of its fit. The error is taken as
+log-normal and centred: ln(measured / predicted) ~ N(0, s) with s = ln(1 + e) / z(0.95),
+so that 90% of devices fall within the band's factor 1 + e either way. Then the chance
+that the device meets a budget B for a prediction P is Phi(ln(B / P) / s), and the figure
+met with chance c is P * exp(s * z(c)). The centring and the shape are assumptions (the
+fits report a median error near zero, not a distribution); a profile whose band was not
+measured (no ``expected_error``) gives certainties.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any, Protocol, runtime_checkable
 
 from edgeprune.benchmarks.latency import BenchConfig, measure
@@ -31,6 +45,43 @@ HOST_SOURCE = "measured:host"
 METRICS = ("p50", "p90")
 
 Model = str | os.PathLike[str]
+
+
+_Z_BAND = NormalDist().inv_cdf(0.95)      # the band holds 90% of devices, two-sided
+
+
+def band_sigma(expected_error: float | None) -> float:
+    """The log-normal spread of ln(measured / predicted) that puts 90% within the band."""
+    return math.log1p(expected_error) / _Z_BAND if expected_error else 0.0
+
+
+def check_confidence(confidence: float | None) -> float | None:
+    if confidence is not None and not (0.5 <= confidence < 1):
+        raise EdgepruneError(f"--confidence is the chance that the device meets the budget, from 0.5 (the "
+                             f"prediction's centre) to below 1, got {confidence:g}")
+    return confidence
+
+
+def chance_within(predicted_ms: float, expected_error: float | None, budget_ms: float) -> float:
+    """The chance that a device predicted at ``predicted_ms`` meets ``budget_ms`` (module docstring)."""
+    s = band_sigma(expected_error)
+    if s == 0 or predicted_ms <= 0:
+        return 1.0 if predicted_ms <= budget_ms else 0.0
+    return NormalDist().cdf(math.log(budget_ms / predicted_ms) / s)
+
+
+def at_confidence(predicted_ms: float, expected_error: float | None, confidence: float) -> float:
+    """The figure a device predicted at ``predicted_ms`` meets with chance ``confidence``."""
+    return predicted_ms * math.exp(band_sigma(expected_error) * NormalDist().inv_cdf(confidence))
+
+
+def judged_prediction(predicted_ms: float, expected_error: float | None, metric: str,
+                      confidence: float | None = None) -> float:
+    """The figure a prediction is judged on: met with chance ``confidence`` when given, else its
+    centre (p50) or the band's upper edge (p90)."""
+    if confidence is not None:
+        return at_confidence(predicted_ms, expected_error, confidence)
+    return predicted_ms * (1 + (expected_error or 0.0)) if metric == "p90" else predicted_ms
 
 
 def check_metric(metric: str) -> str:
@@ -57,33 +108,55 @@ class LatencyFigure:
     low_ms: float | None = None
     high_ms: float | None = None
     expected_error: float | None = None
+    confidence: float | None = None        # value_ms is the figure met with this chance
 
     @property
     def is_measured(self) -> bool:
         return self.measured is not None
 
     @classmethod
-    def from_result(cls, result: LatencyResult, metric: str = "p50") -> "LatencyFigure":
+    def from_result(cls, result: LatencyResult, metric: str = "p50",
+                    confidence: float | None = None) -> "LatencyFigure":
         check_metric(metric)
-        value = result.p90_ms if metric == "p90" else result.p50_ms
-        return cls(value, result.source, metric, measured=result)
+        check_confidence(confidence)
+        if confidence is not None and result.samples_ms:
+            runs = sorted(result.samples_ms)
+            value = runs[min(len(runs) - 1, math.ceil(confidence * len(runs)) - 1)]
+        elif confidence is not None:     # no runs kept: the first stored quantile met with that chance
+            value = result.p50_ms if confidence <= 0.5 else result.p90_ms if confidence <= 0.9 else result.p99_ms
+        else:
+            value = result.p90_ms if metric == "p90" else result.p50_ms
+        return cls(value, result.source, metric, measured=result, confidence=confidence)
 
     @classmethod
     def from_band(cls, predicted_ms: float, low_ms: float, high_ms: float, expected_error: float,
-                  source: str, metric: str = "p50") -> "LatencyFigure":
+                  source: str, metric: str = "p50", confidence: float | None = None) -> "LatencyFigure":
         check_metric(metric)
-        value = high_ms if metric == "p90" else predicted_ms
-        return cls(value, source, metric, predicted_ms=predicted_ms, low_ms=low_ms,
-                   high_ms=high_ms, expected_error=expected_error)
+        check_confidence(confidence)
+        return cls(judged_prediction(predicted_ms, expected_error, metric, confidence), source, metric,
+                   predicted_ms=predicted_ms, low_ms=low_ms, high_ms=high_ms, expected_error=expected_error,
+                   confidence=confidence)
+
+    def chance_within(self, budget_ms: float) -> float:
+        """The chance that the device meets ``budget_ms``: from the band for a prediction; for a
+        measurement, the share of its runs at or under it (its own spread)."""
+        if self.measured is None:
+            return chance_within(self.predicted_ms or self.value_ms, self.expected_error, budget_ms)
+        runs = self.measured.samples_ms
+        if not runs:
+            return 1.0 if self.value_ms <= budget_ms else 0.0
+        return sum(r <= budget_ms for r in runs) / len(runs)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``device_before``/``device_after`` entry."""
         if self.measured is not None:
             r = self.measured
-            return {"value_ms": self.value_ms, "source": self.source, "p50_ms": r.p50_ms,
-                    "p90_ms": r.p90_ms, "threads": r.threads, "provider": r.provider_used}
-        return {"value_ms": self.value_ms, "source": self.source, "predicted_ms": self.predicted_ms,
-                "low_ms": self.low_ms, "high_ms": self.high_ms, "expected_error": self.expected_error}
+            d = {"value_ms": self.value_ms, "source": self.source, "p50_ms": r.p50_ms,
+                 "p90_ms": r.p90_ms, "threads": r.threads, "provider": r.provider_used}
+        else:
+            d = {"value_ms": self.value_ms, "source": self.source, "predicted_ms": self.predicted_ms,
+                 "low_ms": self.low_ms, "high_ms": self.high_ms, "expected_error": self.expected_error}
+        return {**d, "confidence": self.confidence} if self.confidence is not None else d
 
 
 @runtime_checkable
@@ -99,8 +172,10 @@ class Target(Protocol):
         """How its figures are labelled: measured:host, measured:ssh:<device>, predicted:<device>."""
         ...
 
-    def figure(self, model: Model, metric: str = "p50", runs: int = 100) -> LatencyFigure:
-        """The figure for ``metric``, with the target's own threads and providers."""
+    def figure(self, model: Model, metric: str = "p50", runs: int = 100,
+               confidence: float | None = None) -> LatencyFigure:
+        """The figure for ``metric`` (or met with chance ``confidence``), with the target's own threads
+        and providers."""
         ...
 
 
@@ -157,7 +232,8 @@ class HostTarget:
         latency = self.latency(model, cfg)
         return latency, self.memory(model, cfg, memory_repeats) if memory_repeats else None
 
-    def figure(self, model: Model, metric: str = "p50", runs: int = 100) -> LatencyFigure:
+    def figure(self, model: Model, metric: str = "p50", runs: int = 100,
+               confidence: float | None = None) -> LatencyFigure:
         check_metric(metric)
         base = self.settings or BenchConfig(device=self.name)
-        return LatencyFigure.from_result(self.latency(model, replace(base, runs=runs)), metric)
+        return LatencyFigure.from_result(self.latency(model, replace(base, runs=runs)), metric, confidence)

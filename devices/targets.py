@@ -94,10 +94,11 @@ class RemoteTarget:
         """Memory on the device (the runner times the model too: :meth:`bench` gives both)."""
         return self.bench(model, cfg, memory_repeats=repeats)[1]
 
-    def figure(self, model: Model, metric: str = "p50", runs: int = 100) -> LatencyFigure:
+    def figure(self, model: Model, metric: str = "p50", runs: int = 100,
+               confidence: float | None = None) -> LatencyFigure:
         check_metric(metric)
         base = self.settings or BenchConfig(device=self.device)
-        return LatencyFigure.from_result(self.latency(model, replace(base, runs=runs)), metric)
+        return LatencyFigure.from_result(self.latency(model, replace(base, runs=runs)), metric, confidence)
 
     def time_models(self, models: Sequence[Path], threads: int, providers: Sequence[str],
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -105,9 +106,11 @@ class RemoteTarget:
         return time_models_over_ssh(models, self.ssh, threads, providers, progress=progress)
 
 
-def figure_from_prediction(p: Prediction, metric: str = "p50") -> LatencyFigure:
-    """A prediction as the figure judged for ``metric`` (p90: the band's upper edge)."""
-    return LatencyFigure.from_band(p.latency_ms, p.low_ms, p.high_ms, p.expected_error, p.source, metric)
+def figure_from_prediction(p: Prediction, metric: str = "p50", confidence: float | None = None) -> LatencyFigure:
+    """A prediction as the figure judged for ``metric`` (p90: the band's upper edge), or met with chance
+    ``confidence``."""
+    return LatencyFigure.from_band(p.latency_ms, p.low_ms, p.high_ms, p.expected_error, p.source, metric,
+                                   confidence)
 
 
 @dataclass
@@ -130,10 +133,11 @@ class PredictedTarget:
                    input_shapes: dict[str, Sequence[int]] | None = None) -> Prediction:
         return predict(model, self.profile, input_shapes)
 
-    def figure(self, model: Model, metric: str = "p50", runs: int = 100) -> LatencyFigure:
+    def figure(self, model: Model, metric: str = "p50", runs: int = 100,
+               confidence: float | None = None) -> LatencyFigure:
         """``runs`` is ignored: nothing is run."""
         check_metric(metric)
-        return figure_from_prediction(self.prediction(model), metric)
+        return figure_from_prediction(self.prediction(model), metric, confidence)
 
 
 @overload

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeprune.benchmarks.targets import METRICS
+from edgeprune.benchmarks.targets import METRICS, check_confidence
 from edgeprune.benchmarks.units import parse_duration_ms
 from edgeprune.errors import EdgepruneError
 from edgeprune.devices.ssh import SSH_TIMEOUT_S
@@ -76,6 +76,7 @@ class SearchConfig:
 
     budget: str = "30ms"
     metric: str = "p50"
+    confidence: float | None = None       # judge predictions on the figure the device meets with this chance
     score_images: int = 500               # validation images that score plans; the rest measure the result
     batch_size: int = EVAL_BATCH_SIZE     # images per forward pass when scoring and evaluating (memory bound)
     max_accuracy_drop: float = 5.0        # points of held-out top-1 the shipped plan may lose after fine-tune
@@ -95,6 +96,9 @@ class SearchConfig:
         self.levers = parse_levers(self.levers)
         validate_channel_options(self.channel_criterion, self.channel_multiple)
         _one_of(self.metric, METRICS, "--metric")
+        check_confidence(self.confidence)
+        if self.confidence is not None and self.metric != "p50":
+            raise EdgepruneError("--confidence and --metric p90 both say which figure meets the budget; give one")
         _all_of(self.strategies, tuple(STRATEGIES), "strategies")
         bad = [p for p in self.proxies if p not in PROXIES]
         if bad:
@@ -236,7 +240,7 @@ FLAGS: dict[str, str] = {
     "in_channels": "model.in_channels", "input_size": "model.input_size", "trust_checkpoint": "model.trust_checkpoint",
     "trust_code": "model.trust_code",
     "data": "data.path", "mean": "data.mean", "std": "data.std", "channels": "data.channels", "resize": "data.resize",
-    "budget": "search.budget", "metric": "search.metric",
+    "budget": "search.budget", "metric": "search.metric", "confidence": "search.confidence",
     "score_images": "search.score_images", "batch_size": "search.batch_size",
     "max_accuracy_drop": "search.max_accuracy_drop", "strategies": "search.strategies", "proxies": "search.proxies",
     "select": "search.select", "shortlist": "search.shortlist", "replace_projection": "search.replace_projection",

@@ -84,7 +84,10 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         f"# edgeprune build report: {cfg.model.name} for {result.device}, budget {budget:g} ms",
         "",
         f"**Outcome:** {'within budget' if lat.within_budget else 'OVER BUDGET'}: "
-        f"{lat.device_after.value_ms:.2f} ms ({lat.metric}, {lat.device_after.source}) against {budget:g} ms, "
+        f"{lat.device_after.value_ms:.2f} ms ({lat.metric}, {lat.device_after.source}) against {budget:g} ms "
+        f"({lat.chance:.0%} chance that {result.device} meets it"
+        + (f"; planned for the figure met with {lat.device_after.confidence:.0%} chance" if lat.device_after.confidence
+           is not None else "") + "), "
         f"plan: {PlanState.from_tokens(result.removed).describe()} ({len(result.blocks)} blocks found). "
         "The budget is judged on the exported final model, not on a sum of estimates.",
         "",

@@ -76,6 +76,18 @@ class LatencySection:
         return self.device_after.value_ms <= self.budget_ms
 
     @property
+    def chance(self) -> float:
+        """The chance that the device meets the budget with the final model (its figure's band or runs)."""
+        return self.device_after.chance_within(self.budget_ms)
+
+    def verdict(self) -> str:
+        """``14.82 ms (predicted:rpi4) <= 15 ms, 76% chance of <= 15 ms on rpi4``."""
+        f, b = self.device_after, self.budget_ms
+        met = f", the figure met with {f.confidence:.0%} chance" if f.confidence is not None else ""
+        return (f"{f.value_ms:.2f} ms ({f.source}{met}) <= {b:g} ms, {self.chance:.0%} chance of <= {b:g} ms "
+                f"on {self.device}")
+
+    @property
     def host_after(self) -> LatencyResult:
         return self.host.a
 
@@ -87,7 +99,8 @@ class LatencySection:
         h, p = self.host, self.host_predicted
         return {
             "budget_ms": self.budget_ms, "metric": self.metric, "device": self.device,
-            "within_budget": self.within_budget,
+            "within_budget": self.within_budget, "chance_within_budget": self.chance,
+            "confidence": self.device_after.confidence,
             "device_after": self.device_after.to_dict(), "device_before": self.device_before.to_dict(),
             "host_after": h.a.to_dict(), "host_before": h.b.to_dict(),
             "host_ratio": {"after_over_before": h.ratio, "ci": [h.ci_low, h.ci_high], "confidence": h.confidence,

@@ -77,8 +77,7 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
                                              "removed": result.removed, "wall_s": result.wall_s})
     target = replace_folder(artifact.path, Path(cfg.out) / "artifact")
     clock.reset()                  # a finished build: a later rerun times itself afresh
-    fig = latency.device_after
-    budget = f"{fig.value_ms:.2f} ms ({fig.source}) <= {cfg.search.budget_ms:g} ms"
+    budget = latency.verdict()
     state = PlanState.from_tokens(result.removed)
     message = (f"budget met without removing anything: {budget}" if not result.removed else
                f"budget met: {budget} after removing {len(result.removed)} blocks" if not state.levers() or

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from edgeprune.benchmarks.targets import judged_prediction
 from edgeprune.devices.block_latency import BlockLatencyTable
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile
@@ -57,6 +58,7 @@ class PlanSpace:
     groups: list[ChannelGroup] = field(default_factory=list)
     orders: dict[str, list[int]] = field(default_factory=dict)     # group -> channels, least important first
     sizes: list[int] = field(default_factory=list)                 # resolution steps below the input, descending
+    confidence: float | None = None     # plan on the figure the device meets with this chance (else metric)
     latency_memo: dict[str, float] = field(default_factory=dict)
     on_latency: Callable[[], None] = lambda: None
 
@@ -98,11 +100,11 @@ class PlanSpace:
 
     def table_latency(self, removed: Sequence[str]) -> float:
         """Predicted ms of the model minus ``removed`` blocks from the per-block table (fast): what the
-        block strategies plan with (``metric`` p90: the band's upper edge)."""
+        block strategies plan with (``metric`` p90: the band's upper edge; with ``confidence``, the figure
+        the device meets with that chance)."""
         keep = [m for r in removed for m in self.shortcuts.get(r, [])]
-        if self.metric == "p90":
-            return self.table.estimate_without(removed, keep).high_ms
-        return self.table.predict_without(removed, keep)
+        return judged_prediction(self.table.predict_without(removed, keep), self.table.expected_error, self.metric,
+                                 self.confidence)
 
     def gradual(self, tokens: Sequence[str]) -> tuple[nn.Module, ChannelMasks]:
         """The plan's blocks removed, its channels still there but masked (``ChannelMasks``), for a
@@ -126,7 +128,7 @@ class PlanSpace:
         key = ",".join(sorted(tokens))
         if key not in self.latency_memo:
             p = plan_prediction(self.apply(tokens), self.input_shape_of(tokens), self.profile)
-            self.latency_memo[key] = p.high_ms if self.metric == "p90" else p.latency_ms
+            self.latency_memo[key] = judged_prediction(p.latency_ms, p.expected_error, self.metric, self.confidence)
             self.on_latency()
         return self.latency_memo[key]
 

@@ -140,10 +140,12 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
     size = min(shape[2], shape[3])
     floor = scfg.min_resolution if "resolution" in scfg.levers and scfg.min_resolution else max(1, size // 2)
     sizes = resolution_steps(size, floor, scfg.resolution_step)
-    memo_cfg = {"device": inputs.profile.name, "metric": scfg.metric, "version": 1}
+    memo_cfg = {"device": inputs.profile.name, "metric": scfg.metric, "version": 1,
+                **({"confidence": scfg.confidence} if scfg.confidence is not None else {})}
     memo = inputs.cache.load("plan-latency", memo_cfg, valid=_number_dict) or {}
     space = PlanSpace(model, shape, inputs.bundle, inputs.blocks, inputs.candidates, table, scfg.metric, shortcuts,
-                      inputs.profile, list(scfg.levers), groups, orders, sizes, memo)
+                      inputs.profile, list(scfg.levers), groups, orders, sizes, confidence=scfg.confidence,
+                      latency_memo=memo)
     space.on_latency = lambda: inputs.cache.save("plan-latency", memo, memo_cfg)
     return space
 
@@ -202,7 +204,9 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
         + (f" {len(space.candidates)} removable blocks" if "blocks" in space.levers else "")
         + (f", {len(space.groups)} channel groups" if "channels" in space.levers else "")
         + (f", input sizes down to {space.sizes[-1]}" if "resolution" in space.levers and space.sizes else "")
-        + f"; budget {scfg.budget_ms:g} ms ({scfg.metric}) on {inputs.profile.name}")
+        + f"; budget {scfg.budget_ms:g} ms ("
+        + (f"the figure met with {scfg.confidence:.0%} chance" if scfg.confidence is not None else scfg.metric)
+        + f") on {inputs.profile.name}")
     blocks = "blocks" in space.levers and bool(space.candidates)
     orders = proxy_orders(inputs, scfg) if blocks else {}
     blocks_floor = space.table_latency(space.candidates)
@@ -229,7 +233,8 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
         if not result.reachable:
             result.floor = Plan("all", fastest, floor_ms, *(states or oracle)(fastest))
         cache.save("plans", result.to_dict(), {"budget_ms": budget_ms, "strategies": scfg.strategies,
-                                               "metric": scfg.metric, "levers": space.levers})
+                                               "metric": scfg.metric, "levers": space.levers,
+                                               **({"confidence": scfg.confidence} if scfg.confidence else {})})
         if result.winner == "none" or not result.reachable:
             return result, shortlist([result.base], 1)
         pool = [*result.best.values()]
@@ -240,7 +245,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     def figure(c: Candidate) -> tuple[float, str]:
         path = cache.path("plan", sorted(c.removed), ".onnx")
         cached_onnx(cache, path, lambda: space.apply(c.removed).cpu().eval(), space.input_shape_of(c.removed))
-        fig = inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs)
+        fig = inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs, scfg.confidence)
         return fig.value_ms, fig.source
 
     outcome = search_until_fits(search_at, figure, scfg.budget_ms, on_retry=lambda ms: say(
@@ -392,8 +397,8 @@ def before_after(inputs: Inputs, artifact: ArtifactResult, say: Say) -> LatencyS
     # interleaved (A B B A rounds): both models see the same drift of a shared machine
     side: Comparison = compare(final, original, bench, CompareConfig(rounds=m.bench_rounds,
                                                                      max_rounds=m.bench_rounds))
-    after: LatencyFigure = inputs.target.figure(final, scfg.metric, m.bench_runs)
-    before: LatencyFigure = inputs.target.figure(original, scfg.metric, m.bench_runs)
+    after: LatencyFigure = inputs.target.figure(final, scfg.metric, m.bench_runs, scfg.confidence)
+    before: LatencyFigure = inputs.target.figure(original, scfg.metric, m.bench_runs, scfg.confidence)
     host_pred: Prediction = predict(final, host)
     section = LatencySection(scfg.budget_ms, scfg.metric, inputs.profile.name, after, before, side, host_pred)
     update_manifest(artifact.path, "latency", section.to_dict())

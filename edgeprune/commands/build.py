@@ -37,6 +37,8 @@ def build_command(
     resize: o.Resize = d("resize"),
     out: Annotated[str, typer.Option("--out", "-o", help="Build folder: artifact/ and cache/ go here.")] = d("out"),
     metric: Annotated[str, typer.Option(help="p50 or p90 (measured; predicted p90 = upper edge of the band).")] = d("metric"),
+    confidence: Annotated[Optional[float], typer.Option(help="Plan for the figure the device meets with this chance, "
+                                                        "e.g. 0.9 (from the prediction's band; a measurement's runs).")] = d("confidence"),
     finetune_epochs: o.FinetuneEpochs = d("finetune_epochs"),
     finetune_lr: Annotated[float, typer.Option(help="Fine-tune peak learning rate.")] = d("finetune_lr"),
     kd: o.Kd = d("kd"),
