@@ -26,7 +26,8 @@ from edgeprune.devices import latency_fit as cal
 from edgeprune.devices.kernel_graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
 from edgeprune.devices.fingerprint import Fingerprint, local
-from edgeprune.devices.profiles import DeviceProfile, LatencyModel, load_profile, save_profile
+from edgeprune.devices.profiles import (DeviceProfile, LatencyModel, calibrated_host_path, load_profile,
+                                        save_profile)
 from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model
 from edgeprune.devices.targets import MeasuringTarget, RemoteTarget, resolve_target
 from edgeprune.errors import EdgepruneError
@@ -40,6 +41,13 @@ def default_workdir() -> Path:
     return Path(base) / "edgeprune" / "calibration"
 
 
+# The suites: FULL is what the bundled host profile was fitted on (about 20 minutes on 2 cores);
+# QUICK is small synthetic networks only, at most 30 models, so that a board over SSH needs at most
+# 30 on-device measurements and this machine a few minutes (docs/calibration.md measures both).
+FULL = {"synthetic": 48, "max_mmacs": 250.0, "architectures": True, "timing_rounds": 5}
+QUICK = {"synthetic": 24, "max_mmacs": 60.0, "architectures": False, "timing_rounds": 3}
+
+
 @dataclass
 class CalibrationConfig:
     device: str = "host"                   # profile to calibrate: name or TOML path
@@ -48,14 +56,20 @@ class CalibrationConfig:
     ssh: str | None = None                 # user@host[:port]; default: the profile's ssh
     remote_python: str | None = None
     ssh_config: str | os.PathLike[str] | None = None   # ssh -F file
-    synthetic: int = 48                    # seeded synthetic networks in the suite
+    quick: bool = False                    # the QUICK suite (minutes) instead of the FULL one
+    synthetic: int | None = None           # seeded synthetic networks in the suite (None: the preset's)
     seed: int = 0
-    max_mmacs: float = 250.0               # size cap of a synthetic network (million MACs)
-    architectures: bool = True             # add the torchvision architectures
+    max_mmacs: float | None = None         # size cap of a synthetic network (million MACs)
+    architectures: bool | None = None      # add the torchvision architectures
     workdir: Path | None = None            # cache of suite ONNX files
     threads: int | None = None             # default: the profile's
     folds: int = 5
-    timing_rounds: int = 5                 # interleaved whole-model timing rounds (local)
+    timing_rounds: int | None = None       # interleaved whole-model timing rounds (local)
+
+    def __post_init__(self) -> None:
+        for key, value in (QUICK if self.quick else FULL).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
 
 
 @dataclass
@@ -269,6 +283,8 @@ def _finish(cfg: CalibrationConfig, profile: DeviceProfile, out: Path, lm: Laten
                                [ModelFit(n, m, f, h) for n, m, f, h in zip(names, meas, fitted, held)],
                                fit, cv)
     save_profile(new, out, _header(result))
+    if mode == "profiled" and new.name == "host":   # this machine's own fit: what 'host' names here from now on
+        save_profile(new, calibrated_host_path(), _header(result))
     result.profile = load_profile(str(out))
     return result
 

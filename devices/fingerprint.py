@@ -14,6 +14,8 @@ this machine's. A field left out of a profile (unknown when it was fitted) is no
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -73,6 +75,11 @@ class Fingerprint:
                    tuple(sorted(features)) if isinstance(features, list) else None,
                    facts.get("cpu_count") if isinstance(facts.get("cpu_count"), int) else None,
                    str(facts.get("ort_version", "")), source)
+
+    def key(self) -> str:
+        """A short name for this machine's facts (not their source): what calibrated profiles are cached by."""
+        facts = {k: v for k, v in self.to_dict().items() if k != "source"}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
     def describe(self) -> str:
         parts = [self.cpu or self.machine or "unknown CPU"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.devices.address import parse_target
-from edgeprune.devices.fingerprint import Fingerprint
+from edgeprune.devices.fingerprint import Fingerprint, differences, local
 from edgeprune.devices.kernels import validate_coefficients
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import read_toml, write_text_atomic
@@ -101,6 +101,28 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in _bundled_dir().glob("*.toml"))
 
 
+def calibrated_host_path(fingerprint: Fingerprint | None = None) -> Path:
+    """Where ``edgeprune calibrate --device host`` keeps the profile it fitted on this machine (or the one
+    ``fingerprint`` describes): one file per machine, in the user's cache folder."""
+    fp = fingerprint or local()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeprune" / "profiles" / f"host-{fp.key()}.toml"
+
+
+def _host_path(bundled: Path) -> Path:
+    """The profile ``host`` names: the bundled one where it was fitted on this machine; otherwise this
+    machine's own calibration when one is cached (``calibrated_host_path``); else the bundled one, whose
+    predictions then say that it was fitted elsewhere."""
+    try:
+        fitted = Fingerprint.from_dict(read_toml(bundled, "device profile").get("fingerprint") or {})
+    except EdgepruneError:
+        return bundled
+    if not differences(fitted, local()):
+        return bundled
+    mine = calibrated_host_path()
+    return mine if mine.is_file() else bundled
+
+
 def _resolve(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     looks_like_path = p.suffix == ".toml" or os.sep in name_or_path or "/" in name_or_path
@@ -110,7 +132,7 @@ def _resolve(name_or_path: str) -> Path:
         return p
     bundled = _bundled_dir() / f"{name_or_path}.toml"
     if bundled.is_file():
-        return bundled
+        return _host_path(bundled) if name_or_path == "host" else bundled
     raise EdgepruneError(
         f"unknown device '{name_or_path}'; known devices: {', '.join(profile_names())} "
         "(or pass the path of a profile .toml file)")

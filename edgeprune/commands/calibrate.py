@@ -21,12 +21,16 @@ def calibrate_command(
     out: Annotated[Optional[Path], typer.Option("--out", help="Fitted profile to write "
                                                 "(default <device>-calibrated.toml).")] = None,
     force: o.Force = False,
-    synthetic: Annotated[int, typer.Option("--synthetic", help="Synthetic networks in the suite.")] = 48,
-    architectures: Annotated[bool, typer.Option("--architectures/--no-architectures",
-                                                help="Add the torchvision architectures to the suite.")] = True,
+    quick: Annotated[bool, typer.Option("--quick", help="The quick suite: 24 small synthetic networks, minutes "
+                                        "here, 24 measurements on a board (docs/calibration.md).")] = False,
+    synthetic: Annotated[Optional[int], typer.Option("--synthetic", help="Synthetic networks in the suite "
+                                                     "(48; --quick 24).")] = None,
+    architectures: Annotated[Optional[bool], typer.Option("--architectures/--no-architectures",
+                                                          help="Add the torchvision architectures to the suite "
+                                                          "(yes; --quick no).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic networks.")] = 0,
-    max_mmacs: Annotated[float, typer.Option("--max-mmacs", help="Size cap of a synthetic network "
-                                             "(million MACs).")] = 250.0,
+    max_mmacs: Annotated[Optional[float], typer.Option("--max-mmacs", help="Size cap of a synthetic network "
+                                                       "(million MACs; 250, --quick 60).")] = None,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Cache of suite ONNX files "
                                                     "(default ~/.cache/edgeprune/calibration).")] = None,
     threads: o.Threads = None,
@@ -39,7 +43,7 @@ def calibrate_command(
     --device host (or a TOML file of this machine) is measured here; any other over SSH.
     """
     cfg = CalibrationConfig(device=device, out=out, force=force, ssh=ssh, remote_python=remote_python,
-                            ssh_config=ssh_config,
+                            ssh_config=ssh_config, quick=quick,
                             synthetic=synthetic, seed=seed, max_mmacs=max_mmacs,
                             architectures=architectures,
                             workdir=workdir, threads=threads)

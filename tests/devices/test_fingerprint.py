@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +89,26 @@ def test_a_host_profile_fitted_elsewhere_is_said_in_every_prediction(tiny_onnx, 
     assert r.exit_code == 0 and "another machine" not in r.stderr
     # a board's profile predicts that board, not this machine: nothing to compare
     assert predict(tiny_onnx, "rpi4").fitted_elsewhere == []
+
+
+def test_host_names_this_machines_cached_calibration_when_the_bundled_one_was_fitted_elsewhere(tmp_path,
+                                                                                             monkeypatch, tiny_onnx):
+    import edgeprune.devices.profiles as profiles
+    from edgeprune.devices.profiles import calibrated_host_path
+
+    bundled = tmp_path / "bundled"          # the shipped profiles, the host one fitted on another machine
+    bundled.mkdir()
+    for p in profiles._bundled_dir().glob("*.toml"):
+        (bundled / p.name).write_text(p.read_text())
+    host = load_profile("host")
+    save_profile(replace(host, fingerprint=Fingerprint("x86_64", "AMD EPYC 7B13", ("avx2",), 16)),
+                 bundled / "host.toml")
+    monkeypatch.setattr(profiles, "_bundled_dir", lambda: bundled)
+    mine = calibrated_host_path()
+    assert mine.parent.parent.parent == Path(os.environ["XDG_CACHE_HOME"]) and not mine.exists()
+    assert load_profile("host").path == bundled / "host.toml"
+    assert predict(tiny_onnx, "host").fitted_elsewhere          # said, as above
+    save_profile(replace(host, fingerprint=replace(local(), source="test"), expected_error=0.05), mine)
+    assert load_profile("host").path == mine and load_profile("host").expected_error == 0.05
+    assert predict(tiny_onnx, "host").fitted_elsewhere == []
+    assert load_profile("rpi4").path == bundled / "rpi4.toml"    # only host is this machine

@@ -14,7 +14,7 @@ from edgeprune.devices import latency_fit as cal
 from edgeprune.devices.fingerprint import local
 from edgeprune.devices.kernel_graph import Kernel, detect_kernels
 from edgeprune.devices.predictor import host_differences, kernels_cost_us
-from edgeprune.devices.profiles import LatencyModel, load_profile
+from edgeprune.devices.profiles import LatencyModel, calibrated_host_path, load_profile
 from edgeprune.devices.suite import synthetic_model, synthetic_suite
 from edgeprune.errors import EdgepruneError
 
@@ -123,6 +123,8 @@ def test_calibrate_host_cli_writes_a_usable_profile(tmp_path):
     assert (p.fingerprint.cpu, p.fingerprint.features, p.fingerprint.cores, p.fingerprint.onnxruntime) == \
         (here.cpu, here.features, here.cores, here.onnxruntime)
     assert host_differences(p) == []
+    # and keeps a copy in the user's cache, which 'host' names on a machine the bundled profile was not fitted on
+    assert load_profile(str(calibrated_host_path())).latency_model.fit["models"] == 10
     # refuses to overwrite without --force, and refuses a board it cannot reach
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "--force" in r.output
@@ -143,3 +145,13 @@ def test_interleaved_timings_time_every_model_every_round(tmp_path):
     assert [len(f) for f in figures] == [3, 3]
     assert all(cpu > 0 and wall > 0 for rows in figures for cpu, wall in rows)
     assert seen == ["timing round 1/3", "timing round 2/3", "timing round 3/3"]
+
+
+def test_the_quick_suite_is_small_and_flags_still_override_it():
+    from edgeprune.devices.calibrate import FULL, QUICK, CalibrationConfig
+    q = CalibrationConfig(quick=True)
+    assert (q.synthetic, q.architectures, q.max_mmacs, q.timing_rounds) == (24, False, 60.0, 3)
+    assert q.synthetic <= 30 and not q.architectures      # at most 30 measurements on a board
+    full = CalibrationConfig()
+    assert {k: getattr(full, k) for k in FULL} == FULL and set(QUICK) == set(FULL)
+    assert CalibrationConfig(quick=True, synthetic=12).synthetic == 12

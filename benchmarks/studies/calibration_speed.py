@@ -1,0 +1,124 @@
+"""Quick against full host calibration: how long each takes here, and how well each predicts what it never saw.
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/studies/calibration_speed.py
+
+1. ``edgeprune calibrate --device host --quick`` and ``edgeprune calibrate --device host`` (the full suite the
+   bundled profile was fitted on; ``--kinds quick`` skips it), each in a fresh process, wall time recorded; each writes its profile
+   under ``--workdir``. A finished calibration is not rerun (delete its profile to redo it).
+2. The held-out set of ``validate_predictor.py`` (block-removal variants of ResNet-56, torchvision ResNet-18,
+   ResNet-50 and MobileNetV2, none in either calibration suite), measured once with onnxruntime in interleaved
+   rounds (CPU time of the inference thread, as there), and predicted by the bundled ``host`` profile, the quick
+   one and the full one.
+
+Per profile: the share of variants within 5% and 10% of the measurement, the median and the worst error.
+Results go to ``docs/calibration.json`` and ``docs/calibration.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import validate_predictor as vp  # noqa: E402  (a sibling study)
+
+from edgeprune.benchmarks import ort_runner  # noqa: E402
+from edgeprune.devices.fingerprint import local  # noqa: E402
+from edgeprune.devices.predictor import predict  # noqa: E402
+from edgeprune.devices.profiles import load_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+KINDS = {                                   # calibrate's flags for each calibration compared
+    "quick": ["--quick"],
+    "quick, 48 synthetic up to 250 MMACs": ["--quick", "--synthetic", "48", "--max-mmacs", "250"],
+    "quick with the torchvision architectures": ["--quick", "--architectures"],
+    "full": [],
+}
+
+
+def calibrate(kind: str, work: Path) -> dict:
+    slug = "".join(c if c.isalnum() else "-" for c in kind)
+    out = work / f"host-{slug}.toml"
+    record = work / f"host-{slug}.json"
+    if out.exists() and record.exists():
+        return json.loads(record.read_text())
+    cmd = [sys.executable, "-m", "edgeprune", "calibrate", "--device", "host", "--out", str(out), "--force",
+           "--workdir", str(work / "suite"), "--json", *KINDS[kind]]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        raise SystemExit(f"calibrate {kind} failed: {proc.stderr.strip()[-500:]}")
+    d = json.loads(proc.stdout)
+    r = {"wall_s": time.time() - t0, "models": len(d["models"]), "expected_error": d["expected_error"],
+         "cross_validated": d["cross_validated"], "profile": str(out)}
+    record.write_text(json.dumps(r, indent=1))
+    print(f"calibrate {kind}: {r['wall_s']:.0f} s, {r['models']} models", flush=True)
+    return r
+
+
+def errors(variants: list, predicted: list[float]) -> dict:
+    err = np.array([abs(p / v.cpu_ms - 1) for v, p in zip(variants, predicted)])
+    return {"within_5pct": float(np.mean(err <= 0.05)), "within_10pct": float(np.mean(err <= 0.10)),
+            "median_abs_rel_err": float(np.median(err)), "max_abs_rel_err": float(err.max()), "n": len(err)}
+
+
+def write_doc(r: dict, path: Path) -> None:
+    lines = ["# Host calibration: quick against full", "",
+             f"Written by `benchmarks/studies/calibration_speed.py` on {r['when']}: {r['cpu']} ({r['fingerprint']}), "
+             f"onnxruntime {r['ort']}, 1 intra-op thread, CPU execution provider. The machine's 2 cores were "
+             "shared with other jobs the whole time (load average "
+             f"{r['load'][0]:.1f} before the measurement, {r['load'][1]:.1f} after): wall times are upper bounds; "
+             "the variants are judged on the CPU time of the inference thread, as in devices.md.", "",
+             "| profile | calibration wall time | suite models | cross-validated p90 (its band) | "
+             "held-out within 5% | within 10% | median error | worst |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in r["profiles"].items():
+        e, cal = row["held_out"], row.get("calibration")
+        wall = f"{cal['wall_s'] / 60:.1f} min" if cal else "-"
+        models = str(cal["models"]) if cal else "-"
+        band = f"+-{cal['expected_error']:.0%}" if cal else "-"
+        lines.append(f"| {name} | {wall} | {models} | {band} | {e['within_5pct']:.0%} | {e['within_10pct']:.0%} | "
+                     f"{e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
+    lines += ["", f"Held-out set: {r['variants']} block-removal variants of ResNet-56, ResNet-18, ResNet-50 and "
+              f"MobileNetV2 (random weights; `validate_predictor.py`), {r['rounds']} interleaved rounds. *bundled "
+              "host* is `devices/profiles/host.toml`, fitted on 2026-11-22 on a machine of this kind.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "calibration")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--kinds", default=";".join(KINDS), help="calibrations to compare, ';'-separated (KINDS)")
+    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "calibration.json")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "calibration.md")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cals = {kind: calibrate(kind, args.workdir) for kind in args.kinds.split(";")}
+    (args.workdir / "variants").mkdir(exist_ok=True)
+    variants = vp.build_variants(args.workdir / "variants", 0, "host")
+    load_before = os.getloadavg()[0]
+    host = load_profile("host")
+    vp.measure(variants, args.rounds, host.threads, host.providers, 0, 10)
+    profiles = {"bundled host": (host, None),
+                **{kind: (load_profile(cal["profile"]), cal) for kind, cal in cals.items()}}
+    result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": ort_runner.cpu_model(),
+              "fingerprint": local().describe(), "ort": ort_runner.ort.__version__, "rounds": args.rounds,
+              "variants": len(variants), "load": [load_before, os.getloadavg()[0]], "profiles": {}}
+    for name, (profile, cal) in profiles.items():
+        predicted = [predict(v.path, profile).latency_ms for v in variants]
+        result["profiles"][name] = {"calibration": cal, "held_out": errors(variants, predicted)}
+    result["measured_cpu_ms"] = {v.name: v.cpu_ms for v in variants}
+    args.json.write_text(json.dumps(result, indent=1))
+    write_doc(result, args.doc)
+    print(args.doc.read_text())
+
+
+if __name__ == "__main__":
+    main()
