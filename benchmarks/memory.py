@@ -74,8 +74,11 @@ def probe_args(model: str, cfg: BenchConfig, arena: bool, runs: int = 10) -> lis
     return args
 
 
+MEMORY_TIMEOUT_S = 300.0    # default of --memory-timeout: the longest one memory probe may run
+
+
 def probe(model: str, cfg: BenchConfig, arena: bool, runs: int = 10,
-          timeout_s: float = 300.0) -> dict[str, Any]:
+          timeout_s: float = MEMORY_TIMEOUT_S) -> dict[str, Any]:
     """One fresh subprocess, one memory-mode JSON object from ``ort_runner``."""
     cmd = [sys.executable, str(RUNNER), *probe_args(model, cfg, arena, runs)]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **STABLE_MALLOC_ENV}
@@ -85,7 +88,7 @@ def probe(model: str, cfg: BenchConfig, arena: bool, runs: int = 10,
         raise EdgepruneError(f"memory probe of {model} (a fresh onnxruntime process, arena "
                              f"{'on' if arena else 'off'}, {runs} runs) took longer than {timeout_s:.0f} s; stopped: "
                              f"check that it runs ('edgeprune bench {model} --no-memory') and that this machine "
-                             "is not overloaded, or skip memory with --no-memory") from None
+                             "is not overloaded, or raise --memory-timeout, or skip memory with --no-memory") from None
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit status {proc.returncode}"
@@ -120,11 +123,11 @@ def memory_result(info: ModelFile, cfg: BenchConfig, probes: list[dict[str, Any]
 
 
 def measure_memory(model: str | os.PathLike[str], cfg: BenchConfig, repeats: int = 3,
-                   runs: int = 10) -> MemoryResult:
+                   runs: int = 10, timeout_s: float = MEMORY_TIMEOUT_S) -> MemoryResult:
     """Median over ``repeats`` fresh processes of the model's peak memory, arena on and off."""
     if repeats < 1:
         raise EdgepruneError(f"memory repeats must be at least 1, got {repeats}")
     info = inspect_model(model)   # a missing or garbled file fails before any subprocess
-    probes = [probe(str(model), cfg, arena, runs)
+    probes = [probe(str(model), cfg, arena, runs, timeout_s)
               for _ in range(repeats) for arena in (True, False)]
     return memory_result(info, cfg, probes)

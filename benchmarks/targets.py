@@ -37,7 +37,7 @@ from statistics import NormalDist
 from typing import Any, Protocol, runtime_checkable
 
 from edgeprune.benchmarks.latency import BenchConfig, measure
-from edgeprune.benchmarks.memory import MemoryResult, measure_memory
+from edgeprune.benchmarks.memory import MEMORY_TIMEOUT_S, MemoryResult, measure_memory
 from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.errors import EdgepruneError
 
@@ -216,6 +216,11 @@ class HostTarget:
     where: str = "on this host"
     address: str | None = None
     python: str = sys.executable
+    memory_timeout_s: float = MEMORY_TIMEOUT_S    # each memory probe (a fresh process); --memory-timeout
+
+    def __post_init__(self) -> None:
+        if not self.memory_timeout_s > 0:
+            raise EdgepruneError(f"--memory-timeout must be positive, got {self.memory_timeout_s:g}")
 
     @property
     def source(self) -> str:
@@ -225,7 +230,7 @@ class HostTarget:
         return measure(model, cfg)
 
     def memory(self, model: Model, cfg: BenchConfig, repeats: int = 3) -> MemoryResult | None:
-        return measure_memory(model, cfg, repeats=repeats)
+        return measure_memory(model, cfg, repeats=repeats, timeout_s=self.memory_timeout_s)
 
     def bench(self, model: Model, cfg: BenchConfig, memory_repeats: int = 0
               ) -> tuple[LatencyResult, MemoryResult | None]:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Sequence, overload
 import onnx
 
 from edgeprune.benchmarks.latency import BenchConfig, resolve_config
-from edgeprune.benchmarks.memory import MemoryResult
+from edgeprune.benchmarks.memory import MEMORY_TIMEOUT_S, MemoryResult
 from edgeprune.benchmarks.stats import LatencyResult
 from edgeprune.benchmarks.targets import (HostTarget, LatencyFigure, MeasuringTarget, Model, Target,
                                           check_metric)
@@ -143,19 +143,21 @@ class PredictedTarget:
 @overload
 def resolve_target(device: str | DeviceProfile | None = ..., ssh: str | None = ..., *,
                    remote_python: str | None = ..., ssh_config: str | os.PathLike[str] | None = ...,
-                   settings: BenchConfig | None = ..., otherwise: Literal["host"], ssh_timeout_s: float | None = ...) -> MeasuringTarget: ...
+                   settings: BenchConfig | None = ..., otherwise: Literal["host"], ssh_timeout_s: float | None = ...,
+                   memory_timeout_s: float | None = ...) -> MeasuringTarget: ...
 
 
 @overload
 def resolve_target(device: str | DeviceProfile | None = ..., ssh: str | None = ..., *,
                    remote_python: str | None = ..., ssh_config: str | os.PathLike[str] | None = ...,
-                   settings: BenchConfig | None = ..., otherwise: Literal["predict"] = ..., ssh_timeout_s: float | None = ...) -> Target: ...
+                   settings: BenchConfig | None = ..., otherwise: Literal["predict"] = ..., ssh_timeout_s: float | None = ...,
+                   memory_timeout_s: float | None = ...) -> Target: ...
 
 
 def resolve_target(device: str | DeviceProfile | None = None, ssh: str | None = None, *,
                    remote_python: str | None = None, ssh_config: str | os.PathLike[str] | None = None,
                    settings: BenchConfig | None = None, otherwise: str = "predict",
-                   ssh_timeout_s: float | None = None) -> Target:
+                   ssh_timeout_s: float | None = None, memory_timeout_s: float | None = None) -> Target:
     """Where ``device``'s figures come from (see the module docstring).
 
     ``device`` is a profile name, TOML path or loaded profile (None: no profile, this host).
@@ -173,5 +175,6 @@ def resolve_target(device: str | DeviceProfile | None = None, ssh: str | None = 
     if ssh_cfg is not None:
         return RemoteTarget(ssh_cfg, profile.name if profile is not None else None, settings)
     if otherwise == "host" or profile is None or profile.name == "host":
-        return HostTarget(settings)
+        return HostTarget(settings, memory_timeout_s=MEMORY_TIMEOUT_S if memory_timeout_s is None
+                          else memory_timeout_s)
     return PredictedTarget(profile)

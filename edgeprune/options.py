@@ -66,6 +66,8 @@ Criterion = Annotated[str, typer.Option("--criterion", help="direct (remove and 
                                         "random.")]
 Mode = Annotated[str, typer.Option("--mode", help="oneshot (score once) or iterative (remove the weakest, re-score, "
                                    "repeat).")]
+MemoryTimeout = Annotated[float, typer.Option("--memory-timeout", help="Seconds one memory probe (a fresh "
+                                             "onnxruntime process here) may run.")]
 ChannelCriterion = Annotated[str, typer.Option("--channel-criterion", help="Which channels of a group go first: "
                                                "magnitude (filter L2 norm) or bn-scale (|BatchNorm gamma|).")]
 ChannelMultiple = Annotated[int, typer.Option("--channel-multiple", help="Kept channel counts are multiples of this "

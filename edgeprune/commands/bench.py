@@ -14,6 +14,7 @@ from edgeprune import options as o
 from edgeprune.benchmarks.bench import BenchRequest, run_bench
 from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.latency import BenchConfig, parse_providers, parse_shapes
+from edgeprune.benchmarks.memory import MEMORY_TIMEOUT_S
 from edgeprune.benchmarks.tables import print_bench
 from edgeprune.cli_util import console, err_console, print_json, user_errors
 from edgeprune.devices.ssh import SSH_TIMEOUT_S
@@ -32,6 +33,7 @@ def bench(
     remote_python: o.RemotePython = None,
     ssh_config: o.SshConfigFile = None,
     ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
+    memory_timeout: o.MemoryTimeout = MEMORY_TIMEOUT_S,
     threads: o.Threads = None,
     providers: o.Providers = None,
     warmup: o.Warmup = 10,
@@ -61,7 +63,8 @@ def bench(
                        save_baseline=str(save_baseline) if save_baseline is not None else None,
                        compare=CompareConfig(rounds=rounds, max_rounds=rounds))
     target = resolve_target(device, ssh, remote_python=remote_python, ssh_config=ssh_config,
-                            otherwise="host", ssh_timeout_s=ssh_timeout)
+                            otherwise="host", ssh_timeout_s=ssh_timeout,
+                            memory_timeout_s=memory_timeout)
     report = run_bench(req, cfg, target)
     fallbacks = {r.fallback for r in report.results if r.fallback}
     for f in fallbacks:

@@ -15,6 +15,7 @@ from edgeprune.benchmarks.bench import check_output_path
 from edgeprune.benchmarks.compare import CompareConfig
 from edgeprune.benchmarks.gate import GateConfig, run_check, write_junit
 from edgeprune.benchmarks.latency import BenchConfig, parse_providers, parse_shapes
+from edgeprune.benchmarks.memory import MEMORY_TIMEOUT_S
 from edgeprune.benchmarks.tables import print_gate
 from edgeprune.benchmarks.units import parse_bytes, parse_duration_ms, parse_fraction
 from edgeprune.cli_util import console, err_console, print_json, user_errors
@@ -49,6 +50,7 @@ def check(
     remote_python: o.RemotePython = None,
     ssh_config: o.SshConfigFile = None,
     ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
+    memory_timeout: o.MemoryTimeout = MEMORY_TIMEOUT_S,
     threads: o.Threads = None,
     providers: o.Providers = None,
     shape: o.Shape = None,
@@ -79,7 +81,8 @@ def check(
     if shape:
         bench = replace(bench, shapes=parse_shapes(shape))
     target = resolve_target(device, ssh, remote_python=remote_python, ssh_config=ssh_config,
-                            otherwise="host", ssh_timeout_s=ssh_timeout)
+                            otherwise="host", ssh_timeout_s=ssh_timeout,
+                            memory_timeout_s=memory_timeout)
     result = run_check(model, baseline, cfg, bench, target)
     if junit is not None:
         write_junit(result, junit)

@@ -108,3 +108,16 @@ def test_a_memory_probe_that_does_not_finish_is_stopped_with_what_to_check(model
     with pytest.raises(EdgepruneError, match=r"memory probe of .*small.onnx \(a fresh onnxruntime process, arena on, "
                                              r"2 runs\) took longer than 0 s; stopped: .*--no-memory"):
         probe(str(models["small"]), BenchConfig(), arena=True, runs=2, timeout_s=0.01)
+
+
+def test_memory_timeout_flag_reaches_the_probes(models):
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    runner = CliRunner()
+    for command in (["bench", str(models["small"]), "--runs", "3"],
+                    ["check", str(models["small"]), "--max-memory", "1GB", "--rounds", "2"]):
+        r = runner.invoke(app, [*command, "--memory-timeout", "0.01"])
+        assert r.exit_code == 2 and "took longer than 0 s" in r.stderr and "--memory-timeout" in r.stderr, r.output
+    r = runner.invoke(app, ["bench", str(models["small"]), "--runs", "3", "--memory-timeout", "0"])
+    assert r.exit_code == 2 and "--memory-timeout must be positive" in r.stderr, r.output
