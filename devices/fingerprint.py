@@ -126,6 +126,6 @@ def differences(fitted: Fingerprint | None, here: Fingerprint) -> list[str]:
 def mismatch_note(profile_name: str, diffs: list[str]) -> str:
     """The one line every prediction and report carries when ``diffs`` is not empty."""
     return (f"profile '{profile_name}' was fitted on another machine ({'; '.join(diffs)}): its figures may not "
-            f"hold here; fit this machine with 'edgeprune calibrate --device {profile_name} --out mine.toml' "
-            "and pass --device mine.toml")
+            f"hold here; fit this machine with 'edgeprune calibrate --device {profile_name} --quick'"
+            + (" (then --device host uses it)" if profile_name == "host" else ""))
 

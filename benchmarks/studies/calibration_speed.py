@@ -37,8 +37,9 @@ from edgeprune.devices.profiles import load_profile  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = {                                   # calibrate's flags for each calibration compared
     "quick": ["--quick"],
-    "quick, 48 synthetic up to 250 MMACs": ["--quick", "--synthetic", "48", "--max-mmacs", "250"],
-    "quick with the torchvision architectures": ["--quick", "--architectures"],
+    "quick, synthetic only (the quick suite over SSH)": ["--quick", "--no-architectures"],
+    "quick, synthetic only, 48 up to 250 MMACs": ["--quick", "--no-architectures", "--synthetic", "48",
+                                                  "--max-mmacs", "250"],
     "full": [],
 }
 
@@ -72,10 +73,10 @@ def errors(variants: list, predicted: list[float]) -> dict:
 def write_doc(r: dict, path: Path) -> None:
     lines = ["# Host calibration: quick against full", "",
              f"Written by `benchmarks/studies/calibration_speed.py` on {r['when']}: {r['cpu']} ({r['fingerprint']}), "
-             f"onnxruntime {r['ort']}, 1 intra-op thread, CPU execution provider. The machine's 2 cores were "
-             "shared with other jobs the whole time (load average "
-             f"{r['load'][0]:.1f} before the measurement, {r['load'][1]:.1f} after): wall times are upper bounds; "
-             "the variants are judged on the CPU time of the inference thread, as in devices.md.", "",
+             f"onnxruntime {r['ort']}, 1 intra-op thread, CPU execution provider, 2 cores (load average "
+             f"{r['load'][0]:.1f} before the measurement, {r['load'][1]:.1f} after; "
+             f"{r.get('conditions', 'other jobs may have shared them')}); the variants are judged on the CPU time "
+             "of the inference thread, as in devices.md.", "",
              "| profile | calibration wall time | suite models | cross-validated p90 (its band) | "
              "held-out within 5% | within 10% | median error | worst |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["profiles"].items():
@@ -87,7 +88,8 @@ def write_doc(r: dict, path: Path) -> None:
                      f"{e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
     lines += ["", f"Held-out set: {r['variants']} block-removal variants of ResNet-56, ResNet-18, ResNet-50 and "
               f"MobileNetV2 (random weights; `validate_predictor.py`), {r['rounds']} interleaved rounds. *bundled "
-              "host* is `devices/profiles/host.toml`, fitted on 2026-11-22 on a machine of this kind.", ""]
+              "host* is `devices/profiles/host.toml`, fitted on 2026-11-22 on a machine of this kind.", "",
+              *(["## Reading", "", *[f"- {n}" for n in r["notes"]], ""] if r.get("notes") else [])]
     path.write_text("\n".join(lines))
 
 
@@ -98,7 +100,12 @@ def main() -> None:
     ap.add_argument("--kinds", default=";".join(KINDS), help="calibrations to compare, ';'-separated (KINDS)")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "calibration.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "calibration.md")
+    ap.add_argument("--doc-only", action="store_true", help="rewrite the doc from --json")
+    ap.add_argument("--conditions", default="other jobs may have shared them", help="what else ran, in words")
     args = ap.parse_args()
+    if args.doc_only:
+        write_doc(json.loads(args.json.read_text()), args.doc)
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     cals = {kind: calibrate(kind, args.workdir) for kind in args.kinds.split(";")}
     (args.workdir / "variants").mkdir(exist_ok=True)
@@ -110,7 +117,8 @@ def main() -> None:
                 **{kind: (load_profile(cal["profile"]), cal) for kind, cal in cals.items()}}
     result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": ort_runner.cpu_model(),
               "fingerprint": local().describe(), "ort": ort_runner.ort.__version__, "rounds": args.rounds,
-              "variants": len(variants), "load": [load_before, os.getloadavg()[0]], "profiles": {}}
+              "variants": len(variants), "load": [load_before, os.getloadavg()[0]], "profiles": {},
+              "conditions": args.conditions}
     for name, (profile, cal) in profiles.items():
         predicted = [predict(v.path, profile).latency_ms for v in variants]
         result["profiles"][name] = {"calibration": cal, "held_out": errors(variants, predicted)}

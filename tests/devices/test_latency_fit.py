@@ -149,9 +149,11 @@ def test_interleaved_timings_time_every_model_every_round(tmp_path):
 
 def test_the_quick_suite_is_small_and_flags_still_override_it():
     from edgeprune.devices.calibrate import FULL, QUICK, CalibrationConfig
-    q = CalibrationConfig(quick=True)
-    assert (q.synthetic, q.architectures, q.max_mmacs, q.timing_rounds) == (24, False, 60.0, 3)
-    assert q.synthetic <= 30 and not q.architectures      # at most 30 measurements on a board
-    full = CalibrationConfig()
+    q = CalibrationConfig(quick=True).resolved(remote=False)
+    assert (q.synthetic, q.architectures, q.max_mmacs, q.timing_rounds) == (24, True, 60.0, 3)
+    board = CalibrationConfig(quick=True).resolved(remote=True)
+    assert board.synthetic <= 30 and not board.architectures      # at most 30 measurements on a board
+    full = CalibrationConfig().resolved(remote=False)
     assert {k: getattr(full, k) for k in FULL} == FULL and set(QUICK) == set(FULL)
-    assert CalibrationConfig(quick=True, synthetic=12).synthetic == 12
+    assert CalibrationConfig(quick=True, synthetic=12).resolved(remote=True).synthetic == 12
+    assert CalibrationConfig(quick=True, architectures=False).resolved(remote=False).architectures is False
