@@ -25,9 +25,9 @@ import onnx
 from edgeprune.devices import latency_fit as cal
 from edgeprune.devices.kernel_graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
-from edgeprune.devices.fingerprint import Fingerprint, local
-from edgeprune.devices.profiles import (DeviceProfile, LatencyModel, calibrated_host_path, load_profile,
-                                        save_profile)
+from edgeprune.devices.fingerprint import Fingerprint, differences, local
+from edgeprune.devices.profiles import (DeviceProfile, LatencyModel, bundled_profile_path, calibrated_host_path,
+                                        load_profile, save_profile)
 from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model
 from edgeprune.devices.targets import MeasuringTarget, RemoteTarget, resolve_target
 from edgeprune.errors import EdgepruneError
@@ -320,3 +320,30 @@ def calibrate(cfg: CalibrationConfig, progress: Progress | None = None) -> Calib
             f"'{profile.name}' is not this machine and its profile names no SSH target: pass "
             f"--ssh user@host to measure it, or --device host to calibrate this machine")
     return calibrate_local(cfg, progress)
+
+
+# -- this machine, on demand ---------------------------------------------------------------------
+
+def ensure_host_calibrated(calibrate_now: bool = True, progress: Progress | None = None,
+                           cfg: CalibrationConfig | None = None) -> Path | None:
+    """Make ``host`` name a profile fitted on this machine, before a prediction for it is made.
+
+    Nothing to do where the bundled host profile was fitted here, or this machine's calibration is
+    already cached (``calibrated_host_path``). Otherwise, with ``calibrate_now``, run the quick
+    calibration (``cfg``, default ``--quick``) once and cache it; without, refuse in one line with the
+    command to run (``--no-calibrate``). Returns the cached profile's path when one was written now.
+    """
+    bundled = load_profile(str(bundled_profile_path("host")))
+    if not differences(bundled.fingerprint, local()) or calibrated_host_path().is_file():
+        return None
+    why = "; ".join(differences(bundled.fingerprint, local()))
+    if not calibrate_now:
+        raise EdgepruneError(f"the bundled host profile was fitted on another machine ({why}) and this one has no "
+                             "calibration yet: run 'edgeprune calibrate --device host --quick' (minutes), or drop "
+                             "--no-calibrate to let this command run it")
+    if progress:
+        progress(f"the bundled host profile was fitted on another machine ({why}): calibrating this one once "
+                 "(edgeprune calibrate --device host --quick; cached for later runs)")
+    out = calibrated_host_path()
+    calibrate(replace(cfg or CalibrationConfig(quick=True), device="host", out=out, force=True), progress)
+    return out

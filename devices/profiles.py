@@ -101,6 +101,11 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in _bundled_dir().glob("*.toml"))
 
 
+def bundled_profile_path(name: str) -> Path:
+    """The shipped profile file of ``name`` (whether or not it exists)."""
+    return _bundled_dir() / f"{name}.toml"
+
+
 def calibrated_host_path(fingerprint: Fingerprint | None = None) -> Path:
     """Where ``edgeprune calibrate --device host`` keeps the profile it fitted on this machine (or the one
     ``fingerprint`` describes): one file per machine, in the user's cache folder."""
@@ -130,7 +135,7 @@ def _resolve(name_or_path: str) -> Path:
         if not p.is_file():
             raise EdgepruneError(f"device profile file not found: {name_or_path}")
         return p
-    bundled = _bundled_dir() / f"{name_or_path}.toml"
+    bundled = bundled_profile_path(name_or_path)
     if bundled.is_file():
         return _host_path(bundled) if name_or_path == "host" else bundled
     raise EdgepruneError(

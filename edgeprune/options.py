@@ -66,6 +66,9 @@ Criterion = Annotated[str, typer.Option("--criterion", help="direct (remove and 
                                         "random.")]
 Mode = Annotated[str, typer.Option("--mode", help="oneshot (score once) or iterative (remove the weakest, re-score, "
                                    "repeat).")]
+Calibrate = Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="--device host on a machine the "
+                                         "bundled host profile was not fitted on: calibrate this one once (quick, "
+                                         "cached) or, with --no-calibrate, refuse.")]
 MemoryTimeout = Annotated[float, typer.Option("--memory-timeout", help="Seconds one memory probe (a fresh "
                                              "onnxruntime process here) may run.")]
 ChannelCriterion = Annotated[str, typer.Option("--channel-criterion", help="Which channels of a group go first: "

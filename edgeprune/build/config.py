@@ -122,6 +122,7 @@ class MeasureConfig:
     bench_runs: int = 100                  # timed runs of a measured device/host figure
     bench_rounds: int = 10                 # interleaved before/after rounds on the host
     verify_arm: bool = False               # last step: run the artifact on aarch64 onnxruntime under qemu
+    calibrate: bool = True                 # --device host on a machine the bundled profile was not fitted on
 
 
 @dataclass
@@ -251,7 +252,7 @@ FLAGS: dict[str, str] = {
     "temperature": "finetune.temperature", "alpha": "finetune.alpha", "gradual": "finetune.gradual",
     "device": "measure.device", "ssh": "measure.ssh", "remote_python": "measure.remote_python",
     "ssh_config": "measure.ssh_config", "ssh_timeout": "measure.ssh_timeout", "bench_runs": "measure.bench_runs", "bench_rounds": "measure.bench_rounds",
-    "verify_arm": "measure.verify_arm",
+    "verify_arm": "measure.verify_arm", "calibrate": "measure.calibrate",
     "out": "out", "accelerator": "accelerator", "seed": "seed",
 }
 

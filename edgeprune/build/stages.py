@@ -31,7 +31,8 @@ from edgeprune.build.result import AccuracySection, LatencySection, Selection, p
 from edgeprune.build.space import FINALISTS, SCREEN_IMAGES, PlanSpace, StateOracle
 from edgeprune.devices.block_latency import block_latency_table
 from edgeprune.devices.fingerprint import mismatch_note
-from edgeprune.devices.predictor import host_differences, Prediction, predict
+from edgeprune.devices.calibrate import ensure_host_calibrated
+from edgeprune.devices.predictor import HOST, host_differences, Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.devices.targets import resolve_target
 from edgeprune.errors import EdgepruneError
@@ -83,6 +84,8 @@ class Inputs:
 def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
     out = Path(cfg.out)              # a folder: run.build_lock checked and holds it
     m = cfg.measure
+    if m.device == HOST:
+        ensure_host_calibrated(m.calibrate, say)
     profile = load_profile(m.device)
     target = resolve_target(profile, ssh=m.ssh, remote_python=m.remote_python, ssh_config=m.ssh_config,
                             ssh_timeout_s=m.ssh_timeout)

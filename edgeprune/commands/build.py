@@ -60,6 +60,7 @@ def build_command(
     verify_arm: Annotated[bool, typer.Option("--verify-arm", help="Last step: run the artifact on aarch64 onnxruntime under qemu.")] = d("verify_arm"),
     bench_runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per device figure measured (host or SSH).")] = d("bench_runs"),
     bench_rounds: Annotated[int, typer.Option(help="Interleaved rounds timing the host before/after side by side.")] = d("bench_rounds"),
+    calibrate: o.Calibrate = d("calibrate"),
     accelerator: o.Accelerator = d("accelerator"),
     seed: o.Seed = d("seed"),
     config: Annotated[Optional[str], typer.Option(help="TOML file (as --dry-run prints it); flags given override it.")] = None,

@@ -14,8 +14,10 @@ from rich.table import Table
 
 from edgeprune import options as o
 from edgeprune.benchmarks.latency import BenchConfig, parse_shapes
-from edgeprune.cli_util import console, print_json, user_errors, warn
+from edgeprune.cli_util import console, err_console, print_json, user_errors, warn
+from edgeprune.devices.calibrate import ensure_host_calibrated
 from edgeprune.devices.fingerprint import mismatch_note
+from edgeprune.devices.predictor import HOST
 from edgeprune.devices.profiles import load_profile
 from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.devices.targets import PredictedTarget, bench_config, resolve_target
@@ -37,12 +39,15 @@ def predict_command(
     ssh_timeout: o.SshTimeout = SSH_TIMEOUT_S,
     runs: o.Runs = 100,
     warmup: o.Warmup = 10,
+    calibrate: o.Calibrate = True,
     json_out: o.Json = False,
 ) -> None:
     """Predict latency on a device: total, error band, heaviest kernels (and measure over SSH).
 
     When --ssh or the profile's ssh line names the device, the model is also measured there.
     """
+    if device == HOST:
+        ensure_host_calibrated(calibrate, lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
     profile = load_profile(device)
     shapes = parse_shapes(shape)
     pred = PredictedTarget(profile).prediction(model, shapes or None)

@@ -91,12 +91,12 @@ def test_a_host_profile_fitted_elsewhere_is_said_in_every_prediction(tiny_onnx, 
     assert predict(tiny_onnx, "rpi4").fitted_elsewhere == []
 
 
-def test_host_names_this_machines_cached_calibration_when_the_bundled_one_was_fitted_elsewhere(tmp_path,
-                                                                                             monkeypatch, tiny_onnx):
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """The shipped profiles with the host one fitted on another machine, and an empty user cache."""
     import edgeprune.devices.profiles as profiles
-    from edgeprune.devices.profiles import calibrated_host_path
 
-    bundled = tmp_path / "bundled"          # the shipped profiles, the host one fitted on another machine
+    bundled = tmp_path / "bundled"
     bundled.mkdir()
     for p in profiles._bundled_dir().glob("*.toml"):
         (bundled / p.name).write_text(p.read_text())
@@ -104,11 +104,38 @@ def test_host_names_this_machines_cached_calibration_when_the_bundled_one_was_fi
     save_profile(replace(host, fingerprint=Fingerprint("x86_64", "AMD EPYC 7B13", ("avx2",), 16)),
                  bundled / "host.toml")
     monkeypatch.setattr(profiles, "_bundled_dir", lambda: bundled)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return bundled, host
+
+
+def test_host_names_this_machines_cached_calibration_when_the_bundled_one_was_fitted_elsewhere(tmp_path, elsewhere,
+                                                                                             tiny_onnx):
+    from edgeprune.devices.profiles import calibrated_host_path
+
+    bundled, host = elsewhere
     mine = calibrated_host_path()
-    assert mine.parent.parent.parent == Path(os.environ["XDG_CACHE_HOME"]) and not mine.exists()
+    assert mine.parent.parent.parent == tmp_path / "cache" and not mine.exists()
     assert load_profile("host").path == bundled / "host.toml"
     assert predict(tiny_onnx, "host").fitted_elsewhere          # said, as above
     save_profile(replace(host, fingerprint=replace(local(), source="test"), expected_error=0.05), mine)
     assert load_profile("host").path == mine and load_profile("host").expected_error == 0.05
     assert predict(tiny_onnx, "host").fitted_elsewhere == []
     assert load_profile("rpi4").path == bundled / "rpi4.toml"    # only host is this machine
+
+
+def test_host_on_an_unfitted_machine_is_calibrated_once_or_refused(tmp_path, elsewhere, tiny_onnx):
+    from edgeprune.devices.calibrate import CalibrationConfig, ensure_host_calibrated
+    from edgeprune.devices.profiles import calibrated_host_path
+
+    r = runner.invoke(app, ["predict", str(tiny_onnx), "--device", "host", "--no-calibrate"])
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert "this one has no calibration yet: run 'edgeprune calibrate --device host --quick'" in said
+    lines = []
+    tiny = CalibrationConfig(quick=True, synthetic=8, architectures=False, max_mmacs=10, workdir=tmp_path / "suite")
+    assert ensure_host_calibrated(True, lines.append, tiny) == calibrated_host_path()
+    assert "calibrating this one once" in lines[0]
+    assert load_profile("host").path == calibrated_host_path()
+    assert ensure_host_calibrated(False) is None                   # cached: nothing more to do
+    r = runner.invoke(app, ["predict", str(tiny_onnx), "--device", "host", "--no-calibrate"])
+    assert r.exit_code == 0 and "another machine" not in r.stderr, r.output
