@@ -161,13 +161,17 @@ def test_cli_unreachable_device_exit_code(sshd, model):
 
 def test_calibrate_over_ssh(sshd, tmp_path):
     out = tmp_path / "loop.toml"
+    # --quick over SSH: the 24 synthetic networks alone (at most 30 measurements on the board); --max-mmacs
+    # keeps them tiny here
     r = runner.invoke(app, ["calibrate", "--device", "host", "--ssh", sshd.target,
                             "--ssh-config", str(sshd.client_config), "--remote-python", VENV_PY,
-                            "--synthetic", "8", "--max-mmacs", "10", "--no-architectures",
+                            "--quick", "--max-mmacs", "10",
                             "--workdir", str(tmp_path / "suite"), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["mode"] == "timed" and len(d["models"]) == 8
+    assert d["mode"] == "timed" and len(d["models"]) == 24
+    cv = d["cross_validated"]                     # the error it reports, from held-out folds
+    assert cv["n"] == 24 and 0 <= cv["median_abs_rel_err"] <= cv["p90_abs_rel_err"]
     from edgeprune.devices.profiles import load_profile
     p = load_profile(str(out))
     assert p.ssh == sshd.target and set(p.latency_model.fit["group_scales"]) == {"conv", "dwconv", "rest"}
