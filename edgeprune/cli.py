@@ -7,12 +7,18 @@ Every module in ``edgeprune/commands/`` defines ``ORDER`` (its place in ``--help
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import sys
 
 import typer
 
 from edgeprune import __version__, commands
 from edgeprune.cli_util import interrupt_on_sigterm
+from edgeprune.console import console, err_console
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.distributed import init_from_env, launched
+from edgeprune.progress import set_enabled
 
 app = typer.Typer(
     name="edgeprune",
@@ -47,6 +53,37 @@ for _module in _command_modules():
     _module.register(app)
 
 
+# Commands whose work splits across torchrun's processes (edgeprune.pipeline.distributed); the others
+# would only run N times side by side, so under torchrun they are refused.
+DISTRIBUTED = ("score", "eval")
+
+
+def _join_torchrun(argv: list[str]) -> None:
+    """Under ``torchrun`` with several processes: join its process group for a distributed command (rank 0
+    alone prints), or refuse any other command in one line (from rank 0; every rank exits 2)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    rank = int(os.environ.get("RANK", "0"))
+    if command not in DISTRIBUTED:
+        if rank == 0:
+            err_console.print(f"[bold red]error:[/] edgeprune {command or ''} does not run across processes yet; under "
+                              f"torchrun only {', '.join(DISTRIBUTED)} do (run it without torchrun)",
+                              highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    accelerator = next((v for a, v in zip(argv, argv[1:]) if a == "--accelerator"),
+                       next((a.split("=", 1)[1] for a in argv if a.startswith("--accelerator=")), "cpu"))
+    try:
+        here = init_from_env(accelerator)
+    except EdgepruneError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    if not here.main:               # one voice: rank 0 prints results, progress and warnings
+        console.quiet = True
+        err_console.quiet = True
+        set_enabled(False)
+
+
 def main() -> None:
     interrupt_on_sigterm()
+    if launched():
+        _join_torchrun(sys.argv[1:])
     app()

@@ -72,7 +72,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def print_json(obj: Any) -> None:
-    """Print JSON on stdout, bypassing rich markup so machines can parse it."""
+    """Print JSON on stdout, bypassing rich markup so machines can parse it (rank 0 alone under torchrun)."""
+    if console.quiet:
+        return
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
 

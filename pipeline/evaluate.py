@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.distributed import BatchSums, world
 from edgeprune.progress import track
 
 # Images per evaluation/scoring batch. Memory grows with it (a forward pass holds a few of the
@@ -97,22 +98,24 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     computed from NaN/inf logits would be a number that cannot be trusted."""
     device = torch.device(device)
     model.eval().to(device)
-    correct, loss_sum, n = 0, 0.0, 0
+    sums, here, n = BatchSums(), world(), 0      # under torchrun each rank runs its share of the batches
     total = f" of {len(batches)}" if hasattr(batches, "__len__") else ""
     for i, (x, y) in enumerate(track(batches, progress), 1):
+        before, n = n, n + len(y)                # images before this batch (for the messages), and through it
+        if not here.runs(i - 1):
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise EdgepruneError(f"the inputs of batch {i}{total} ({_batch_range(n, len(y))}) are not finite (NaN or "
+            raise EdgepruneError(f"the inputs of batch {i}{total} ({_batch_range(before, len(y))}) are not finite (NaN or "
                                  "inf): check the data and its --mean/--std")
-        out = forward(model, x, f"batch {i}{total} ({_batch_range(n, len(y))})")
+        out = forward(model, x, f"batch {i}{total} ({_batch_range(before, len(y))})")
         if not bool(torch.isfinite(out).all()):
             bad = int((~torch.isfinite(out.reshape(len(out), -1))).any(1).sum()) if out.dim() else len(y)
-            raise EdgepruneError(f"the model's outputs on batch {i}{total} ({_batch_range(n, len(y))}) are not finite "
+            raise EdgepruneError(f"the model's outputs on batch {i}{total} ({_batch_range(before, len(y))}) are not finite "
                                  f"(NaN or inf for {bad} of {len(y)} images): no accuracy can be computed from "
                                  "them; check the weights (overflow, a diverged fine-tune) and the data")
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += len(y)
-    if n == 0:
+        sums.add(i, "", [(out.argmax(1) == y).sum().item(), F.cross_entropy(out, y, reduction="sum").item(), len(y)])
+    correct, loss_sum, images = sums.totals().get("", [0, 0.0, 0])
+    if images == 0:
         raise EdgepruneError("no images to evaluate")
-    return EvalResult(correct / n, loss_sum / n, n)
+    return EvalResult(correct / images, loss_sum / images, int(images))

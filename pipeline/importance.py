@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.distributed import BatchSums, world
 from edgeprune.pipeline.blocks import Block, analyse, ancestors, remove_blocks, shortcut_module
 from edgeprune.progress import track
 
@@ -77,11 +78,9 @@ def _replacement(model: nn.Module, block: Block) -> nn.Module:
     return nn.Identity() if block.kind == "identity" else shortcut_module(model.get_submodule(block.name))
 
 
-def _accumulate(stats: dict[str, list[float]], name: str, out: torch.Tensor, y: torch.Tensor) -> None:
-    s = stats.setdefault(name, [0.0, 0.0, 0])
-    s[0] += (out.argmax(1) == y).sum().item()
-    s[1] += F.cross_entropy(out.float(), y, reduction="sum").item()
-    s[2] += len(y)
+def _accumulate(stats: BatchSums, batch: int, name: str, out: torch.Tensor, y: torch.Tensor) -> None:
+    stats.add(batch, name, [(out.argmax(1) == y).sum().item(), F.cross_entropy(out.float(), y, reduction="sum").item(),
+                            len(y)])
 
 
 def removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
@@ -101,16 +100,18 @@ def _removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequen
                       ctx: ScoreContext) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
     model = model.eval().to(ctx.device)
     names = [b.name for b in blocks]
-    stats: dict[str, list[float]] = {}
+    stats, here = BatchSums(), world()          # under torchrun each rank runs its share of the batches
     if not ctx.reuse_prefix:
         for b in track(blocks, ctx.progress):
             pruned = remove_blocks(model, [b.name], list(blocks), replace_projection=True).eval()
-            for x, y in batches:
+            for i, (x, y) in enumerate(batches):
+                if here.runs(i):
+                    x, y = x.to(ctx.device), y.to(ctx.device)
+                    _accumulate(stats, i, b.name, pruned(x), y)
+        for i, (x, y) in enumerate(batches):
+            if here.runs(i):
                 x, y = x.to(ctx.device), y.to(ctx.device)
-                _accumulate(stats, b.name, pruned(x), y)
-        for x, y in batches:
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            _accumulate(stats, "", model(x), y)
+                _accumulate(stats, i, "", model(x), y)
     else:
         gm = trace_with_blocks_as_leaves(model, names)
         nodes = list(gm.graph.nodes)
@@ -122,7 +123,9 @@ def _removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequen
         at = sorted((p, name) for name, p in position.items())
         free_after = _free_schedule(nodes)
         main, suffix = (fx.Interpreter(gm, garbage_collect_values=False) for _ in range(2))
-        for x, y in track(batches, ctx.progress):
+        for i, (x, y) in enumerate(track(batches, ctx.progress)):
+            if not here.runs(i):
+                continue
             x, y = x.to(ctx.device), y.to(ctx.device)
             main.args_iter, env, done = iter([x]), {}, 0
             for p, name in at:
@@ -133,11 +136,12 @@ def _removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequen
                 suffix.env = senv
                 senv[node] = replacements[name](*suffix.map_nodes_to_values(node.args, node))
                 _drop(senv, free_after, p)
-                _accumulate(stats, name, _run_span(suffix, nodes, p + 1, len(nodes), senv, free_after), y)
+                _accumulate(stats, i, name, _run_span(suffix, nodes, p + 1, len(nodes), senv, free_after), y)
                 del senv
-            _accumulate(stats, "", _run_span(main, nodes, done, len(nodes), env, free_after), y)
-    full = stats.pop("")
-    per = {k: (v[0] / v[2], v[1] / v[2]) for k, v in stats.items()}
+            _accumulate(stats, i, "", _run_span(main, nodes, done, len(nodes), env, free_after), y)
+    totals = stats.totals()
+    full = totals.pop("")
+    per = {k: (v[0] / v[2], v[1] / v[2]) for k, v in totals.items()}
     return (full[0] / full[2], full[1] / full[2]), per
 
 
