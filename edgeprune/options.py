@@ -45,6 +45,11 @@ RemotePython = Annotated[Optional[str], typer.Option("--remote-python", help="py
 SshConfigFile = Annotated[Optional[str], typer.Option("--ssh-config", metavar="FILE", help="ssh config file (ssh -F).")]
 SshTimeout = Annotated[float, typer.Option("--ssh-timeout", metavar="SECONDS", help="Longest a command on the "
                                            "device may run before it is stopped (the whole remote benchmark).")]
+Calibrate = Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="--device host on a machine the "
+                                         "bundled host profile was not fitted on: calibrate this one once (quick, "
+                                         "cached) or, with --no-calibrate, refuse.")]
+MemoryTimeout = Annotated[float, typer.Option("--memory-timeout", help="Seconds one memory probe (a fresh "
+                                             "onnxruntime process here) may run.")]
 
 # -- how onnxruntime times a model
 Threads = Annotated[Optional[int], typer.Option("--threads", help="intra_op_num_threads (default: the --device "
@@ -66,11 +71,6 @@ Criterion = Annotated[str, typer.Option("--criterion", help="direct (remove and 
                                         "random.")]
 Mode = Annotated[str, typer.Option("--mode", help="oneshot (score once) or iterative (remove the weakest, re-score, "
                                    "repeat).")]
-Calibrate = Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="--device host on a machine the "
-                                         "bundled host profile was not fitted on: calibrate this one once (quick, "
-                                         "cached) or, with --no-calibrate, refuse.")]
-MemoryTimeout = Annotated[float, typer.Option("--memory-timeout", help="Seconds one memory probe (a fresh "
-                                             "onnxruntime process here) may run.")]
 ChannelCriterion = Annotated[str, typer.Option("--channel-criterion", help="Which channels of a group go first: "
                                                "magnitude (filter L2 norm) or bn-scale (|BatchNorm gamma|).")]
 ChannelMultiple = Annotated[int, typer.Option("--channel-multiple", help="Kept channel counts are multiples of this "

@@ -18,12 +18,7 @@ SHAPE = (1, 1, 32, 32)
 DEAD = "layer2.1.conv1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/pipeline/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -43,13 +43,7 @@ class CatNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models are tiny: one thread is as fast, and two OpenMP threads on busy shared cores crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/pipeline/conftest.py
 
 
 def _params(model: nn.Module) -> int:
