@@ -81,7 +81,7 @@ class LatencySection:
         return self.device_after.chance_within(self.budget_ms)
 
     def verdict(self) -> str:
-        """``14.82 ms (predicted:rpi4) <= 15 ms, 76% chance of <= 15 ms on rpi4``."""
+        """``14.82 ms (predicted:rpi4) <= 15 ms, 53% chance of <= 15 ms on rpi4``."""
         f, b = self.device_after, self.budget_ms
         met = f", the figure met with {f.confidence:.0%} chance" if f.confidence is not None else ""
         return (f"{f.value_ms:.2f} ms ({f.source}{met}) <= {b:g} ms, {self.chance:.0%} chance of <= {b:g} ms "

@@ -30,8 +30,8 @@ from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
 from edgeprune.build.space import FINALISTS, SCREEN_IMAGES, PlanSpace, StateOracle
 from edgeprune.devices.block_latency import block_latency_table
-from edgeprune.devices.fingerprint import mismatch_note
 from edgeprune.devices.calibrate import ensure_host_calibrated
+from edgeprune.devices.fingerprint import mismatch_note
 from edgeprune.devices.predictor import HOST, host_differences, Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
 from edgeprune.devices.targets import resolve_target
