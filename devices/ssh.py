@@ -21,8 +21,11 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shlex
+import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -176,7 +179,26 @@ def remote_workdir(cfg: SshConfig) -> Iterator[str]:
     whose pid is in the folder's ``runner.pid`` is stopped first.
     """
     py = shlex.quote(cfg.python)
-    probe = (f"{py} -c {shlex.quote(_PROBE)} && mktemp -d /tmp/edgeprune.XXXXXX")
+    # the folder's name is chosen here (mkdir fails on a name that exists, as mktemp's would), so an
+    # interruption during this first call can still remove it
+    remote_dir = f"/tmp/edgeprune.{secrets.token_hex(6)}"
+    probe = f"mkdir -m 700 {remote_dir} && {py} -c {shlex.quote(_PROBE)} && echo {remote_dir}"
+    try:
+        _probe(cfg, probe, remote_dir)
+    except BaseException:                  # a failed, timed-out or interrupted probe leaves no folder
+        with _ignoring_sigint(), contextlib.suppress(EdgepruneError):   # (empty yet: rmdir takes nothing else)
+            run_ssh(cfg, f"rmdir {remote_dir} 2>/dev/null; true", "cleaning up", timeout_s=60)
+        raise
+    try:
+        yield remote_dir
+    except BaseException:
+        _clean_up(cfg, remote_dir, stop_runner=True)   # interrupted, timed out or failed: it may still run
+        raise
+    _clean_up(cfg, remote_dir, stop_runner=False)      # finished: its pid may already be someone else's
+
+
+def _probe(cfg: SshConfig, probe: str, remote_dir: str) -> None:
+    """Run the device check; a missing python or numpy/onnxruntime is one line saying what to do."""
     proc = run_ssh(cfg, probe, "checking the device", timeout_s=cfg.connect_timeout_s + 60)
     if proc.returncode != 0:
         err = proc.stderr
@@ -191,27 +213,39 @@ def remote_workdir(cfg: SshConfig) -> Iterator[str]:
                                  "with the device's python3 path")
         raise EdgepruneError(f"checking {cfg.target} failed: {_first_line(err) or 'exit ' + str(proc.returncode)}")
     lines = proc.stdout.strip().splitlines()
-    remote_dir = lines[-1].strip() if lines else ""
-    if not remote_dir.startswith("/tmp/edgeprune."):
+    if not lines or lines[-1].strip() != remote_dir:
         raise EdgepruneError(f"could not create a temporary folder on {cfg.target}")
-    try:
-        yield remote_dir
-    except BaseException:
-        _clean_up(cfg, remote_dir, stop_runner=True)   # interrupted, timed out or failed: it may still run
-        raise
-    _clean_up(cfg, remote_dir, stop_runner=False)      # finished: its pid may already be someone else's
 
 
 def _clean_up(cfg: SshConfig, remote_dir: str, stop_runner: bool) -> None:
+    """Remove the folder on the device; with ``stop_runner``, first stop the runner whose pid it holds
+    (SIGTERM, then SIGKILL after a second if it is still there). A second Ctrl-C while this runs is
+    ignored: the cleanup is bounded by its own 60 s timeout."""
     rdir = shlex.quote(remote_dir)
     command = f"rm -rf {rdir}"
     if stop_runner:
         pid_file = shlex.quote(f"{remote_dir}/{RUNNER_PID}")
-        command = f'[ -f {pid_file} ] && kill -TERM "$(cat {pid_file})" 2>/dev/null; {command}'
+        command = (f'if [ -f {pid_file} ]; then p="$(cat {pid_file})"; kill -TERM "$p" 2>/dev/null; '
+                   'for i in 1 2 3 4 5; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done; '
+                   f'kill -KILL "$p" 2>/dev/null; fi; {command}')
+    with _ignoring_sigint():
+        try:
+            run_ssh(cfg, command, "cleaning up", timeout_s=60)
+        except EdgepruneError:
+            pass
+
+
+@contextlib.contextmanager
+def _ignoring_sigint() -> Iterator[None]:
+    """SIGINT ignored in the block (main thread only: elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_ssh(cfg, command, "cleaning up", timeout_s=60)
-    except EdgepruneError:
-        pass
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _model_files(model: Path) -> list[Path]:

@@ -352,6 +352,14 @@ def test_a_remote_python_that_hangs_is_stopped_by_the_ssh_timeout(sshd, model, t
     assert r.exit_code == 2 and "--ssh-timeout must be positive" in r.stderr
 
 
+def test_a_failed_device_check_leaves_no_folder_there(sshd, model):
+    before = set(Path("/tmp").glob("edgeprune.*"))
+    r = runner.invoke(app, ["bench", str(model), "--ssh", sshd.target, "--ssh-config", str(sshd.client_config),
+                            "--remote-python", "/nonexistent/python3", "--no-memory", "--runs", "3"])
+    assert r.exit_code == 2 and "has no '/nonexistent/python3'" in r.stderr, r.output
+    assert set(Path("/tmp").glob("edgeprune.*")) - before == set()     # its folder was made first, then removed
+
+
 # -- an interrupted measurement leaves nothing on the device ------------------------------
 
 def runner_pids(model_name: str) -> list[int]:
