@@ -5,7 +5,7 @@ decides which kernels onnxruntime runs and how fast: the architecture, the CPU, 
 features MLAS dispatches on (AVX2, AVX-512, VNNI, AMX on x86; NEON, dot-product, fp16, i8mm, SVE on
 Arm: ``ort_runner.KERNEL_FEATURES``), the core count and the onnxruntime version. ``edgeprune
 calibrate`` writes the fingerprint of the machine it measured into the profile (``[fingerprint]``);
-the bundled board profiles carry their boards' from the vendors' data sheets. A prediction for the
+the bundled board profiles carry their cores' features from Arm's manuals. A prediction for the
 machine at hand (the ``host`` profile) lists every way this machine differs from the one the
 profile was fitted on (:func:`differences`), so a figure fitted elsewhere is never passed off as
 this machine's. A field left out of a profile (unknown when it was fitted) is not compared.
