@@ -55,7 +55,7 @@ for _module in _command_modules():
 
 # Commands whose work splits across torchrun's processes (edgeprune.pipeline.distributed); the others
 # would only run N times side by side, so under torchrun they are refused.
-DISTRIBUTED = ("score", "eval")
+DISTRIBUTED = ("build", "score", "eval")
 
 
 def _join_torchrun(argv: list[str]) -> None:

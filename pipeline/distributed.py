@@ -9,17 +9,29 @@ count, summed loss, images) are gathered and added up in batch order (:class:`Ba
 additions in the same order as one process makes. So top-1 and loss, and every score and plan built
 on them, are the same numbers on 1 and N processes, bit for bit. Each rank still reads every batch
 (cheap beside the forward pass it skips).
+
+A build under torchrun runs on every rank alike, so every rank reaches the same plans; what must
+happen once (a measurement on the host or a board, a calibration) runs on rank 0 and is broadcast
+(:func:`on_main`), and the artifact, its timing and its report are rank 0's alone (:func:`alone`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from edgeprune.errors import EdgepruneError
+
+T = TypeVar("T")
+# a collective waits this long for the slowest rank: a build's ranks fine-tune side by side between two
+GROUP_TIMEOUT = datetime.timedelta(hours=6)
+_alone = False                 # inside ``alone()``: this rank acts as the only one
 
 
 @dataclass(frozen=True)
@@ -37,8 +49,8 @@ class World:
 
 
 def world() -> World:
-    """This process's place among the processes of the run (0 of 1 outside torchrun)."""
-    if dist.is_available() and dist.is_initialized():
+    """This process's place among the processes of the run (0 of 1 outside torchrun, and inside ``alone``)."""
+    if not _alone and dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return World()
 
@@ -56,12 +68,45 @@ def init_from_env(accelerator: str = "cpu") -> World:
         raise EdgepruneError("this torch build has no torch.distributed: run edgeprune without torchrun")
     backend = "nccl" if accelerator.startswith("cuda") else "gloo"
     try:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=GROUP_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - a rendezvous that fails: one line
         raise EdgepruneError(f"could not join the torchrun process group ({backend}): {type(e).__name__}: {e}") from None
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return world()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Work that one rank does for all (export, timing, the artifact): no collective inside, and every
+    evaluation in it runs on all its batches here."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
+
+
+def barrier() -> None:
+    """Wait until every rank is here (nothing outside torchrun)."""
+    if world().size > 1:
+        dist.barrier()
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run by rank 0 alone and its result given to every rank: a measurement on one machine, a
+    calibration, anything that must happen once and be the same for all."""
+    here = world()
+    value = None
+    if here.main:
+        with alone():
+            value = fn()
+    if here.size > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value  # type: ignore[return-value]
 
 
 @dataclass

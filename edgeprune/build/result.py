@@ -194,12 +194,12 @@ class Unreachable:
 class BuildOutcome:
     exit_code: int
     message: str
-    result: BuildResult | Unreachable
+    result: BuildResult | Unreachable | None       # None: a torchrun rank other than 0, which ships nothing
     artifact: Path | None = None
 
     @property
     def summary(self) -> dict[str, Any]:
-        return self.result.to_dict()
+        return self.result.to_dict() if self.result is not None else {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"exit_code": self.exit_code, "message": self.message,

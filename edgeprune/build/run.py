@@ -28,15 +28,22 @@ from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import update_manifest
 from edgeprune.files import replace_folder, write_text_atomic
+from edgeprune.pipeline.distributed import alone, barrier, world
 from edgeprune.pipeline.levers import PlanState
 
 EXIT_OK, EXIT_UNREACHABLE = 0, 3
 
 
 def run_build(cfg: BuildConfig, say: stages.Say = lambda _m: None) -> BuildOutcome:
-    """Run the whole build; return the exit code, a one-line message and the result."""
-    with build_lock(Path(cfg.out)):
-        return _run_build(cfg, say)
+    """Run the whole build; return the exit code, a one-line message and the result.
+
+    Under torchrun every rank runs it alike (the evaluations split across them, so all reach the same
+    plans); rank 0 holds the lock and alone assembles, times and reports the artifact
+    (``edgeprune.pipeline.distributed``)."""
+    with build_lock(Path(cfg.out)) if world().main else contextlib.nullcontext():
+        outcome = _run_build(cfg, say)
+    barrier()                      # the other ranks wait for rank 0's artifact before they end
+    return outcome
 
 
 def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
@@ -56,6 +63,15 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
     drop = 100 * (tuned.accuracy.before - tuned.accuracy.final)
     if drop > cfg.search.max_accuracy_drop:
         return _too_lossy(inputs, fit, tuned, drop)
+    if not world().main:           # rank 0 alone writes the artifact and times it
+        return BuildOutcome(EXIT_OK, "", None)
+    with alone():
+        return _ship(cfg, inputs, space, fit, tuned, clock, talk)
+
+
+def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned, clock: "WallClock",
+          talk: stages.Say) -> BuildOutcome:
+    """The plan that fits, fine-tuned: its artifact, figures and report, renamed into ``<out>/artifact``."""
     artifact = stages.assemble_artifact(inputs, space, tuned, talk)
     latency = stages.before_after(inputs, artifact, talk)
     if not latency.within_budget:  # cannot happen: fit_budget only returns plans whose figure fits

@@ -42,6 +42,7 @@ from edgeprune.files import save_torch_atomic
 from edgeprune.pipeline.blocks import Block, discover, shortcut_modules
 from edgeprune.pipeline.channels import ChannelGroup, channel_groups, channel_orders
 from edgeprune.pipeline.data import DataBundle, load_data_for
+from edgeprune.pipeline.distributed import barrier, on_main, world
 from edgeprune.pipeline.evaluate import evaluate, resolve_device
 from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.importance import ScoreContext, candidates_for
@@ -84,8 +85,8 @@ class Inputs:
 def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
     out = Path(cfg.out)              # a folder: run.build_lock checked and holds it
     m = cfg.measure
-    if m.device == HOST:
-        ensure_host_calibrated(m.calibrate, say)
+    if m.device == HOST:           # under torchrun: rank 0 calibrates, once, for all
+        on_main(lambda: ensure_host_calibrated(m.calibrate, say))
     profile = load_profile(m.device)
     target = resolve_target(profile, ssh=m.ssh, remote_python=m.remote_python, ssh_config=m.ssh_config,
                             ssh_timeout_s=m.ssh_timeout)
@@ -109,7 +110,9 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
         # a channel token's meaning (which channels, how many a step) depends on these two
         "channel_multiple": cfg.search.channel_multiple, "channel_criterion": cfg.search.channel_criterion,
         "version": 5}, say=say)
-    cache.sweep()
+    if world().main:
+        cache.sweep()
+    barrier()                        # no rank writes into the cache before rank 0 has swept it
     say(f"cache {cache.folder}")
     return Inputs(cfg, loaded, bundle, blocks, candidates, held, profile, target, load_profile("host"),
                   torch_device, cache, list(bundle.batches("val", cfg.search.batch_size, indices=held.score)))
@@ -248,7 +251,9 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     def figure(c: Candidate) -> tuple[float, str]:
         path = cache.path("plan", sorted(c.removed), ".onnx")
         cached_onnx(cache, path, lambda: space.apply(c.removed).cpu().eval(), space.input_shape_of(c.removed))
-        fig = inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs, scfg.confidence)
+        def measure() -> LatencyFigure:
+            return inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs, scfg.confidence)
+        fig = on_main(measure) if inputs.target.measures else measure()   # one machine measures, for all ranks
         return fig.value_ms, fig.source
 
     outcome = search_until_fits(search_at, figure, scfg.budget_ms, on_retry=lambda ms: say(

@@ -11,17 +11,19 @@ import sys
 
 import pytest
 
+from builds import brightness_npz, factories_importable  # tests/builds.py
+
 from edgeprune.pipeline.distributed import BatchSums, World, world
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEPRUNE_PROGRESS": "0"}
 SCORE = ["score", "--score-images", "64", "--batch-size", "16", "--json"]     # 4 batches: 2 per rank
 
 
 def run(args: list[str], procs: int) -> subprocess.CompletedProcess:
     cmd = ([TORCHRUN, "--standalone", "--nproc-per-node", str(procs), "-m", "edgeprune"] if procs > 1
            else [sys.executable, "-m", "edgeprune"])
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=ENV, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEPRUNE_PROGRESS": "0"}    # read now: PYTHONPATH may grow
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_batch_sums_add_in_batch_order_whoever_ran_them():
@@ -59,7 +61,29 @@ def test_eval_is_the_same_on_one_and_two_processes():
 
 @needs_torchrun
 def test_commands_that_do_not_split_their_work_are_refused_under_torchrun(tmp_path):
-    p = run(["build", "--out", str(tmp_path / "b")], 2)
-    assert p.returncode != 0 and not (tmp_path / "b").exists()
-    assert "edgeprune build does not run across processes yet; under torchrun only score, eval do" in p.stderr
+    p = run(["prune", "--remove", "2", "--out", str(tmp_path / "p.pt")], 2)
+    assert p.returncode != 0 and not (tmp_path / "p.pt").exists()
+    assert "edgeprune prune does not run across processes yet; under torchrun only build, score, eval do" in p.stderr
     assert not re.search(r'File ".*/(edgeprune|pipeline)/', p.stderr)    # torchrun reports its child's exit
+
+
+@needs_torchrun
+def test_a_build_on_two_processes_ships_the_plan_and_figures_of_one(tmp_path):
+    """Scoring and search split across 2 Gloo ranks (fine-tune replicated); rank 0 alone writes the artifact."""
+    brightness_npz(tmp_path / "tiny.npz", 300, 200)
+    factories_importable()
+    args = ["build", "--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp_path / "tiny.npz"),
+            "--device", "rpi4", "--score-images", "64", "--batch-size", "16", "--finetune-epochs", "0.05",
+            "--bench-runs", "3", "--bench-rounds", "3", "--levers", "blocks", "--shortlist", "2", "--json"]
+    one = run([*args, "--budget", "0.001ms", "--out", str(tmp_path / "probe")], 1)      # what the blocks reach
+    probe = json.loads(one.stdout)
+    budget = f"{(probe['search']['base']['latency_ms'] + probe['best_reachable_ms']) / 2:.4f}ms"
+    one, two = (run([*args, "--budget", budget, "--out", str(tmp_path / out)], n) for out, n in (("one", 1), ("two", 2)))
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)          # one JSON document: rank 0's
+    assert a["removed"] == b["removed"] and a["removed"]
+    assert a["search"]["considered"] == b["search"]["considered"]  # every plan's scoring top-1 and loss
+    assert a["accuracy"] == b["accuracy"]                          # held-out top-1 before, after, fine-tuned
+    assert (tmp_path / "two" / "artifact" / "model.onnx").is_file()
+    assert not list((tmp_path / "two").glob("**/.*.tmp*"))
