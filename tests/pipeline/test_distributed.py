@@ -6,8 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +90,46 @@ def test_a_build_on_two_processes_ships_the_plan_and_figures_of_one(tmp_path):
     assert a["accuracy"] == b["accuracy"]                          # held-out top-1 before, after, fine-tuned
     assert (tmp_path / "two" / "artifact" / "model.onnx").is_file()
     assert not list((tmp_path / "two").glob("**/.*.tmp*"))
+
+
+def _rank_pid(rank: int) -> int | None:
+    """The pid of this machine's edgeprune process that torchrun started as ``rank``, if any."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = environ.read_bytes().split(b"\0")
+            argv = (environ.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b" ".join(env) and b"edgeprune" in argv:
+            return int(environ.parent.name)
+    return None
+
+
+@needs_torchrun
+def test_a_rank_killed_mid_build_leaves_no_artifact_and_the_rerun_resumes(tmp_path):
+    brightness_npz(tmp_path / "tiny.npz", 300, 200)
+    factories_importable()
+    args = ["build", "--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp_path / "tiny.npz"),
+            "--device", "rpi4", "--score-images", "64", "--batch-size", "16", "--finetune-epochs", "2",
+            "--bench-runs", "3", "--bench-rounds", "3", "--levers", "blocks", "--shortlist", "1", "--budget", "0.3ms",
+            "--out", str(tmp_path / "b"), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEPRUNE_PROGRESS": "0"}
+    proc = subprocess.Popen([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "edgeprune", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "b").glob("cache/*/accuracy-memo.json")):     # the search has measured
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        pid = _rank_pid(1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=300) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "b" / "artifact").exists()                   # nothing half shipped
+    again = run(args, 1)
+    assert again.returncode == 0, again.stderr[-2000:]
+    out = json.loads(again.stdout)
+    assert out["removed"] and (tmp_path / "b" / "artifact" / "model.onnx").is_file()
