@@ -16,7 +16,7 @@ import itertools
 import math
 import numbers
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -369,6 +369,15 @@ def cubic_share(step: int, total: int, ramp: float = 0.75) -> float:
     return 1.0 - (1.0 - t) ** 3
 
 
+def _present_root(group: ChannelGroup, present: dict[str, nn.Module]) -> str | None:
+    """``group``'s root if the model still has it, else another layer producing its channels, else None."""
+    for name in [group.name, *sorted(n for n, role in group.members.items() if role == "out" and n != group.name)]:
+        m = present.get(name)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and _out_channels(m) == group.channels:
+            return name
+    return None
+
+
 class ChannelMasks:
     """The channels a plan removes, zeroed in the unpruned structure and growing with a schedule.
 
@@ -377,19 +386,25 @@ class ChannelMasks:
     zeroed, their producers' outputs and their consumers' inputs alike, so the model computes what
     the pruned one would. ``after_step(step, total)`` re-applies the masks after each optimizer step
     (a fine-tune's ``after_step`` hook); :func:`prune_channels` with the same steps then removes the
-    dead channels exactly. Groups whose root layer the model no longer has (inside a removed block)
-    are left out, as their channels are gone anyway.
+    dead channels exactly, given ``self.groups`` and ``self.orders``. A group whose root layer the
+    model no longer has (it was in a removed block) is rooted at another of its producers that is
+    still there (a residual stage's group spans several blocks; the indices are shared across the
+    coupling); a group with none left is left out, as its channels are gone anyway.
     """
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], orders: dict[str, list[int]],
                  steps: dict[str, int], input_shape: tuple[int, ...], schedule: Callable[[int, int], float] = cubic_share):
         self.model, self.schedule = model, schedule
         present = dict(model.named_modules())
-        self.groups = [g for g in groups if steps.get(g.name) and g.name in present
-                       and isinstance(present[g.name], (nn.Conv2d, nn.Linear))
-                       and _out_channels(present[g.name]) == g.channels]
+        self.groups, self.orders = [], {}
+        for g in groups:
+            root = _present_root(g, present) if steps.get(g.name) else None
+            if root is not None:
+                self.groups.append(g if root == g.name else replace(g, name=root))
+                self.orders[root] = list(orders[g.name])
+                steps = {**steps, root: steps[g.name]}
         self.steps = {g.name: steps[g.name] for g in self.groups}
-        self.removed = {g.name: list(orders[g.name][:g.channels - g.kept(steps[g.name])]) for g in self.groups}
+        self.removed = {g.name: self.orders[g.name][:g.channels - g.kept(steps[g.name])] for g in self.groups}
         with _tracing(model):
             self._graph, _ = _dependency_graph(model, input_shape)
         self._share = -1.0

@@ -117,7 +117,7 @@ class PlanSpace:
     def finish_gradual(self, model: nn.Module, masks: ChannelMasks, tokens: Sequence[str]) -> nn.Module:
         """The gradually fine-tuned model with its masked channels removed: the plan's structure."""
         masks.apply(1.0)
-        return prune_channels(model, masks.groups, self.orders, masks.steps, self.input_shape_of(tokens))
+        return prune_channels(model, masks.groups, masks.orders, masks.steps, self.input_shape_of(tokens))
 
     def latency(self, tokens: Sequence[str]) -> float:
         """Predicted ms of the plan on the budget's device. With block removal the only lever, the

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.onnx_export import export_onnx
-from edgeprune.pipeline.blocks import discover
+from edgeprune.pipeline.blocks import discover, remove_blocks
 from edgeprune.pipeline.channels import (CHANNEL_CRITERIA, ChannelGroup, ChannelMasks, channel_groups, channel_orders,
                                          cubic_share,
                                          prune_channels, reestimate_batchnorm)
@@ -381,3 +381,23 @@ def test_masks_survive_a_fine_tune_step(resnet):
     root = model.get_submodule(groups[0].name)
     assert float(root.weight.detach()[dead].abs().sum()) == 0.0        # zeroed again after the last step
     assert float(root.weight.detach().abs().sum()) > 0.0
+
+
+def test_masks_reroot_a_group_whose_root_is_in_a_removed_block(mobilenet):
+    """A residual stage's group spans blocks; named by a layer inside one the plan removes, it is still
+    pruned through another of its producers, to the same structure as pruning first."""
+    model, groups = mobilenet
+    blocks = discover(model, MOBILENET_SHAPE)
+    removable = {b.name for b in blocks if b.kind == "identity"}
+    g = next(g for g in groups if g.max_steps and any(g.name.startswith(b + ".") for b in removable)
+             and any(r == "out" and not any(n.startswith(b + ".") for b in removable) for n, r in g.members.items()))
+    block = next(b for b in removable if g.name.startswith(b + "."))
+    orders = channel_orders(model, groups, MOBILENET_SHAPE, "magnitude")
+    first = remove_blocks(prune_channels(model, groups, orders, {g.name: 1}, MOBILENET_SHAPE), [block], blocks,
+                          replace_projection=True)
+    gradual = remove_blocks(model, [block], blocks, replace_projection=True)
+    masks = ChannelMasks(gradual, groups, orders, {g.name: 1}, MOBILENET_SHAPE)
+    assert [m.name for m in masks.groups] != [g.name] and masks.steps          # re-rooted, not dropped
+    masks.apply(1.0)
+    after = prune_channels(gradual, masks.groups, masks.orders, masks.steps, MOBILENET_SHAPE)
+    assert {k: v.shape for k, v in after.state_dict().items()} == {k: v.shape for k, v in first.state_dict().items()}
