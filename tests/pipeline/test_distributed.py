@@ -70,14 +70,19 @@ def test_commands_that_do_not_split_their_work_are_refused_under_torchrun(tmp_pa
     assert not re.search(r'File ".*/(edgeprune|pipeline)/', p.stderr)    # torchrun reports its child's exit
 
 
+def tiny_build(tmp_path, *extra: str) -> list[str]:
+    """``build`` arguments for a tiny model on tiny data in ``tmp_path`` (block removal only), plus ``extra``."""
+    brightness_npz(tmp_path / "tiny.npz", 300, 200)
+    factories_importable()
+    return ["build", "--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp_path / "tiny.npz"),
+            "--device", "rpi4", "--score-images", "64", "--batch-size", "16", "--bench-runs", "3",
+            "--bench-rounds", "3", "--levers", "blocks", "--json", *extra]
+
+
 @needs_torchrun
 def test_a_build_on_two_processes_ships_the_plan_and_figures_of_one(tmp_path):
     """Scoring and search split across 2 Gloo ranks (fine-tune replicated); rank 0 alone writes the artifact."""
-    brightness_npz(tmp_path / "tiny.npz", 300, 200)
-    factories_importable()
-    args = ["build", "--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp_path / "tiny.npz"),
-            "--device", "rpi4", "--score-images", "64", "--batch-size", "16", "--finetune-epochs", "0.05",
-            "--bench-runs", "3", "--bench-rounds", "3", "--levers", "blocks", "--shortlist", "2", "--json"]
+    args = tiny_build(tmp_path, "--finetune-epochs", "0.05", "--shortlist", "2")
     one = run([*args, "--budget", "0.001ms", "--out", str(tmp_path / "probe")], 1)      # what the blocks reach
     probe = json.loads(one.stdout)
     budget = f"{(probe['search']['base']['latency_ms'] + probe['best_reachable_ms']) / 2:.4f}ms"
@@ -107,12 +112,8 @@ def _rank_pid(rank: int) -> int | None:
 
 @needs_torchrun
 def test_a_rank_killed_mid_build_leaves_no_artifact_and_the_rerun_resumes(tmp_path):
-    brightness_npz(tmp_path / "tiny.npz", 300, 200)
-    factories_importable()
-    args = ["build", "--model", "tinynets:tiny_resnet", "--input-size", "16", "--data", str(tmp_path / "tiny.npz"),
-            "--device", "rpi4", "--score-images", "64", "--batch-size", "16", "--finetune-epochs", "2",
-            "--bench-runs", "3", "--bench-rounds", "3", "--levers", "blocks", "--shortlist", "1", "--budget", "0.3ms",
-            "--out", str(tmp_path / "b"), "--json"]
+    args = tiny_build(tmp_path, "--finetune-epochs", "2", "--shortlist", "1", "--budget", "0.3ms",
+                      "--out", str(tmp_path / "b"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEPRUNE_PROGRESS": "0"}
     proc = subprocess.Popen([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "edgeprune", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
