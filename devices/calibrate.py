@@ -25,9 +25,9 @@ import onnx
 from edgeprune.devices import latency_fit as cal
 from edgeprune.devices.kernel_graph import detect_kernels, load_model
 from edgeprune.devices.predictor import kernels_cost_us
-from edgeprune.devices.fingerprint import Fingerprint, differences, local
-from edgeprune.devices.profiles import (DeviceProfile, LatencyModel, bundled_profile_path, calibrated_host_path,
-                                        load_profile, save_profile)
+from edgeprune.devices.fingerprint import Fingerprint, local
+from edgeprune.devices.profiles import (DeviceProfile, LatencyModel, bundled_host_fitted_elsewhere,
+                                        calibrated_host_path, load_profile, save_profile)
 from edgeprune.devices.suite import TORCHVISION_SUITE, export_torchvision, synthetic_model
 from edgeprune.devices.targets import MeasuringTarget, RemoteTarget, resolve_target
 from edgeprune.errors import EdgepruneError
@@ -288,8 +288,9 @@ def _finish(cfg: CalibrationConfig, profile: DeviceProfile, out: Path, lm: Laten
                                [ModelFit(n, m, f, h) for n, m, f, h in zip(names, meas, fitted, held)],
                                fit, cv)
     save_profile(new, out, _header(result))
-    if mode == "profiled" and new.name == "host":   # this machine's own fit: what 'host' names here from now on
-        save_profile(new, calibrated_host_path(), _header(result))
+    cached = calibrated_host_path()
+    if mode == "profiled" and new.name == "host" and out.resolve() != cached.resolve():
+        save_profile(new, cached, _header(result))   # this machine's own fit: what 'host' names here from now on
     result.profile = load_profile(str(out))
     return result
 
@@ -333,10 +334,10 @@ def ensure_host_calibrated(calibrate_now: bool = True, progress: Progress | None
     calibration (``cfg``, default ``--quick``) once and cache it; without, refuse in one line with the
     command to run (``--no-calibrate``). Returns the cached profile's path when one was written now.
     """
-    bundled = load_profile(str(bundled_profile_path("host")))
-    if not differences(bundled.fingerprint, local()) or calibrated_host_path().is_file():
+    elsewhere = bundled_host_fitted_elsewhere()
+    if not elsewhere or calibrated_host_path().is_file():
         return None
-    why = "; ".join(differences(bundled.fingerprint, local()))
+    why = "; ".join(elsewhere)
     if not calibrate_now:
         raise EdgepruneError(f"the bundled host profile was fitted on another machine ({why}) and this one has no "
                              "calibration yet: run 'edgeprune calibrate --device host --quick' (minutes), or drop "

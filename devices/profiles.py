@@ -114,15 +114,17 @@ def calibrated_host_path(fingerprint: Fingerprint | None = None) -> Path:
     return Path(base) / "edgeprune" / "profiles" / f"host-{fp.key()}.toml"
 
 
+def bundled_host_fitted_elsewhere() -> list[str]:
+    """How this machine differs from the one the bundled host profile was fitted on (empty: the same)."""
+    fitted = read_toml(bundled_profile_path("host"), "device profile").get("fingerprint")
+    return differences(Fingerprint.from_dict(fitted, "the bundled host profile") if fitted else None, local())
+
+
 def _host_path(bundled: Path) -> Path:
     """The profile ``host`` names: the bundled one where it was fitted on this machine; otherwise this
     machine's own calibration when one is cached (``calibrated_host_path``); else the bundled one, whose
     predictions then say that it was fitted elsewhere."""
-    try:
-        fitted = Fingerprint.from_dict(read_toml(bundled, "device profile").get("fingerprint") or {})
-    except EdgepruneError:
-        return bundled
-    if not differences(fitted, local()):
+    if not bundled_host_fitted_elsewhere():
         return bundled
     mine = calibrated_host_path()
     return mine if mine.is_file() else bundled

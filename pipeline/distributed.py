@@ -117,9 +117,8 @@ class BatchSums:
     rows: dict[int, dict[str, list[float]]] = field(default_factory=dict)
 
     def add(self, batch: int, key: str, values: list[float]) -> None:
-        row = self.rows.setdefault(batch, {})
-        old = row.get(key)
-        row[key] = list(values) if old is None else [a + b for a, b in zip(old, values)]
+        """Batch ``batch``'s sums for ``key`` (one call per batch and key)."""
+        self.rows.setdefault(batch, {})[key] = list(values)
 
     def totals(self) -> dict[str, list[float]]:
         """Every key's sums over all batches of all ranks, added in batch order (a collective under torchrun:
