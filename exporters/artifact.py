@@ -41,6 +41,7 @@ from edgeprune.exporters.onnx_facts import count_macs, io_spec, node_module_path
 from edgeprune.exporters.memory import static_memory
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx, model_device
 from edgeprune.exporters.ort_format import convert_to_ort
+from edgeprune.exporters.quantize import Quantization, calibration_cache, file_sizes, quantize_onnx
 from edgeprune.exporters.simplify import simplify_onnx
 from edgeprune.exporters.verify import VERIFY_FAILED_EXIT, VerifyConfig, as_numpy, compare, random_inputs, verify_onnx
 
@@ -222,6 +223,7 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
                    classes: Sequence[str] | None = None,
                    source: dict[str, Any] | None = None,
                    accuracy: dict[str, Any] | None = None,
+                   quantize: Quantization | None = None,
                    progress: Callable[[str], None] | None = None) -> ArtifactResult:
     """Export, simplify, verify and package ``model`` into the artifact folder ``out_dir``.
 
@@ -230,7 +232,10 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
     (H, W, C, before any resize, as ``preprocess["steps"]`` starts from) of each of ``images``
     in the same order (at least the first ``golden_count``), stored beside the test vectors
     so firmware can check its own preprocessing. ``preprocess``, ``classes``,
-    ``source`` and ``accuracy`` are copied into the manifest. Raises EdgepruneError with one
+    ``source`` and ``accuracy`` are copied into the manifest. ``quantize``: ship the verified float
+    model quantized to int8 (onnxruntime static QDQ) instead; the manifest's ``precision`` section
+    records how and each layer's precision, ``verification.int8`` the int8 file against the float one,
+    and ``sizes`` both files' bytes. Raises EdgepruneError with one
     line on bad input (exit 2) or a failed verification (exit 1); nothing is left behind.
     """
     cfg = config or ArtifactConfig()
@@ -262,6 +267,27 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
         verified = verification.to_dict()
         verified["torch_device"] = str(cfg.verify.device or model_device(model))
         verified["onnxruntime"] = {"provider": "CPUExecutionProvider", "threads": cfg.verify.threads}
+        precision: dict[str, Any] = {"model": "fp32"}
+        sizes = {"fp32": file_sizes(onnx_path)}
+        if quantize is not None:
+            say("quantizing to int8")
+            fp32_path = work / "fp32.onnx"
+            os.replace(onnx_path, fp32_path)
+            cache = (calibration_cache(quantize.cache_folder, fp32_path, quantize.calibration, quantize.config)
+                     if quantize.cache_folder is not None else None)
+            q = quantize_onnx(fp32_path, onnx_path, quantize.calibration, quantize.config, quantize.precision, cache)
+            precision = {"model": "int8" if not q.kept_fp32 else "mixed", **q.to_dict()}
+            sizes["int8"] = file_sizes(onnx_path)
+            ref = runtime.run(runtime.session(fp32_path, cfg.verify.threads), check_inputs)
+            got = runtime.run(runtime.session(onnx_path, cfg.verify.threads), check_inputs)
+            int8_cmp = compare(ref, got, cfg.verify.atol, cfg.verify.rtol)
+            verified["int8"] = {"against": "the verified float model in onnxruntime, on the same inputs",
+                                "inputs": len(check_inputs), "max_abs_diff": int8_cmp.max_abs_diff,
+                                "mean_abs_diff": int8_cmp.mean_abs_diff, "top1_agreement": int8_cmp.top1_agreement}
+            if y_real is not None and x_real is not None:
+                labels_seen = y_real[:len(check_inputs)]
+                verified["int8"]["onnx_fp32_top1"] = float(np.mean(ref[0].argmax(axis=1) == labels_seen))
+                verified["int8"]["onnx_int8_top1"] = float(np.mean(got[0].argmax(axis=1) == labels_seen))
 
         sess = runtime.session(onnx_path, cfg.verify.threads)
         in_name = sess.get_inputs()[0].name
@@ -325,6 +351,8 @@ def build_artifact(model: nn.Module, input_shape: Sequence[int], out_dir: str | 
                        "opset": exported.opset, "seconds": exported.seconds,
                        "simplify": simplified},
             "verification": verified,
+            "precision": precision,
+            "sizes": sizes,
             "memory": static_memory(proto).to_dict(),
             "golden": golden_info,
             "versions": versions(),

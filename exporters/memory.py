@@ -66,12 +66,13 @@ def static_memory(model: str | Path | onnx.ModelProto, batch: int = 1) -> Static
         return math.prod(dims) * itemsize(et)
 
     # Tensors computed from weights alone (an unsimplified graph's Identity of an initializer,
-    # a foldable Reshape of a weight) are weights, not activations; an Identity is an alias.
+    # a foldable Reshape of a weight) are weights, not activations; an Identity is an alias, and a
+    # DequantizeLinear of an int8 weight is read by the quantized kernel onnxruntime fuses it into.
     constants = set(inits)
     for n in g.node:
         if n.op_type == "Constant" or (n.input and all(x in constants or not x for x in n.input)):
             constants.update(o for o in n.output if o)
-            if n.op_type not in ("Constant", "Identity"):
+            if n.op_type not in ("Constant", "Identity", "DequantizeLinear"):
                 weight_bytes += sum(nbytes(o) for o in n.output if o)
 
     end = len(g.node)

@@ -9,7 +9,9 @@ A plan is a list of *tokens*, each naming one thing done to the original model:
 A plan is a state, not a history: each group appears once with its total steps, so the same
 model always has the same tokens (sorted, the plan's key). :class:`PlanState` parses and writes
 them. The levers a build may pull are named in :data:`LEVERS`; ``blocks`` and ``channels`` keep
-the model's input contract, ``resolution`` changes what the firmware must feed (opt-in).
+the model's input contract, ``resolution`` changes what the firmware must feed (opt-in). ``int8``
+is no plan token: it quantizes the fine-tuned plan's file (:data:`AFTER_TRAINING`), and the search
+plans against the budget that int8 leaves the float plan (``edgeprune.build.int8``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ LEVERS: dict[str, str] = {
     "blocks": "remove whole residual blocks (direct removal, the seed method)",
     "channels": "shrink groups of coupled channels (Torch-Pruning's dependency graph)",
     "resolution": "feed smaller images (changes the input the firmware must send)",
+    "int8": "quantize the fine-tuned plan to 8-bit integers (onnxruntime static QDQ), where the device's latency falls",
 }
 DEFAULT_LEVERS = ("blocks", "channels")
+AFTER_TRAINING = ("int8",)      # levers applied to the fine-tuned plan's file, not moves of the plan search
 CHANNELS, RESOLUTION = "channels:", "resolution:"
 
 
@@ -37,6 +41,11 @@ def parse_levers(levers: Iterable[str]) -> list[str]:
         raise EdgepruneError(f"unknown lever{'s' if len(unknown) > 1 else ''} {', '.join(unknown) or '(none given)'}; "
                              f"known: {', '.join(LEVERS)}")
     return [lever for lever in LEVERS if lever in names]
+
+
+def plan_levers(levers: Sequence[str]) -> list[str]:
+    """The levers that are moves of the plan search (``int8`` is applied after fine-tune instead)."""
+    return [lever for lever in levers if lever not in AFTER_TRAINING]
 
 
 @dataclass(frozen=True)

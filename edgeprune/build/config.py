@@ -33,6 +33,7 @@ from edgeprune.benchmarks.targets import METRICS, check_confidence
 from edgeprune.benchmarks.units import parse_duration_ms
 from edgeprune.errors import EdgepruneError
 from edgeprune.devices.ssh import SSH_TIMEOUT_S
+from edgeprune.exporters.quantize import QuantizeConfig
 from edgeprune.files import read_toml
 from edgeprune.pipeline.data import DataSpec
 from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE
@@ -80,6 +81,7 @@ class SearchConfig:
     score_images: int = 500               # validation images that score plans; the rest measure the result
     batch_size: int = EVAL_BATCH_SIZE     # images per forward pass when scoring and evaluating (memory bound)
     max_accuracy_drop: float = 5.0        # points of held-out top-1 the shipped plan may lose after fine-tune
+    max_int8_drop: float = 1.0            # points of scoring top-1 int8 may cost against the float file (int8 lever)
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
     proxies: list[str] = field(default_factory=lambda: ["norm-ratio", "bn-gamma"])
     select: str = "recovered"
@@ -132,6 +134,7 @@ class BuildConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)   # the int8 lever
     out: str = "edgeprune-build"
     accelerator: str = "cpu"
     seed: int = 0
@@ -253,6 +256,8 @@ FLAGS: dict[str, str] = {
     "device": "measure.device", "ssh": "measure.ssh", "remote_python": "measure.remote_python",
     "ssh_config": "measure.ssh_config", "ssh_timeout": "measure.ssh_timeout", "bench_runs": "measure.bench_runs", "bench_rounds": "measure.bench_rounds",
     "verify_arm": "measure.verify_arm", "calibrate": "measure.calibrate",
+    "max_int8_drop": "search.max_int8_drop", "int8_calibration": "quantize.method",
+    "calibration_images": "quantize.calibration_images",
     "out": "out", "accelerator": "accelerator", "seed": "seed",
 }
 
@@ -291,7 +296,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "model.num_classes": (1, None, True), "model.in_channels": (1, None, True), "model.input_size": (1, None, True),
     "data.channels": (1, None, True),
     "search.score_images": (1, None, True), "search.batch_size": (1, None, True), "search.shortlist": (1, None, True),
-    "search.max_accuracy_drop": (0, 100, True), "search.channel_multiple": (1, None, True),
+    "search.max_accuracy_drop": (0, 100, True), "search.max_int8_drop": (0, 100, True),
+    "search.channel_multiple": (1, None, True),
     "search.min_resolution": (1, None, True), "search.resolution_step": (1, None, True),
     "finetune.epochs": (0, None, True), "finetune.steps": (1, None, True), "finetune.lr": (0, None, False),
     "finetune.weight_decay": (0, None, True), "finetune.momentum": (0, 1, True), "finetune.batch_size": (1, None, True),

@@ -51,11 +51,13 @@ class FitOutcome:
 def search_until_fits(search_at: Callable[[float], tuple[SearchResult, list[Candidate]]],
                       figure: Callable[[Candidate], tuple[float, str]], budget_ms: float,
                       attempts: int = SEARCH_ATTEMPTS, on_retry: Callable[[float], None] = lambda _ms: None,
-                      ) -> FitOutcome:
+                      start_ms: float | None = None) -> FitOutcome:
     """``search_at(internal budget) -> (search result, short list)``; ``figure(candidate) ->
     (final ms, source)``. Stops at the first short list with a plan that fits, when the
-    search says the budget is unreachable, or after ``attempts`` searches."""
-    internal = budget_ms
+    search says the budget is unreachable, or after ``attempts`` searches. ``start_ms``: the
+    first internal budget, when the plans' final figures are of another form than the search's
+    latency model (int8: the float plan aims at the budget divided by int8's ratio)."""
+    internal = start_ms if start_ms is not None else budget_ms
     tried: list[Attempt] = []
     outcome = None
     for attempt in range(attempts):

@@ -74,6 +74,34 @@ def _tokens(tokens: list[str]) -> str:
     return "; ".join(parts) or "unchanged"
 
 
+def _int8_lines(result: BuildResult) -> list[str]:
+    """The int8 lever: whether it paid on the device, and what mixed precision measured."""
+    q = result.int8
+    if not q:
+        return []
+    lines = ["## INT8", "", f"{q['reason']}.", ""]
+    mixed = q.get("mixed_precision")
+    if mixed:
+        cfg = q["config"]
+        lines += [f"onnxruntime static quantization (QDQ, {'per-channel' if cfg['per_channel'] else 'per-tensor'} "
+                  f"weights, {q['activations']} activations, {q['weights']} weights, reduce_range "
+                  f"{str(q['reduce_range']).lower()}: {q['precision_reason']}), {cfg['method']} calibration on "
+                  f"{cfg['calibration_images']} training images. On the {mixed['images']} scoring images: fp32 file "
+                  f"{_pct(mixed['fp32_top1'])}, every layer int8 {_pct(mixed['all_int8_top1'])}, shipped "
+                  f"{_pct(mixed['chosen_top1'])} ({mixed['drop_points']:.2f} points lost; --max-int8-drop "
+                  f"{mixed['max_drop_points']:g})."]
+        if mixed["kept_fp32"]:
+            lines += ["", f"Kept in fp32 (the layers whose int8 cost the most, measured one by one): "
+                          f"{', '.join(mixed['kept_fp32'])}."]
+        sizes = q.get("sizes") or {}
+        if "int8" in sizes:
+            f, i = sizes["fp32"], sizes["int8"]
+            lines += ["", "| model.onnx | bytes | gzip -9 bytes |", "|---|---|---|",
+                      f"| fp32 | {f['bytes']:,} | {f['gzip_bytes']:,} |",
+                      f"| {result.accuracy.precision} | {i['bytes']:,} | {i['gzip_bytes']:,} |"]
+    return lines + [""]
+
+
 def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
     plot_front(result, folder / "front.png")
     s, acc, lat, sel = result.search, result.accuracy, result.latency, result.selection
@@ -140,8 +168,12 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "| model | top-1 |", "|---|---|",
         f"| original | {_pct(acc.before)} |",
         f"| pruned, before fine-tune | {_pct(acc.after_removal)} |",
-        f"| after fine-tune | {_pct(acc.after_finetune)} |",
+        f"| after fine-tune (torch, fp32) | {_pct(acc.after_finetune)} |",
+        f"| model file, fp32 (onnxruntime) | {_pct(acc.onnx_fp32)} |",
+        *([f"| model file, {acc.precision} (onnxruntime): **shipped** | {_pct(acc.onnx_int8)} |"]
+          if acc.precision != "fp32" else []),
         "",
+        *_int8_lines(result),
         "## Latency",
         "",
         "| | before | after |", "|---|---|---|",

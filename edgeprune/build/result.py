@@ -52,13 +52,24 @@ class AccuracySection:
     after_removal: float
     after_finetune: float | None
     split: str = ""                 # how the scoring and held-out images were drawn (per class, seeded)
+    onnx_fp32: float | None = None  # onnxruntime's top-1 of the float file, on the same held-out images
+    onnx_int8: float | None = None  # ... and of the int8 file, when the build quantized
+    precision: str = "fp32"         # of the shipped model.onnx: fp32, int8 or mixed
 
     @property
     def final(self) -> float:
+        """Top-1 of the chosen model in torch after fine-tune (what the accuracy guard judges)."""
         return self.after_finetune if self.after_finetune is not None else self.after_removal
 
+    @property
+    def shipped(self) -> float:
+        """Top-1 of the file the user receives, as onnxruntime computes it (torch's figure until it is measured)."""
+        measured = self.onnx_fp32 if self.precision == "fp32" else self.onnx_int8
+        return measured if measured is not None else self.final
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "shipped": self.shipped}
+
 
 
 @dataclass
@@ -130,6 +141,7 @@ class BuildResult:
     wall_s: float = 0.0             # over every run this build took (an interrupted run's time included)
     wall_runs_s: list[float] = field(default_factory=list)
     verify_arm: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None      # the int8 lever: whether it paid, and the mixed precision found
 
     @property
     def removed(self) -> list[str]:
@@ -154,6 +166,8 @@ class BuildResult:
         }
         if self.verify_arm is not None:
             d["verify_arm"] = self.verify_arm
+        if self.int8 is not None:
+            d["int8"] = self.int8
         return d
 
 
@@ -170,6 +184,7 @@ class Unreachable:
     selection: Selection | None = None          # the accuracy guard: the plan that fits but loses too much
     accuracy: AccuracySection | None = None
     reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms predicted)
+    int8: dict[str, Any] | None = None          # the int8 lever, when mixed precision met no --max-int8-drop
 
     @property
     def floor(self) -> Plan | None:
@@ -187,6 +202,8 @@ class Unreachable:
             d.update(selection=self.selection.to_dict(), removed=self.selection.chosen.removed)
         if self.accuracy is not None:
             d["accuracy"] = self.accuracy.to_dict()
+        if self.int8 is not None:
+            d["int8"] = self.int8
         return d
 
 

@@ -71,15 +71,25 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
 
 def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned, clock: "WallClock",
           talk: stages.Say) -> BuildOutcome:
-    """The plan that fits, fine-tuned: its artifact, figures and report, renamed into ``<out>/artifact``."""
-    artifact = stages.assemble_artifact(inputs, space, tuned, talk)
+    """The plan that fits, fine-tuned (and quantized, with int8): its artifact, figures and report, renamed
+    into ``<out>/artifact``."""
+    int8 = stages.quantize_plan(inputs, space, tuned, talk) if fit.uses_int8 else None
+    if int8 is not None and not int8.mixed.met:
+        return _int8_too_lossy(inputs, fit, tuned, int8)
+    artifact = stages.assemble_artifact(inputs, space, tuned, talk, int8)
+    talk("measuring the artifact's top-1 on the held-out images (onnxruntime)")
+    accuracy = stages.shipped_accuracy(inputs, space, tuned, artifact, int8)
+    update_manifest(artifact.path, "accuracy", {**(artifact.manifest.get("accuracy") or {}), **accuracy.to_dict()})
     latency = stages.before_after(inputs, artifact, talk)
     if not latency.within_budget:  # cannot happen: fit_budget only returns plans whose figure fits
         raise EdgepruneError("internal error: final model exceeds the budget", exit_code=1)
     result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
-                         tuned.accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
+                         accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
                          stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
                          fit.evaluations)
+    if fit.int8 is not None:
+        result.int8 = {**fit.int8.to_dict(), **(int8.to_dict() if int8 is not None else {}),
+                       "sizes": artifact.manifest.get("sizes")}
     if cfg.measure.verify_arm:
         talk("verifying on the aarch64 onnxruntime under qemu")
         arm = verify_arm(artifact.path, ArmVerifyConfig(device=inputs.profile.name), log=talk)
@@ -98,7 +108,28 @@ def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned
     message = (f"budget met without removing anything: {budget}" if not result.removed else
                f"budget met: {budget} after removing {len(result.removed)} blocks" if not state.levers() or
                state.levers() == ["blocks"] else f"budget met: {budget} with {state.describe()}")
+    if int8 is not None:
+        kept = int8.mixed.chosen.kept_fp32
+        message += (", in int8" + (f" ({len(kept)} layers kept in fp32)" if kept else "")
+                    + f": {accuracy.shipped:.2%} top-1 on the held-out images (onnxruntime, fp32 file "
+                      f"{accuracy.onnx_fp32:.2%})")
     return BuildOutcome(EXIT_OK, message, result, target)
+
+
+def _int8_too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned, int8) -> BuildOutcome:
+    """Mixed precision found no layer set within ``--max-int8-drop`` that fits: nothing ships."""
+    mixed, cfg = int8.mixed, inputs.cfg
+    result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
+                         fit.evaluations, selection=tuned.selection, accuracy=tuned.accuracy)
+    result.int8 = {**fit.int8.to_dict(), **int8.to_dict()}
+    kept = mixed.chosen.kept_fp32
+    message = (f"int8 loses {mixed.drop:.2f} points of top-1 on the {mixed.fp32.images} scoring images at best "
+               f"({mixed.fp32.top1:.2%} in fp32 -> {mixed.accuracy.top1:.2%}"
+               + (f", {len(kept)} layers kept in fp32" if kept else "") + f"), more than --max-int8-drop "
+               f"{cfg.search.max_int8_drop:g}" + ("" if len(mixed.steps) < 2 or mixed.steps[-1].fits else
+                                                  "; keeping more layers in fp32 breaks the budget")
+               + "; nothing shipped (raise --max-int8-drop, or build without int8 in --levers)")
+    return BuildOutcome(EXIT_UNREACHABLE, message, result)
 
 
 def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
@@ -106,8 +137,10 @@ def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
     result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.evaluations, reach=fit.reach)
     floor = result.floor
     if not o.reachable and floor is not None:
-        over = (f"{floor.latency_ms:.2f} ms predicted (+{floor.latency_ms - budget:.2f} ms, "
-                f"{100 * (floor.latency_ms / budget - 1):.0f}% over)"
+        ratio = fit.int8.ratio if fit.uses_int8 and fit.int8 is not None else 1.0
+        ms = floor.latency_ms * ratio            # with int8: the float plan's figure times int8's ratio
+        over = (f"{ms:.2f} ms predicted" + (f" in int8 ({ratio:.2f}x the float plan)" if ratio != 1.0 else "")
+                + f" (+{ms - budget:.2f} ms, {100 * (ms / budget - 1):.0f}% over)"
                 + (f" at top-1 {floor.top1:.2%} on the scoring images" if floor.top1 is not None else
                    "; no plan was scored"))
         if levers == ["blocks"]:

@@ -27,6 +27,7 @@ from edgeprune.benchmarks.targets import LatencyFigure, Target
 from edgeprune.build.cache import BuildCache, str_lists
 from edgeprune.build.config import BuildConfig, SearchConfig
 from edgeprune.build.fitting import FitOutcome, search_until_fits
+from edgeprune.build.int8 import INT8, Int8Choice, Int8Lever, int8_lever, quantize_chosen, quantized_file
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
 from edgeprune.build.space import FINALISTS, SCREEN_IMAGES, PlanSpace, StateOracle
 from edgeprune.devices.block_latency import block_latency_table
@@ -38,6 +39,9 @@ from edgeprune.devices.targets import resolve_target
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import ArtifactConfig, ArtifactResult, build_artifact, update_manifest
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+from edgeprune.exporters.quantize import Quantization, onnx_accuracy
+from edgeprune.exporters.simplify import simplify_onnx
+from edgeprune.exporters.verify import VerifyConfig, random_inputs
 from edgeprune.files import save_torch_atomic
 from edgeprune.pipeline.blocks import Block, discover, shortcut_modules
 from edgeprune.pipeline.channels import ChannelGroup, channel_groups, channel_orders
@@ -47,7 +51,7 @@ from edgeprune.pipeline.evaluate import evaluate, resolve_device
 from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.importance import ScoreContext, candidates_for
 from edgeprune.pipeline.joint import JointSpace, joint_greedy
-from edgeprune.pipeline.levers import PlanState, resolution_steps
+from edgeprune.pipeline.levers import PlanState, plan_levers, resolution_steps
 from edgeprune.pipeline.models import LoadedModel, load_model, state_fingerprint
 from edgeprune.pipeline.plan import AccuracyOracle, Plan, SearchResult, search
 from edgeprune.pipeline.prune import HeldOut, rank_blocks, split_val
@@ -98,7 +102,7 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
     try:
         candidates = [b.name for b in candidates_for(blocks, cfg.search.replace_projection)]
     except EdgepruneError:          # no removable block: only a build that pulls other levers goes on
-        if cfg.search.levers == ["blocks"]:
+        if plan_levers(cfg.search.levers) == ["blocks"]:
             raise
         candidates = []
     held = split_val(bundle, cfg.search.score_images, seed=cfg.seed)
@@ -150,7 +154,7 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
                 **({"confidence": scfg.confidence} if scfg.confidence is not None else {})}
     memo = inputs.cache.load("plan-latency", memo_cfg, valid=_number_dict) or {}
     space = PlanSpace(model, shape, inputs.bundle, inputs.blocks, inputs.candidates, table, scfg.metric, shortcuts,
-                      inputs.profile, list(scfg.levers), groups, orders, sizes, confidence=scfg.confidence,
+                      inputs.profile, plan_levers(scfg.levers), groups, orders, sizes, confidence=scfg.confidence,
                       latency_memo=memo)
     space.on_latency = lambda: inputs.cache.save("plan-latency", memo, memo_cfg)
     return space
@@ -168,6 +172,11 @@ class Fit:
     oracle: AccuracyOracle
     states: StateOracle | None = None           # the joint search's measurements (levers beyond blocks)
     reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms)
+    int8: Int8Lever | None = None               # with the int8 lever: whether it pays, and the ratio
+
+    @property
+    def uses_int8(self) -> bool:
+        return self.int8 is not None and self.int8.taken
 
     @property
     def evaluations(self) -> int:
@@ -182,7 +191,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     memo = cache.load("accuracy-memo", valid=AccuracyOracle.valid_memo) or {}
     ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
     beat = Heartbeat("searching", unit=" plans scored")
-    joint = space.levers != ["blocks"]
+    joint = bool(space.levers) and space.levers != ["blocks"]
 
     def on_update() -> None:
         cache.save("accuracy-memo", memo)
@@ -199,20 +208,28 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
         screen = StateOracle(space, inputs.held.score[:SCREEN_IMAGES], scfg.batch_size, inputs.torch_device,
                              cache.load("plan-screen", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update,
                              bn_images=SCREEN_IMAGES)
+    lever8 = None
+    if INT8 in scfg.levers:
+        original = on_main(lambda: cached_onnx(cache, inputs.cache.path("original", suffix=".onnx"),
+                                               lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape))
+        lever8 = int8_lever(inputs, space, original, lambda path: judge(inputs, path), say)
+    int8 = lever8 is not None and lever8.taken
+    plan_budget = scfg.budget_ms / lever8.ratio if int8 else scfg.budget_ms   # what int8 leaves the float plan
     fastest = space.limit(space.levers).tokens()
     floor_ms = space.latency(fastest)
-    if floor_ms > scfg.budget_ms:    # answered before any accuracy is measured
+    if floor_ms > plan_budget:       # answered before any accuracy is measured
         base = Plan("none", [], space.latency([]), None, None)  # type: ignore[arg-type]
         floor = Plan("all", fastest, floor_ms, None, None)  # type: ignore[arg-type]
         return Fit(FitOutcome(SearchResult(scfg.budget_ms, base, {}, [base, floor], None, False, floor), [], []),
-                   oracle, states, lever_reach(space))
-    say(f"searching plans with {', '.join(space.levers)}:"
+                   oracle, states, lever_reach(space), lever8)
+    say(f"searching plans with {', '.join(space.levers) or 'no plan lever'}:"
         + (f" {len(space.candidates)} removable blocks" if "blocks" in space.levers else "")
         + (f", {len(space.groups)} channel groups" if "channels" in space.levers else "")
         + (f", input sizes down to {space.sizes[-1]}" if "resolution" in space.levers and space.sizes else "")
         + f"; budget {scfg.budget_ms:g} ms ("
         + (f"the figure met with {scfg.confidence:.0%} chance" if scfg.confidence is not None else scfg.metric)
-        + f") on {inputs.profile.name}")
+        + f") on {inputs.profile.name}"
+        + (f", {plan_budget:.2f} ms in fp32 terms with int8 ({lever8.ratio:.2f}x)" if int8 else ""))
     blocks = "blocks" in space.levers and bool(space.candidates)
     orders = proxy_orders(inputs, scfg) if blocks else {}
     blocks_floor = space.table_latency(space.candidates)
@@ -251,14 +268,24 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     def figure(c: Candidate) -> tuple[float, str]:
         path = cache.path("plan", sorted(c.removed), ".onnx")
         cached_onnx(cache, path, lambda: space.apply(c.removed).cpu().eval(), space.input_shape_of(c.removed))
-        def measure() -> LatencyFigure:
-            return inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs, scfg.confidence)
-        fig = on_main(measure) if inputs.target.measures else measure()   # one machine measures, for all ranks
+        if int8:                     # judged as the int8 file it will become
+            fp32 = path
+            path = on_main(lambda: quantized_file(inputs, space, c.removed, fp32, "plan-int8"))
+        fig = judge(inputs, path)
         return fig.value_ms, fig.source
 
-    outcome = search_until_fits(search_at, figure, scfg.budget_ms, on_retry=lambda ms: say(
+    outcome = search_until_fits(search_at, figure, scfg.budget_ms, start_ms=plan_budget, on_retry=lambda ms: say(
         f"final figure {ms:.2f} ms exceeds the budget; tightening the search"))
-    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space))
+    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space), lever8)
+
+
+def judge(inputs: Inputs, path: Path) -> LatencyFigure:
+    """The budget's figure of an ONNX file on the build's target (measured on rank 0 alone, for all ranks)."""
+    scfg = inputs.cfg.search
+
+    def measure() -> LatencyFigure:
+        return inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs, scfg.confidence)
+    return on_main(measure) if inputs.target.measures else measure()
 
 
 JOINT = "joint-greedy"
@@ -371,11 +398,32 @@ def finetuned(inputs: Inputs, space: PlanSpace, c: Candidate, ft: FinetuneConfig
     return m
 
 
+# ---------------------------------------------------------------- 4b. int8
+
+def quantize_plan(inputs: Inputs, space: PlanSpace, tuned: Tuned, say: Say) -> Int8Choice:
+    """The chosen, fine-tuned plan as a float file (exported and simplified as the artifact's) and the mixed
+    precision that keeps int8's drop on the scoring images within ``--max-int8-drop`` while it fits."""
+    tokens = tuned.selection.chosen.removed
+    shape = space.input_shape_of(tokens)
+    fp32 = inputs.cache.path("chosen", {"removed": sorted(tokens), "weights": state_fingerprint(tuned.model)}, ".onnx")
+    if not readable_onnx(fp32):
+        with tempfile.TemporaryDirectory(prefix=".chosen-", dir=fp32.parent) as tmp:
+            raw = export_onnx_atomic(tuned.model, shape, Path(tmp) / "exported.onnx")
+            vc = VerifyConfig()
+            simplify_onnx(raw, Path(tmp) / fp32.name, random_inputs(shape, vc.random_inputs, vc.seed), vc.atol, vc.rtol,
+                          vc.threads)
+            os.replace(Path(tmp) / fp32.name, fp32)
+    budget = inputs.cfg.search.budget_ms
+    return quantize_chosen(inputs, space, tokens, fp32, lambda path: judge(inputs, path).value_ms <= budget, say)
+
+
 # ---------------------------------------------------------------- 5. the artifact
 
-def assemble_artifact(inputs: Inputs, space: PlanSpace, tuned: Tuned, say: Say) -> ArtifactResult:
-    """Export, simplify, verify and package the chosen model in the cache's staging folder; the
-    golden vectors and the manifest's preprocessing are those of the plan's input size."""
+def assemble_artifact(inputs: Inputs, space: PlanSpace, tuned: Tuned, say: Say,
+                      int8: Int8Choice | None = None) -> ArtifactResult:
+    """Export, simplify, verify and package the chosen model in the cache's staging folder (quantized as
+    ``int8`` says, when the build uses int8); the golden vectors and the manifest's preprocessing are
+    those of the plan's input size."""
     say("exporting, simplifying and verifying the artifact")
     tokens = tuned.selection.chosen.removed
     held, bundle, state = inputs.held, space.data_of(tokens), PlanState.from_tokens(tokens)
@@ -388,7 +436,23 @@ def assemble_artifact(inputs: Inputs, space: PlanSpace, tuned: Tuned, say: Say) 
     return build_artifact(tuned.model, space.input_shape_of(tokens), inputs.cache.path("artifact", suffix=""),
                           ArtifactConfig(force=True), images=bundle.preprocess.apply(bundle.x_val[golden]),
                           labels=bundle.y_val[golden], raw_images=raw, preprocess=bundle.preprocess.to_dict(),
-                          classes=bundle.classes, source=source, accuracy=tuned.accuracy.to_dict(), progress=say)
+                          classes=bundle.classes, source=source, accuracy=tuned.accuracy.to_dict(), progress=say,
+                          quantize=Quantization(int8.config, int8.precision, int8.calibration, inputs.cache.folder)
+                          if int8 is not None else None)
+
+
+def shipped_accuracy(inputs: Inputs, space: PlanSpace, tuned: Tuned, artifact: ArtifactResult,
+                     int8: Int8Choice | None) -> AccuracySection:
+    """The accuracy section with onnxruntime's top-1 of the shipped file (and, for int8, of its float file) on
+    the held-out images: the figure a user reads is the artifact's, not torch's."""
+    tokens = tuned.selection.chosen.removed
+    bundle, final = space.data_of(tokens), inputs.held.final
+    x, y = bundle.preprocess.apply(bundle.x_val[final]).numpy(), bundle.y_val[final].numpy()
+    shipped = onnx_accuracy(artifact.path / "model.onnx", x, y).top1
+    if int8 is None:
+        return replace(tuned.accuracy, onnx_fp32=shipped, precision="fp32")
+    return replace(tuned.accuracy, onnx_fp32=onnx_accuracy(int8.fp32_file, x, y).top1, onnx_int8=shipped,
+                   precision=artifact.manifest["precision"]["model"])
 
 
 # ---------------------------------------------------------------- 6. before and after

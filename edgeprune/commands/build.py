@@ -51,7 +51,10 @@ def build_command(
     shortlist: Annotated[int, typer.Option(help="Distinct plans (search strategies' and proxies') fine-tuned with --select recovered.")] = d("shortlist"),
     proxies: Annotated[list[str], typer.Option("--proxy", help="Proxy rankings that propose plans for the short list (repeatable): norm-ratio, bn-gamma, l1, random.")] = d("proxies"),
     replace_projection: o.ReplaceProjection = d("replace_projection"),
-    levers: Annotated[list[str], typer.Option("--levers", help="Plan levers, comma-separated: blocks (remove residual blocks), channels (shrink coupled channel groups), resolution (feed smaller images: changes the firmware's input).")] = d("levers"),
+    levers: Annotated[list[str], typer.Option("--levers", help="Plan levers, comma-separated: blocks (remove residual blocks), channels (shrink coupled channel groups), resolution (feed smaller images: changes the firmware's input), int8 (quantize the fine-tuned plan where the device's latency falls).")] = d("levers"),
+    max_int8_drop: Annotated[float, typer.Option(help="With int8: points of top-1 on the scoring images int8 may cost against the float file; layers that cost more are kept in fp32 (exit 3 when none meet it).")] = d("max_int8_drop"),
+    int8_calibration: Annotated[str, typer.Option(help="With int8: how activation ranges are calibrated: minmax, entropy or percentile.")] = d("int8_calibration"),
+    calibration_images: Annotated[int, typer.Option(help="With int8: training images the ranges are calibrated on (at least 16).")] = d("calibration_images"),
     channel_criterion: o.ChannelCriterion = d("channel_criterion"), channel_multiple: o.ChannelMultiple = d("channel_multiple"),
     min_resolution: Annotated[Optional[int], typer.Option(help="Smallest input size the resolution lever may choose (default: half the model's).")] = d("min_resolution"),
     resolution_step: Annotated[int, typer.Option(help="Pixels between the resolution lever's candidate input sizes.")] = d("resolution_step"),
@@ -104,7 +107,12 @@ def _print_summary(outcome: BuildOutcome, r: BuildResult) -> None:
     h = lat.host
     t.add_row(f"host latency (interleaved, per-round p{100 * h.round_quantile:g})", f"{h.b_ms:.3f} ms",
               f"{h.a_ms:.3f} ms")
-    t.add_row(f"top-1 ({acc.images} held-out images)", f"{acc.before:.2%}", f"{acc.final:.2%}")
+    t.add_row(f"top-1 ({acc.images} held-out images; after: model.onnx in onnxruntime)", f"{acc.before:.2%}",
+              f"{acc.shipped:.2%}")
+    if acc.precision != "fp32":
+        sizes = (r.int8 or {}).get("sizes") or {}
+        t.add_row("precision (model.onnx bytes)", f"fp32 ({sizes.get('fp32', {}).get('bytes', 0):,} B)",
+                  f"{acc.precision} ({sizes.get('int8', {}).get('bytes', 0):,} B)")
     state = PlanState.from_tokens(r.removed)
     t.add_row("blocks", str(len(r.blocks)), str(len(r.blocks) - len(state.blocks)))
     t.add_row("parameters", f"{r.params_before:,}", f"{r.params_after:,}")

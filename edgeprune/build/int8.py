@@ -1,0 +1,142 @@
+"""The int8 lever of a build (``--levers ...,int8``).
+
+1. **Does int8 pay on the budget's device?** The original model, exported and quantized (onnxruntime's
+   static QDQ, the types onnxruntime recommends for the device's CPU: :func:`target_precision`), is judged
+   by the build's target beside the float file: predicted for a board (the predictor's int8 kernels, with
+   their wider band), measured for the host or over SSH. Int8 is taken only when its figure is lower
+   (:class:`Int8Lever`), and only when the float model does not meet the budget as it is.
+2. **The budget it leaves the float plan.** The plan search then aims at ``budget / ratio`` in float
+   terms, and each short-listed plan is judged as the int8 file it will become (``fit_budget``); the
+   re-search tightens as usual when one comes out over.
+3. **Mixed precision, by direct measurement**, on the chosen plan after fine-tune
+   (:func:`quantize_chosen`, ``exporters.mixed_precision``): the fewest layers kept in fp32 that bring the
+   drop on the scoring images within ``--max-int8-drop`` while the file still fits the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from edgeprune.benchmarks.targets import LatencyFigure
+from edgeprune.devices.fingerprint import local
+from edgeprune.devices.predictor import HOST
+from edgeprune.devices.profiles import DeviceProfile
+from edgeprune.exporters.mixed_precision import MixedPrecision, mixed_precision
+from edgeprune.pipeline.distributed import on_main
+from edgeprune.exporters.quantize import (Precision, QuantizeConfig, calibration_cache, precision_for,
+                                          quantize_onnx)
+
+if TYPE_CHECKING:
+    from edgeprune.build.space import PlanSpace
+    from edgeprune.build.stages import Inputs
+
+INT8 = "int8"
+
+
+def target_precision(profile: DeviceProfile) -> Precision:
+    """onnxruntime's recommended integer types for the CPU the budget is judged on (this machine for
+    ``host``, the board's core from its profile's fingerprint otherwise)."""
+    fp = local() if profile.name == HOST or profile.fingerprint is None else profile.fingerprint
+    return precision_for(fp.machine or "x86_64", fp.features)
+
+
+@dataclass
+class Int8Lever:
+    """Whether int8 pays on the device: the original model's float and int8 figures there."""
+
+    precision: Precision
+    fp32: LatencyFigure
+    int8: LatencyFigure
+    taken: bool
+    reason: str
+
+    @property
+    def ratio(self) -> float:
+        return self.int8.value_ms / self.fp32.value_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"taken": self.taken, "reason": self.reason, "ratio": round(self.ratio, 4),
+                "original_fp32_ms": self.fp32.value_ms, "original_int8_ms": self.int8.value_ms,
+                "source": self.int8.source, "int8_band": [self.int8.low_ms, self.int8.high_ms],
+                "activations": self.precision.activations, "weights": self.precision.weights,
+                "reduce_range": self.precision.reduce_range, "precision_reason": self.precision.reason}
+
+
+def calibration_images(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str]) -> np.ndarray:
+    """The training images int8 ranges are calibrated on, at the plan's input size: a seeded draw of
+    ``--calibration-images`` (all of them when there are fewer: the quantizer then says how many it needs)."""
+    bundle = space.data_of(tokens)
+    n = min(inputs.cfg.quantize.calibration_images, len(bundle.y_train))
+    order = torch.randperm(len(bundle.y_train), generator=torch.Generator().manual_seed(inputs.cfg.seed))
+    return bundle.preprocess.apply(bundle.x_train[order[:n]]).numpy()
+
+
+def quantized_file(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], fp32: Path, name: str) -> Path:
+    """``fp32`` quantized with the build's settings (every layer int8), cached beside it as ``name``."""
+    out = inputs.cache.path(name, {"plan": sorted(tokens), "quantize": inputs.cfg.quantize.to_dict()}, ".onnx")
+    if not out.exists():
+        calib = calibration_images(inputs, space, tokens)
+        quantize_onnx(fp32, out, calib, inputs.cfg.quantize, target_precision(inputs.profile),
+                      calibration_cache(inputs.cache.folder, fp32, calib, inputs.cfg.quantize))
+    return out
+
+
+def int8_lever(inputs: "Inputs", space: "PlanSpace", original: Path,
+               judge: Callable[[Path], LatencyFigure], say: Callable[[str], None]) -> Int8Lever:
+    """Whether int8 pays and is needed: both figures of the original float file on the build's target."""
+    say(f"int8 lever: quantizing the original model to judge int8 on {inputs.profile.name}")
+    precision = target_precision(inputs.profile)
+    q = on_main(lambda: quantized_file(inputs, space, [], original, "original-int8"))
+    fp32, int8 = judge(original), judge(q)
+    budget = inputs.cfg.search.budget_ms
+    if int8.value_ms >= fp32.value_ms:
+        taken, reason = False, (f"int8 does not pay on {inputs.profile.name}: {int8.value_ms:.2f} ms int8 against "
+                                f"{fp32.value_ms:.2f} ms fp32 ({int8.source})")
+    elif fp32.value_ms <= budget:
+        taken, reason = False, f"the float model meets {budget:g} ms as it is ({fp32.value_ms:.2f} ms): int8 not needed"
+    else:
+        taken, reason = True, (f"int8 takes the original from {fp32.value_ms:.2f} to {int8.value_ms:.2f} ms on "
+                               f"{inputs.profile.name} ({int8.value_ms / fp32.value_ms:.2f}x, {int8.source}); "
+                               f"{precision.activations} activations, {precision.weights} weights")
+    say(reason)
+    return Int8Lever(precision, fp32, int8, taken, reason)
+
+
+@dataclass
+class Int8Choice:
+    """The chosen plan's quantization: the float file it was made from and what mixed precision found."""
+
+    fp32_file: Path
+    config: QuantizeConfig          # with the layers kept in fp32
+    precision: Precision
+    calibration: np.ndarray
+    mixed: MixedPrecision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "mixed_precision": self.mixed.to_dict()}
+
+
+def quantize_chosen(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], fp32: Path,
+                    fits: Callable[[Path], bool], say: Callable[[str], None]) -> Int8Choice:
+    """Mixed precision for the fine-tuned plan's float file ``fp32``, measured on the scoring images."""
+    cfg, bundle = inputs.cfg, space.data_of(tokens)
+    calib = calibration_images(inputs, space, tokens)
+    score = inputs.held.score
+    x = bundle.preprocess.apply(bundle.x_val[score]).numpy()
+    y = bundle.y_val[score].numpy()
+    say(f"quantizing to int8 ({cfg.quantize.method} calibration on {len(calib)} training images), measuring on "
+        f"{len(y)} scoring images")
+    precision = target_precision(inputs.profile)
+    dst = fp32.with_name(fp32.stem + "-int8.onnx")
+    mixed = mixed_precision(fp32, dst, calib, x, y, cfg.quantize, precision, cfg.search.max_int8_drop,
+                            calibration_cache(inputs.cache.folder, fp32, calib, cfg.quantize), fits, say)
+    kept = mixed.chosen.kept_fp32
+    say(f"int8: {mixed.accuracy.top1:.2%} on the scoring images against {mixed.fp32.top1:.2%} in fp32 "
+        f"({mixed.drop:.2f} points lost)" + (f", {len(kept)} layers kept in fp32: {', '.join(kept)}" if kept else ""))
+    return Int8Choice(fp32, QuantizeConfig(**{**cfg.quantize.to_dict(), "keep_fp32": tuple(kept)}), precision,
+                      calib, mixed)
