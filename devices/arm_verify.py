@@ -60,6 +60,8 @@ class ArmVerifyConfig:
     atol: float = 1e-4                # pass if max |arm - x86| <= atol + rtol * max |x86|, per output
     rtol: float = 1e-4
     min_top1_agreement: float = 1.0   # fraction of rows whose arg-max must agree
+    int8_rtol: float = 0.05           # an int8 model: integer kernels round per instruction set, so the outputs
+                                      # may differ by this share of max |x86| (top-1 must still agree)
     threads: int = 1                  # intra-op threads on the emulated side
     qemu: str | None = None           # emulator binary; default qemu-aarch64-static on PATH
     cache_dir: Path | None = None     # default $XDG_CACHE_HOME/edgeprune/arm
@@ -94,6 +96,8 @@ class ArmVerifyResult:
     env_prepare_s: float              # preparing (or finding) the aarch64 userland; not a model latency
     manifest_updated: bool = False
     checked_at: str = ""
+    precision: str = "fp32"           # of the model: fp32, or int8 (it holds QuantizeLinear nodes)
+    criterion: str = ""               # what passing meant for it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,12 +273,18 @@ def verify_arm(model_or_artifact: str | Path, config: ArmVerifyConfig | None = N
     else:
         feeds = random_feeds(specs, cfg.samples, cfg.seed)
         described = f"random normal inputs, seed {cfg.seed}"
+    quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv", "DynamicQuantizeLinear")
+                    for n in load_onnx(model, load_external_data=False).graph.node)
+    rtol = max(cfg.rtol, cfg.int8_rtol) if quantized else cfg.rtol
+    criterion = (f"max |aarch64 - x86| <= {cfg.atol:g} + {rtol:g} * max |x86| per output"
+                 + (" (int8: integer kernels round per instruction set)" if quantized else "")
+                 + f", top-1 agreement >= {cfg.min_top1_agreement:g}")
     x86 = run_on_host(model, feeds, cfg.threads)
     env = prepare_arm_env(cfg.ort_version, cfg.cache_dir, str(qemu), log)
     log(f"running {model.name} on aarch64 onnxruntime {env.ort_version} emulated on {cpu} ({len(feeds)} input(s))")
     arm = run_on_arm(env, qemu, cpu, model, feeds, cfg.threads, cfg.timeout_s)
     if arm.ok:
-        cmp = compare_outputs(x86, arm.outputs, cfg.atol, cfg.rtol, cfg.min_top1_agreement, sides=("x86", "aarch64"))
+        cmp = compare_outputs(x86, arm.outputs, cfg.atol, rtol, cfg.min_top1_agreement, sides=("x86", "aarch64"))
     else:
         cmp = Comparison(0, None, None, None, None, None,
                          failures=[f"the aarch64 onnxruntime failed on {cpu}: {arm.error}"])
@@ -289,7 +299,8 @@ def verify_arm(model_or_artifact: str | Path, config: ArmVerifyConfig | None = N
         top1_agreement=cmp.top1_agreement, outputs=_output_figures(cmp), hwcaps=arm.info.get("hwcaps", []),
         model_sha256=sha256_file(model), env_path=str(env.path),
         env_from_cache=env.from_cache, env_prepare_s=env.prepare_s,
-        checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        precision="int8" if quantized else "fp32", criterion=criterion)
     if artifact is not None and cfg.write_manifest and (artifact / "manifest.json").is_file():
         from edgeprune.exporters.artifact import update_manifest
 

@@ -54,15 +54,17 @@ class Int8Lever:
     int8: LatencyFigure
     taken: bool
     reason: str
+    ratio: float                    # int8 / fp32 time of the original: interleaved on the host, else the figures'
+    interleaved: bool = False
 
     @property
-    def ratio(self) -> float:
-        return self.int8.value_ms / self.fp32.value_ms
+    def basis(self) -> str:
+        return (f"{self.ratio:.2f}x, " + ("timed side by side on this machine" if self.interleaved else self.int8.source))
 
     def to_dict(self) -> dict[str, Any]:
         return {"taken": self.taken, "reason": self.reason, "ratio": round(self.ratio, 4),
                 "original_fp32_ms": self.fp32.value_ms, "original_int8_ms": self.int8.value_ms,
-                "source": self.int8.source, "int8_band": [self.int8.low_ms, self.int8.high_ms],
+                "source": self.int8.source, "ratio_timed_side_by_side": self.interleaved, "int8_band": [self.int8.low_ms, self.int8.high_ms],
                 "activations": self.precision.activations, "weights": self.precision.weights,
                 "reduce_range": self.precision.reduce_range, "precision_reason": self.precision.reason}
 
@@ -86,25 +88,31 @@ def quantized_file(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], 
     return out
 
 
-def int8_lever(inputs: "Inputs", space: "PlanSpace", original: Path,
-               judge: Callable[[Path], LatencyFigure], say: Callable[[str], None]) -> Int8Lever:
-    """Whether int8 pays and is needed: both figures of the original float file on the build's target."""
+def int8_lever(inputs: "Inputs", space: "PlanSpace", original: Path, judge: Callable[[Path], LatencyFigure],
+               say: Callable[[str], None], side_by_side: Callable[[Path, Path], float] | None = None) -> Int8Lever:
+    """Whether int8 pays and is needed: both figures of the original float file on the build's target.
+    ``side_by_side(a, b)``: a/b timed interleaved, where the target is this machine (two figures timed one
+    after the other on a shared machine can differ by more than int8 gains); its ratio then decides."""
     say(f"int8 lever: quantizing the original model to judge int8 on {inputs.profile.name}")
     precision = target_precision(inputs.profile)
     q = on_main(lambda: quantized_file(inputs, space, [], original, "original-int8"))
     fp32, int8 = judge(original), judge(q)
+    measured = on_main(lambda: side_by_side(q, original)) if side_by_side is not None else None
+    ratio = measured if measured is not None else int8.value_ms / fp32.value_ms
     budget = inputs.cfg.search.budget_ms
-    if int8.value_ms >= fp32.value_ms:
-        taken, reason = False, (f"int8 does not pay on {inputs.profile.name}: {int8.value_ms:.2f} ms int8 against "
-                                f"{fp32.value_ms:.2f} ms fp32 ({int8.source})")
+    lever = Int8Lever(precision, fp32, int8, False, "", ratio, measured is not None)
+    if ratio >= 1:
+        lever.reason = (f"int8 does not pay on {inputs.profile.name}: {int8.value_ms:.2f} ms int8 against "
+                        f"{fp32.value_ms:.2f} ms fp32 ({lever.basis})")
     elif fp32.value_ms <= budget:
-        taken, reason = False, f"the float model meets {budget:g} ms as it is ({fp32.value_ms:.2f} ms): int8 not needed"
+        lever.reason = f"the float model meets {budget:g} ms as it is ({fp32.value_ms:.2f} ms): int8 not needed"
     else:
-        taken, reason = True, (f"int8 takes the original from {fp32.value_ms:.2f} to {int8.value_ms:.2f} ms on "
-                               f"{inputs.profile.name} ({int8.value_ms / fp32.value_ms:.2f}x, {int8.source}); "
-                               f"{precision.activations} activations, {precision.weights} weights")
-    say(reason)
-    return Int8Lever(precision, fp32, int8, taken, reason)
+        lever.taken = True
+        lever.reason = (f"int8 takes the original from {fp32.value_ms:.2f} to {int8.value_ms:.2f} ms on "
+                        f"{inputs.profile.name} ({lever.basis}); {precision.activations} activations, "
+                        f"{precision.weights} weights")
+    say(lever.reason)
+    return lever
 
 
 @dataclass

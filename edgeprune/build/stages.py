@@ -212,7 +212,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     if INT8 in scfg.levers:
         original = on_main(lambda: cached_onnx(cache, inputs.cache.path("original", suffix=".onnx"),
                                                lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape))
-        lever8 = int8_lever(inputs, space, original, lambda path: judge(inputs, path), say)
+        lever8 = int8_lever(inputs, space, original, lambda path: judge(inputs, path), say, host_ratio(inputs))
     int8 = lever8 is not None and lever8.taken
     plan_budget = scfg.budget_ms / lever8.ratio if int8 else scfg.budget_ms   # what int8 leaves the float plan
     fastest = space.limit(space.levers).tokens()
@@ -277,6 +277,16 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     outcome = search_until_fits(search_at, figure, scfg.budget_ms, start_ms=plan_budget, on_retry=lambda ms: say(
         f"final figure {ms:.2f} ms exceeds the budget; tightening the search"))
     return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space), lever8)
+
+
+def host_ratio(inputs: Inputs) -> Callable[[Path, Path], float] | None:
+    """When the budget's figures are measured on this machine: a/b timed interleaved (``bench --vs``)."""
+    if inputs.profile.name != HOST or inputs.cfg.measure.ssh:
+        return None
+    m, host = inputs.cfg.measure, inputs.host
+    bench = BenchConfig(threads=host.threads, providers=list(host.providers), warmup=10, runs=m.bench_runs,
+                        device="host")
+    return lambda a, b: compare(a, b, bench, CompareConfig(rounds=m.bench_rounds, max_rounds=m.bench_rounds)).ratio
 
 
 def judge(inputs: Inputs, path: Path) -> LatencyFigure:

@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import torch
 import typer
 from rich.table import Table
 
 from edgeprune import options as o
 from edgeprune.cli_util import console, err_console, print_json, user_errors, warn
+from edgeprune.build.int8 import target_precision
+from edgeprune.devices.predictor import HOST
 from edgeprune.devices.profiles import load_profile
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
 from edgeprune.exporters.onnx_export import ExportConfig
+from edgeprune.exporters.quantize import Quantization, QuantizeConfig
 from edgeprune.exporters.verify import VerifyConfig
 from edgeprune.pipeline.data import load_data_for
 from edgeprune.pipeline.evaluate import resolve_device
@@ -61,6 +65,16 @@ def _summary(m: dict[str, Any], path: Path) -> Table:
     acc = (m.get("accuracy") or {}).get("exported_model")
     if acc:
         t.add_row("top-1 (exported, val)", f"{acc['onnx_top1']:.2%} on {acc['n']} images (PyTorch {acc['torch_top1']:.2%})")
+    q = m.get("precision") or {}
+    if q.get("model", "fp32") != "fp32":
+        v, sz = ver["int8"], m["sizes"]
+        t.add_row("precision", f"{q['model']}: {q['int8_layers']} layers int8 ({q['activations']} activations, "
+                  f"{q['weights']} weights, {q['method']} calibration on {q['calibration_images']} images)")
+        t.add_row("int8 vs fp32 (onnxruntime)", f"max |diff| {v['max_abs_diff']:.2e}, top-1 agreement "
+                  f"{v['top1_agreement']:.2%}" + (f", top-1 {v['onnx_int8_top1']:.2%} (fp32 {v['onnx_fp32_top1']:.2%})"
+                                                    if "onnx_int8_top1" in v else "") + f", n={v['inputs']}")
+        t.add_row("model.onnx size", f"{sz['fp32']['bytes']:,} B -> {sz['int8']['bytes']:,} B (gzip "
+                  f"{sz['fp32']['gzip_bytes']:,} -> {sz['int8']['gzip_bytes']:,} B)")
     t.add_row("weights / peak activations", f"{_mib(mem['weight_bytes'])} / {_mib(mem['peak_activation_bytes'])}")
     t.add_row("files", ", ".join(f"{k} ({v['bytes']:,} B)" for k, v in m["files"].items()))
     return t
@@ -85,6 +99,11 @@ def export_command(
     rtol: o.Rtol = 1e-4,
     min_agreement: Annotated[float, typer.Option(help="Minimum top-1 agreement on real images (0-1).")] = 0.99,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
+    int8: Annotated[bool, typer.Option("--int8", help="Ship the model quantized to int8 (onnxruntime static QDQ, "
+                                       "per-channel weights; types for --device's CPU, else this machine's), "
+                                       "calibrated on training images of --data.")] = False,
+    int8_calibration: Annotated[str, typer.Option(help="With --int8: minmax, entropy or percentile.")] = "minmax",
+    calibration_images: Annotated[int, typer.Option(help="With --int8: training images to calibrate on.")] = 128,
     accelerator: o.Accelerator = "cpu",
     json_out: o.Json = False,
 ) -> None:
@@ -99,19 +118,27 @@ def export_command(
         raise EdgepruneError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
     if val_images < 0:
         raise EdgepruneError(f"--val-images must be >= 0, got {val_images}")
+    qcfg = QuantizeConfig(method=int8_calibration, calibration_images=calibration_images) if int8 else None
     chosen_opset, opset_from = resolve_opset(opset, device)
     dev = resolve_device(accelerator)
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                       trust_code))
     data = data if data is not None else ("default" if model == "default" else None)
     images = labels = preprocess = raw = None
+    quantize = None
     classes = loaded.classes
+    if int8 and data is None:
+        raise EdgepruneError("--int8 calibrates on training images: give --data")
     if data is not None:
         bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
         images, labels = bundle.val_images(val_images), bundle.val_labels(val_images)
         raw = bundle.raw_images("val", range(min(val_images, ArtifactConfig().golden_count)))
         preprocess = {**bundle.preprocess.to_dict(), "data": data}
         classes = classes or bundle.classes
+        if qcfg is not None:
+            order = torch.randperm(len(bundle.y_train), generator=torch.Generator().manual_seed(0))
+            calib = bundle.preprocess.apply(bundle.x_train[order[:qcfg.calibration_images]]).numpy()
+            quantize = Quantization(qcfg, target_precision(load_profile(device or HOST)), calib)
     cfg = ArtifactConfig(
         export=ExportConfig(opset=chosen_opset, dynamic_batch=dynamic_batch),
         verify=VerifyConfig(atol=atol, rtol=rtol, min_top1_agreement=min_agreement,
@@ -122,7 +149,7 @@ def export_command(
     # a prune record may know the accuracy before and after pruning
     accuracy = source.get("accuracy") if isinstance(source.get("accuracy"), dict) else None
     what = dict(images=images, labels=labels, raw_images=raw, preprocess=preprocess, classes=classes, source=source,
-                accuracy=accuracy)
+                accuracy=accuracy, quantize=quantize)
     if json_out:
         print_json(build_artifact(loaded.model.to(dev), loaded.input_shape, out, cfg, **what).manifest)
         return

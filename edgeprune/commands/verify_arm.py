@@ -34,6 +34,7 @@ def _print(r: ArmVerifyResult, default_version: bool) -> None:
              f"{r.max_abs_x86:.3g})")
     if r.top1_agreement is not None:
         _say(f"  top-1        {r.top1_agreement:.1%} agreement")
+    _say(f"  precision    {r.precision}: pass means {r.criterion}")
     if r.hwcaps:
         _say(f"  core hwcaps  {' '.join(r.hwcaps)}")
     if r.manifest_updated:

@@ -130,6 +130,28 @@ def test_artifact_passes_and_manifest_gets_verify_arm(artifact, arm_env, arm_cac
     assert checksum_problems(artifact) == []
 
 
+def test_int8_artifact_passes_on_cores_with_and_without_dot_product(tmp_path, arm_env, arm_cache):
+    """An int8 artifact (signed activations and weights, as for Arm) on the Pi 5's A76 (SDOT) and the Pi 4's A72
+    (none): the classes agree with x86 and the outputs within the int8 criterion, recorded in the manifest."""
+    from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
+    from edgeprune.exporters.quantize import Quantization, QuantizeConfig, precision_for
+
+    data = np.load(FMNIST)
+    x = ((data["x_val"][:8].astype(np.float32) / 255 - 0.286) / 0.353)[:, None]
+    calib = ((data["x_train"][:16].astype(np.float32) / 255 - 0.286) / 0.353)[:, None]
+    out = tmp_path / "int8"
+    q = Quantization(QuantizeConfig(calibration_images=16), precision_for("aarch64", ["neon", "dotprod"]), calib)
+    build_artifact(_tiny_cnn(0), [1, 1, 28, 28], out, ArtifactConfig(ort_format=False, golden_count=4),
+                   images=x, labels=data["y_val"][:8], quantize=q)
+    for device, core in (("rpi5", "cortex-a76"), ("rpi4", "cortex-a72")):
+        res = runner.invoke(app, ["verify-arm", str(out), "--device", device, "--cache-dir", str(arm_cache)])
+        assert res.exit_code == 0, res.output
+        section = json.loads((out / "manifest.json").read_text())["verify_arm"]
+        assert section["qemu_cpu"] == core and section["precision"] == "int8" and section["top1_agreement"] == 1.0
+        assert "int8" in section["criterion"] and section["max_abs_diff"] <= section["tolerance"]
+        assert ("asimddp" in section["hwcaps"]) == (device == "rpi5")
+
+
 def test_bare_onnx_in_a_subprocess_on_cortex_a53(tiny_onnx, arm_env, arm_cache):
     cmd = [sys.executable, "-c", "from edgeprune.cli import main; main()", "verify-arm", str(tiny_onnx),
            "--cpu", "cortex-a53", "--samples", "3", "--cache-dir", str(arm_cache), "--json"]
