@@ -29,7 +29,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgeprune.benchmarks import ort_runner
-from edgeprune.devices.kernel_graph import Kernel, kernel_from_profile_event, spill_fraction
+from edgeprune.devices.kernel_graph import (QDQ_OPS, Kernel, kernel_from_profile_event, load_model,
+                                            optimized_node_facts, spill_fraction)
 from edgeprune.devices.kernels import FEATURES, KINDS
 from edgeprune.devices.predictor import kernels_cost_us, model_spill
 from edgeprune.devices.profiles import LatencyModel
@@ -91,6 +92,7 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
             sess.run(None, feeds)
         with open(sess.end_profiling(), encoding="utf-8") as f:
             events = json.load(f)
+        facts = quantized_node_facts(path, os.path.join(tmp, "optimized.onnx"), providers)
     durs: dict[str, list[float]] = defaultdict(list)
     args: dict[str, dict] = {}
     order: list[str] = []
@@ -106,7 +108,7 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
         d = d[warmup:] or d
         return burst_median([d[i:i + burst] for i in range(0, len(d), burst)])
 
-    kernels = [(kernel_from_profile_event(n, args[n]), node_us(durs[n])) for n in order]
+    kernels = [(kernel_from_profile_event(n, args[n], facts.get(n)), node_us(durs[n])) for n in order]
     if not whole_model:
         return ProfiledModel(Path(path).stem, kernels, 0.0)
     sess2, _ = ort_runner.open_session(ort_runner.SessionSpec(path, threads, list(providers)))
@@ -114,6 +116,22 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
     wall, cpu = timed_runs(sess2, feeds, rounds * burst)
     return ProfiledModel(Path(path).stem, kernels, float(np.median(cpu) if threads == 1 else np.median(wall)),
                          wall, float(np.median(wall)))
+
+
+def quantized_node_facts(path: str, optimized_path: str,
+                         providers: Sequence[str] = ("CPUExecutionProvider",)) -> dict[str, dict]:
+    """For an int8 (QDQ) model: the weight dims and attributes of its quantized nodes, read from the graph
+    onnxruntime optimizes it into (the profiler lists neither). Empty for a float model."""
+    if not any(n.op_type in QDQ_OPS for n in load_model(path).graph.node):
+        return {}
+    import onnx
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3       # not the warning that an NCHWc graph is machine-specific
+    so.optimized_model_filepath = optimized_path
+    ort.InferenceSession(path, so, providers=list(providers))
+    return optimized_node_facts(onnx.load(optimized_path, load_external_data=False))
 
 
 def timed_runs(sess: Any, feeds: dict, runs: int) -> tuple[list[float], list[float]]:
