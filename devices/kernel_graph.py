@@ -399,7 +399,8 @@ class _Detector:
         cout, cin_g, kh, kw = wd
         depthwise = group > 1 and cin_g == 1 and cout == group
         blocked = False
-        if self.block and w in self.const:
+        # NCHWc needs constant weights and bias: a float layer's DequantizeLinear'd bias (int8 models) is not
+        if self.block and w in self.const and (len(ins) < 3 or not ins[2] or ins[2] in self.const):
             b = self.block
             if group > 1:
                 blocked = depthwise or (cin_g % b == 0 and (cout // group) % b == 0)
