@@ -47,6 +47,25 @@ ELTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Sum", "Relu", "Clip", "Sigmoid", "Ta
                "Where", "Equal", "Greater", "Less", "Not", "And", "Or", "Reciprocal", "Mish",
                "Softplus", "Sign", "Floor", "Ceil", "Round"}
 
+# -- int8 (QDQ) graphs: what onnxruntime's QDQ transformers fuse (qdq_selectors.cc, qdq_actions.cc)
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+#: ops whose DQ inputs and Q output onnxruntime drops: they run on the 8-bit tensor
+DROP_QDQ_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Slice", "Gather",
+                "GatherElements", "Expand", "Tile", "Resize", "DepthToSpace", "SpaceToDepth"}
+#: views a QuantizeLinear after them is moved above (onnxruntime's QDQ propagation)
+Q_PROPAGATE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze"}
+#: DQ -> op -> Q groups that become one quantized kernel, and its class
+QLINEAR_FUSED = {"Add": "qeltwise", "Mul": "qeltwise", "Concat": "qeltwise", "Sigmoid": "qeltwise",
+                 "LeakyRelu": "qeltwise", "Softmax": "qeltwise",
+                 "GlobalAveragePool": "qpool", "AveragePool": "qpool"}
+#: the op types onnxruntime's profiler names, and their classes (QLinearConv: qconv or qdwconv)
+QLINEAR_EVENT_KINDS = {"QLinearConv": "qconv", "QGemm": "qgemm", "QLinearMatMul": "qgemm",
+                       "MatMulIntegerToFloat": "qgemm", "DynamicQuantizeMatMul": "qgemm",
+                       "QLinearAdd": "qeltwise", "QLinearMul": "qeltwise", "QLinearConcat": "qeltwise",
+                       "QLinearSigmoid": "qeltwise", "QLinearLeakyRelu": "qeltwise", "QLinearSoftmax": "qeltwise",
+                       "QLinearGlobalAveragePool": "qpool", "QLinearAveragePool": "qpool",
+                       "NhwcMaxPool": "pool"}
+
 _DTYPE_BYTES = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2,
                 TensorProto.BFLOAT16: 2, TensorProto.INT8: 1, TensorProto.UINT8: 1,
                 TensorProto.INT16: 2, TensorProto.UINT16: 2, TensorProto.INT32: 4,
@@ -74,6 +93,7 @@ class Kernel:
     nchwc: bool = False          # runs in onnxruntime's blocked layout
     geometry: tuple[int, ...] = ()   # convolutions: (cin_per_group, cout, ho, wo, kh, kw)
     module: str | None = None    # PyTorch module path of its anchor node ("" = the top module), if recorded
+    float_kind: str | None = None    # quantized convolutions and GEMMs: the class of the same work in fp32
 
     def features(self, spill: float = 0.0) -> dict[str, float]:
         """Work features; ``spill`` is the share of the model's weights beyond the cache."""
@@ -158,6 +178,10 @@ def op_kind(op: str) -> str:
         return "memory"
     if op in ELTWISE_OPS:
         return "eltwise"
+    if op in QDQ_OPS:
+        return "qdq"
+    if op in QLINEAR_EVENT_KINDS:
+        return QLINEAR_EVENT_KINDS[op]
     return "other"
 
 
@@ -188,10 +212,19 @@ class _Detector:
         self.nchwc: dict[str, int] = {}       # tensor -> logical channels, if NCHWc
         self.reordered_in: set[str] = set()
         self.reordered_out: set[str] = set()
+        # int8 (QDQ) graphs
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.outputs = {o.name for o in model.graph.output}
+        self.deq: dict[str, str] = {}         # DequantizeLinear output -> the 8-bit tensor it reads
+        self.qweight: dict[str, str] = {}     # DequantizeLinear of a constant -> the 8-bit/int32 constant
+        self.nhwc: set[str] = set()           # 8-bit tensors in the NHWC layout of QLinearConv
+        self.transposed: set[str] = set()     # NHWC tensors already transposed back for an NCHW consumer
+        self.skip: set[int] = set()           # Q (and Relu/Clip) nodes fused into a kernel before them
         for n in model.graph.node:
             for t in n.input:
                 if t:
                     self.uses[t] = self.uses.get(t, 0) + 1
+                    self.consumers.setdefault(t, []).append(n)
         for o in model.graph.output:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
 
@@ -273,19 +306,42 @@ class _Detector:
         for node in self.model.graph.node:
             self.visit(node)
         for o in self.model.graph.output:
+            t = self.r(o.name)
+            if t in self.deq:
+                self.dequantize(t, o.name)
+            elif t in self.nhwc:
+                self.need_nchw_q(t)
             if self.block:
                 self.need_nchw(o.name)
         return self.kernels
 
     def visit(self, node: onnx.NodeProto) -> None:
+        if id(node) in self.skip:
+            return
         op = node.op_type
         ins = [self.r(t) if t else "" for t in node.input]
         outs = list(node.output)
         real_ins = [t for t in ins if t]
+        if op == "DequantizeLinear" and real_ins:
+            if ins[0] in self.const:          # a quantized weight: folded into its kernel
+                self.qweight[outs[0]] = ins[0]
+                self.const.add(outs[0])
+            else:                             # runs only where no kernel after it takes the 8-bit tensor
+                self.deq[outs[0]] = ins[0]
+            return
         if op == "Constant" or (real_ins and all(t in self.const for t in real_ins)) or (
                 op in ("Shape", "Size") and real_ins and self.dims(real_ins[0]) is not None):
             self.const.update(o for o in outs if o)
             return
+        if any(t in self.deq or t in self.qweight for t in real_ins):
+            if self.fuse_qdq(node, ins, outs):
+                return
+            ins = [self.dequantize(t, node.name) if t in self.deq or t in self.qweight else t for t in ins]
+        elif op == "QuantizeLinear" or any(t in self.nhwc for t in real_ins):
+            for t in real_ins:
+                self.need_nchw_q(t)
+            if op == "QuantizeLinear" and self.quantize_before_view(node, ins, outs):
+                return
         if op in ELIMINATED and real_ins:
             self.alias[outs[0]] = ins[0]
             if ins[0] in self.uses:
@@ -343,7 +399,8 @@ class _Detector:
         cout, cin_g, kh, kw = wd
         depthwise = group > 1 and cin_g == 1 and cout == group
         blocked = False
-        if self.block and w in self.const:
+        # NCHWc needs constant weights and bias: a float layer's DequantizeLinear'd bias (int8 models) is not
+        if self.block and w in self.const and (len(ins) < 3 or not ins[2] or ins[2] in self.const):
             b = self.block
             if group > 1:
                 blocked = depthwise or (cin_g % b == 0 and (cout // group) % b == 0)
@@ -515,6 +572,174 @@ class _Detector:
     def on_MatMul(self, node, ins, outs) -> bool:  # noqa: N802
         return False   # generic() handles it as a gemm kernel
 
+    # -- int8: onnxruntime's QDQ fusions
+    def dequantize(self, t: str, consumer: str) -> str:
+        """A DequantizeLinear that runs, for one consumer (onnxruntime gives each its own copy)."""
+        if t in self.qweight:        # a float kernel's quantized weight: dequantized every run
+            self.const.discard(t)
+            q = self.qweight.pop(t)
+            self.add(Kernel(f"DequantizeLinear({q})->{consumer}", "DequantizeLinear", "qdq",
+                            in_bytes=self.nbytes(q), out_bytes=self.nbytes(t)), None, [t])
+            return t
+        q = self.deq[t]
+        self.need_nchw_q(q)
+        self.add(Kernel(f"DequantizeLinear({q})->{consumer}", "DequantizeLinear", "qdq",
+                        in_bytes=self.nbytes(q), out_bytes=self.nbytes(t)), None, [t])
+        return t
+
+    def need_nchw_q(self, t: str) -> None:
+        """An 8-bit tensor in QLinearConv's NHWC layout, read by an NCHW consumer: one Transpose."""
+        if t in self.nhwc and t not in self.transposed:
+            self.transposed.add(t)
+            self.add(Kernel(f"Transpose({t})", "Transpose", "memory", in_bytes=self.nbytes(t),
+                            out_bytes=self.nbytes(t)), None, [])
+
+    def need_nhwc_q(self, t: str) -> None:
+        if t not in self.nhwc and t not in self.const:
+            self.nhwc.add(t)          # the NCHW tensor is transposed once; its NHWC copy serves every reader
+            self.add(Kernel(f"Transpose({t})", "Transpose", "memory", in_bytes=self.nbytes(t),
+                            out_bytes=self.nbytes(t)), None, [])
+
+    def quantized_output(self, t: str, activations: bool = False) -> tuple[str, list[onnx.NodeProto]] | None:
+        """The 8-bit output when ``t``'s only reader is a QuantizeLinear (for a convolution or GEMM also
+        through a Relu/Clip, which onnxruntime drops before a Q): (Q output, nodes fused)."""
+        chain: list[onnx.NodeProto] = []
+        while True:
+            readers = self.consumers.get(t, [])
+            if len(readers) != 1 or t in self.outputs:
+                return None
+            n = readers[0]
+            if n.op_type == "QuantizeLinear":
+                return n.output[0], chain + [n]
+            if not activations or n.op_type not in ("Relu", "Clip") or chain:
+                return None
+            chain.append(n)
+            t = n.output[0]
+
+    def quantize_before_view(self, node, ins, outs) -> bool:
+        """onnxruntime moves a Q above a Reshape/Transpose/Squeeze/Unsqueeze (QDQ propagation): the Q reads
+        the view's float input and the view then moves 8-bit data."""
+        k = self.single_use_kernel(ins[0])
+        if k is None or k.op not in Q_PROPAGATE_OPS or len(k.nodes) != 1 or k.fused or not k.in_bytes:
+            return False
+        ratio = self.nbytes(outs[0]) / max(1.0, self.nbytes(ins[0]))
+        q = Kernel(node.name or "QuantizeLinear", "QuantizeLinear", "qdq", in_bytes=k.in_bytes,
+                   out_bytes=k.in_bytes * ratio, w_bytes=self.const_bytes(ins[1:]), nodes=[node.name])
+        self.kernels.insert(self.kernels.index(k), q)
+        k.in_bytes *= ratio
+        k.out_bytes *= ratio
+        k.fused.append("QuantizeLinear")
+        self.producer[outs[0]] = k
+        return True
+
+    def is_u8(self, t: str) -> bool:
+        """Whether an 8-bit activation runs as uint8. On x86 (NCHWc hosts) onnxruntime turns an int8 Q -> DQ
+        pair into uint8 where the Q feeds one DQ and that DQ one node (QDQS8ToU8, after DQs are made unique
+        per node), and fuses convolutions only on uint8 data."""
+        s = self.shapes.get(t)
+        if s is None or s[1] == TensorProto.UINT8:
+            return True
+        readers = self.consumers.get(t, [])
+        return (bool(self.block) and len(readers) == 1 and readers[0].op_type == "DequantizeLinear"
+                and len(self.consumers.get(readers[0].output[0], [])) == 1)
+
+    def fuse_qdq(self, node, ins, outs) -> bool:
+        """A node reading DequantizeLinear outputs, replayed as onnxruntime's QDQ transformers run it."""
+        op = node.op_type
+        acts = [t for t in ins if t and t not in self.const]
+        if not acts or not all(t in self.deq for t in acts):
+            return False
+        q_ins = [self.deq[t] for t in acts]
+        if op in ("Conv", "Gemm", "MatMul"):
+            return self.q_weighted(node, ins, outs, q_ins)
+        fused = self.quantized_output(outs[0], activations=op in ("Relu", "Clip"))
+        if fused is None:
+            return False
+        qout, chain = fused
+        if op in ("Relu", "Clip"):            # dropped before the Q: the 8-bit tensor passes through
+            self.alias[qout] = q_ins[0]
+            self.skip.update(id(n) for n in chain)
+            return True
+        if op in DROP_QDQ_OPS:
+            if op == "MaxPool" and q_ins[0] in self.nhwc:
+                self.nhwc.add(qout)           # NhwcMaxPool
+            else:
+                self.need_nchw_q(q_ins[0])
+            k = Kernel(node.name or op, op, op_kind(op), in_bytes=self.nbytes(q_ins[0]),
+                       out_bytes=self.nbytes(qout),
+                       macs=float(math.prod(self.dims(q_ins[0]) or [0])) if op == "MaxPool" else 0.0)
+        elif op in QLINEAR_FUSED:
+            if self.block and len({self.is_u8(t) for t in [*q_ins, qout]}) > 1:
+                return False          # uint8 and int8 inputs (x86 S8S8): the float op runs
+            if all(t in self.nhwc for t in q_ins):   # stays in the layout its inputs have
+                self.nhwc.add(qout)
+            else:
+                for t in q_ins:
+                    self.need_nchw_q(t)
+            kind = QLINEAR_FUSED[op]
+            k = Kernel(node.name or op, f"QLinear{op}", kind, in_bytes=sum(self.nbytes(t) for t in q_ins),
+                       out_bytes=self.nbytes(qout),
+                       macs=float(math.prod(self.dims(q_ins[0]) or [0])) if kind == "qpool" else 0.0)
+        else:
+            return False
+        k.fused.append("QuantizeLinear")
+        k.nodes.append(chain[-1].name)
+        self.skip.update(id(n) for n in chain)
+        self.add(k, node, [qout])
+        return True
+
+    def _int8_bytes(self, t: str) -> float:
+        """Bytes of a constant as stored: the 8-bit (or int32 bias) tensor a DequantizeLinear reads."""
+        return self.nbytes(self.qweight.get(t, t)) if t else 0.0
+
+    def q_weighted(self, node, ins, outs, q_ins) -> bool:
+        """DQ -> Conv -> [Relu] -> Q becomes QLinearConv (NHWC); DQ -> Gemm/MatMul a QGemm-like kernel,
+        with its Q fused when there is one. A float weight is quantized by onnxruntime itself."""
+        op = node.op_type
+        x, w = ins[0], ins[1] if len(ins) > 1 else ""
+        if x not in self.deq or w not in self.const:
+            return False
+        qx = self.deq[x]
+        fused = self.quantized_output(outs[0], activations=op == "Conv")
+        if op == "Conv":
+            wd, xd = self.dims(w), self.dims(x)
+            if fused is None or wd is None or xd is None or len(wd) != 4:
+                return False          # without a Q after it onnxruntime keeps the float convolution
+            qout, chain = fused
+            if self.block and not (self.is_u8(qx) and self.is_u8(qout)):
+                return False          # x86 runs int8 (S8S8) activations' convolutions in float
+            od = self.dims(qout)
+            if od is None:
+                return False
+            group = int(_attr(node, "group", 1))
+            cout, cin_g, kh, kw = wd
+            depthwise = group > 1 and cin_g == 1 and cout == group
+            geo = self.conv_geometry(node, xd, od, kh, kw)
+            self.need_nhwc_q(qx)
+            bias = self._int8_bytes(ins[2]) if len(ins) > 2 and ins[2] else 0.0
+            w_bytes = math.prod(wd) * weight_share(xd, od, kh, kw, *geo)
+            k = Kernel(node.name or op, "QLinearConv", "qdwconv" if depthwise else "qconv",
+                       macs=conv_macs(xd, od, cout, cin_g, kh, kw, *geo), in_bytes=self.nbytes(qx),
+                       out_bytes=self.nbytes(qout), w_bytes=w_bytes + bias,
+                       geometry=(cin_g, cout, od[2], od[3], kh, kw),
+                       float_kind=conv_kind(kh, kw, depthwise, group))
+            self.nhwc.add(qout)
+        else:
+            self.need_nchw_q(qx)
+            qout, chain = fused if fused is not None else (outs[0], [])
+            n_w = math.prod(self.dims(w) or [0])
+            k = Kernel(node.name or op, "QGemm", "qgemm", macs=self.gemm_macs(node, ins, outs),
+                       in_bytes=self.nbytes(qx), out_bytes=self.nbytes(qout),
+                       w_bytes=n_w + sum(self._int8_bytes(t) for t in ins[2:3]), float_kind="gemm")
+        for n in chain:
+            k.fused.append(n.op_type)
+            k.nodes.append(n.name)
+            if n.op_type in ("Relu", "Clip"):
+                k.act = n.op_type
+        self.skip.update(id(n) for n in chain)
+        self.add(k, node, [qout])
+        return True
+
     # -- work
     def conv_geometry(self, node, xd, od, kh, kw):
         strides = list(_attr(node, "strides", [1, 1]))
@@ -614,8 +839,60 @@ def _event_shapes(items: list[dict]) -> list[tuple[list[int], int]]:
     return out
 
 
-def kernel_from_profile_event(name: str, args: dict[str, Any]) -> Kernel:
-    """The :class:`Kernel` for one node of an onnxruntime profile trace (``cat == "Node"``)."""
+#: quantized ops whose prepacked weight the profiler does not list: (index of the weight input)
+_PREPACKED_WEIGHT = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3, "MatMulIntegerToFloat": 1}
+
+
+def optimized_node_facts(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
+    """Per quantized node of onnxruntime's *optimized* graph (``SessionOptions.optimized_model_filepath``):
+    its weight's dims and its attributes. The profiler lists neither for QLinearConv and QGemm (the
+    weight is prepacked), and a convolution's geometry needs both."""
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    facts = {}
+    for n in model.graph.node:
+        i = _PREPACKED_WEIGHT.get(n.op_type)
+        if i is not None and len(n.input) > i and n.input[i] in inits:
+            facts[n.name] = {"weight": inits[n.input[i]],
+                             "attrs": {a.name: helper.get_attribute_value(a) for a in n.attribute}}
+    return facts
+
+
+def _int32_bytes(items: list[dict], n: int) -> float:
+    """Bytes of the int32 bias of ``n`` elements among a quantized node's listed inputs."""
+    return sum(4.0 * n for item in items or [] for dtype, dims in item.items()
+               if dtype == "int32" and list(dims) == [n])
+
+
+def _qlinear_conv_from_event(k: Kernel, ins, outs, facts: dict[str, Any] | None,
+                             items: list[dict] | None = None) -> None:
+    """QLinearConv inputs: x, x_scale, x_zp, [w: prepacked, not listed], w_scale, w_zp, y_scale, y_zp, [B]."""
+    if not facts or not ins or not outs or len(facts.get("weight", [])) != 4:
+        return                        # no geometry: counted as a kernel launch and its bytes only
+    attrs = facts.get("attrs", {})
+    xd, od = list(ins[0][0]), list(outs[0][0])
+    if len(xd) != 4 or len(od) != 4:
+        return
+    if attrs.get("channels_last"):
+        xd, od = [xd[0], xd[3], xd[1], xd[2]], [od[0], od[3], od[1], od[2]]
+    cout, cin_g, kh, kw = facts["weight"]
+    group = int(attrs.get("group", 1))
+    depthwise = group > 1 and cin_g == 1 and cout == group
+    strides = list(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))[:2]
+    dil = list(attrs.get("dilations", [1, 1]))
+    k.kind = "qdwconv" if depthwise else "qconv"
+    k.float_kind = conv_kind(kh, kw, depthwise, group)
+    k.macs = conv_macs(xd, od, cout, cin_g, kh, kw, strides, pads, dil)
+    k.geometry = (cin_g, cout, od[2], od[3], kh, kw)
+    bias = _int32_bytes(items or [], cout)
+    k.w_bytes = math.prod(facts["weight"]) * weight_share(xd, od, kh, kw, strides, pads, dil) + bias
+
+
+def kernel_from_profile_event(name: str, args: dict[str, Any], facts: dict[str, Any] | None = None) -> Kernel:
+    """The :class:`Kernel` for one node of an onnxruntime profile trace (``cat == "Node"``).
+
+    ``facts`` (``optimized_node_facts``) gives a quantized node's weight dims and attributes, which the
+    trace lacks; without them a QLinearConv is classified but has no MACs."""
     op = args.get("op_name", "?")
     ins = _event_shapes(args.get("input_type_shape", []))
     outs = _event_shapes(args.get("output_type_shape", []))
@@ -650,6 +927,16 @@ def kernel_from_profile_event(name: str, args: dict[str, Any]) -> Kernel:
             n_w = ad[-1] * od[-1]
             if not any(math.prod(d) == n_w for d, _ in ins[1:]):
                 k.w_bytes += n_w * 4.0      # prepacked weights: the profiler does not list them
-    elif k.kind == "pool" and ins:
+    elif op == "QLinearConv":
+        _qlinear_conv_from_event(k, ins, outs, facts, args.get("input_type_shape", []))
+    elif k.kind == "qgemm" and ins and outs:
+        ad, od = ins[0][0], outs[0][0]
+        if ad and od:
+            k.macs = float(math.prod(od) * ad[-1])
+            k.float_kind = "gemm"
+            wd = (facts or {}).get("weight")
+            n_w = math.prod(wd) if wd else ad[-1] * od[-1]
+            k.w_bytes = float(n_w) + _int32_bytes(args.get("input_type_shape", []), od[-1])
+    elif k.kind in ("pool", "qpool") and ins:
         k.macs = float(math.prod(ins[0][0]))
     return k

@@ -27,7 +27,19 @@ KINDS: dict[str, str] = {
     "reorder": "layout conversion the runtime inserts (onnxruntime NCHWc on x86)",
     "view": "shape-only nodes: Reshape, Flatten, Squeeze, Unsqueeze, Identity, Shape",
     "other": "any other operator",
+    "qconv": "quantized (int8) dense or grouped convolution: QLinearConv, any kernel size",
+    "qdwconv": "quantized depthwise convolution (QLinearConv with one group per channel)",
+    "qgemm": "quantized fully connected layer: QGemm, QLinearMatMul, MatMulIntegerToFloat",
+    "qeltwise": "quantized element-wise ops: QLinearAdd, QLinearMul, QLinearConcat, QLinearSigmoid, ...",
+    "qpool": "quantized average pooling: QLinearGlobalAveragePool, QLinearAveragePool",
+    "qdq": "a QuantizeLinear or DequantizeLinear that runs (graph edges, float layers between int8 ones)",
 }
+
+#: the kernel classes of quantized (int8) work; their costs on a board without fitted int8 constants
+#: come from ``[latency_model.int8]`` (see ``predictor``)
+INT8_KINDS = ("qconv", "qdwconv", "qgemm", "qeltwise", "qpool", "qdq")
+#: int8 classes that do the arithmetic of a model (a model's int8 share of MACs counts these)
+INT8_MAC_KINDS = ("qconv", "qdwconv", "qgemm")
 
 #: per-kernel work features; coefficients are microseconds per unit
 FEATURES: dict[str, str] = {

@@ -22,15 +22,16 @@ import random
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from edgeprune.benchmarks import ort_runner
-from edgeprune.devices.kernel_graph import Kernel, kernel_from_profile_event, spill_fraction
-from edgeprune.devices.kernels import FEATURES, KINDS
+from edgeprune.devices.kernel_graph import (QDQ_OPS, Kernel, kernel_from_profile_event, load_model,
+                                            optimized_node_facts, spill_fraction)
+from edgeprune.devices.kernels import FEATURES, INT8_KINDS, KINDS
 from edgeprune.devices.predictor import kernels_cost_us, model_spill
 from edgeprune.devices.profiles import LatencyModel
 from edgeprune.errors import EdgepruneError
@@ -51,6 +52,12 @@ FITTED_FEATURES: dict[str, list[str]] = {
     "reorder": ["node", "mb_in", "mb_out"],
     "view": ["node", "mb_in"],
     "other": ["node", "mb_in", "mb_out"],
+    "qconv": ["node", "mmac", "mb_in", "mb_out", "mb_w"],
+    "qdwconv": ["node", "mmac", "mb_in", "mb_out", "mb_w"],
+    "qgemm": ["node", "mmac", "mb_in", "mb_w"],
+    "qeltwise": ["node", "mb_in", "mb_out"],
+    "qpool": ["node", "mmac", "mb_out"],
+    "qdq": ["node", "mb_in", "mb_out"],
 }
 
 
@@ -91,6 +98,7 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
             sess.run(None, feeds)
         with open(sess.end_profiling(), encoding="utf-8") as f:
             events = json.load(f)
+        facts = quantized_node_facts(path, os.path.join(tmp, "optimized.onnx"), providers)
     durs: dict[str, list[float]] = defaultdict(list)
     args: dict[str, dict] = {}
     order: list[str] = []
@@ -106,7 +114,7 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
         d = d[warmup:] or d
         return burst_median([d[i:i + burst] for i in range(0, len(d), burst)])
 
-    kernels = [(kernel_from_profile_event(n, args[n]), node_us(durs[n])) for n in order]
+    kernels = [(kernel_from_profile_event(n, args[n], facts.get(n)), node_us(durs[n])) for n in order]
     if not whole_model:
         return ProfiledModel(Path(path).stem, kernels, 0.0)
     sess2, _ = ort_runner.open_session(ort_runner.SessionSpec(path, threads, list(providers)))
@@ -114,6 +122,22 @@ def profile_model(path: str | Path, threads: int = 1, providers: Sequence[str] =
     wall, cpu = timed_runs(sess2, feeds, rounds * burst)
     return ProfiledModel(Path(path).stem, kernels, float(np.median(cpu) if threads == 1 else np.median(wall)),
                          wall, float(np.median(wall)))
+
+
+def quantized_node_facts(path: str, optimized_path: str,
+                         providers: Sequence[str] = ("CPUExecutionProvider",)) -> dict[str, dict]:
+    """For an int8 (QDQ) model: the weight dims and attributes of its quantized nodes, read from the graph
+    onnxruntime optimizes it into (the profiler lists neither). Empty for a float model."""
+    if not any(n.op_type in QDQ_OPS for n in load_model(path).graph.node):
+        return {}
+    import onnx
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3       # not the warning that an NCHWc graph is machine-specific
+    so.optimized_model_filepath = optimized_path
+    ort.InferenceSession(path, so, providers=list(providers))
+    return optimized_node_facts(onnx.load(optimized_path, load_external_data=False))
 
 
 def timed_runs(sess: Any, feeds: dict, runs: int) -> tuple[list[float], list[float]]:
@@ -282,7 +306,11 @@ def _model_level_error(models: Sequence[ProfiledModel], lm: LatencyModel) -> flo
 
 def _fit_profiles_at(models: Sequence[ProfiledModel], fitted_on: str, nchwc_block: int,
                      cache_mb: float) -> LatencyModel:
-    cols = [(k, f) for k, f in _columns() if cache_mb > 0 or f != "mb_w_spill"]
+    seen = {k.kind for pm in models for k, _ in pm.kernels}
+    # a class with no kernel in the measurements gets no constants (not zeros): the int8 classes of a
+    # suite without int8 models stay absent, and the predictor's fallback for them applies
+    cols = [(k, f) for k, f in _columns() if (cache_mb > 0 or f != "mb_w_spill")
+            and (k in seen or k not in INT8_KINDS)]
     rows, y, totals = [], [], []
     for pm in models:
         spill = spill_fraction(sum(k.w_bytes for k, _ in pm.kernels), cache_mb)
@@ -318,6 +346,47 @@ def _fit_profiles_at(models: Sequence[ProfiledModel], fitted_on: str, nchwc_bloc
     lm.fit.update({"stage2_scale": round(float(scale), 4),
                    "stage2_per_kernel_us": round(float(per_kernel), 3)})
     return lm
+
+
+def fit_int8_from_profiles(models: Sequence[ProfiledModel], base: LatencyModel) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Constants of the int8 classes only, from per-node profiles of int8 models; ``base`` keeps every
+    other constant (its fp32 classes cost the layout transposes, views and float layers in those models).
+
+    Stage 1 as in :func:`fit_from_profiles` on the int8 nodes; stage 2 scales the int8 constants and
+    corrects their per-kernel cost so that whole-model times of unprofiled sessions come out right:
+    ``total - run - base cost of the other kernels = scale * int8 cost + per_kernel * n_int8``.
+    """
+    rows, y, totals = [], [], []
+    cols = [(k, f) for k, f in _columns() if k in INT8_KINDS]
+    for pm in models:
+        total = sum(us for _, us in pm.kernels)
+        for k, us in pm.kernels:
+            if k.kind in INT8_KINDS:
+                rows.append(_row([k], cols))
+                y.append(us)
+                totals.append(total)
+    if not rows:
+        raise EdgepruneError("no int8 kernels in the measurements to fit")
+    x = _solve(np.array(rows), np.array(y), 1.0 / np.array(totals))
+    seen = {k.kind for pm in models for k, _ in pm.kernels}
+    coeffs = {k: v for k, v in _to_coefficients(x, cols).items() if k in seen}
+    trial = replace(base, coefficients={**base.coefficients, **coeffs})
+    a2, y2 = [], []
+    for pm in models:
+        ks = [k for k, _ in pm.kernels]
+        q = [k for k in ks if k.kind in INT8_KINDS]
+        rest = kernels_cost_us([k for k in ks if k.kind not in INT8_KINDS], trial, model_spill(ks, trial))
+        a2.append([kernels_cost_us(q, trial), float(len(q))])
+        y2.append(pm.total_ms * 1e3 - base.run_overhead_us - rest)
+    a2, y2 = np.array(a2), np.array(y2)
+    w2 = 1.0 / np.array([pm.total_ms * 1e3 for pm in models])
+    scale, per_kernel = np.linalg.lstsq(a2 * w2[:, None], y2 * w2, rcond=None)[0]
+    for feats in coeffs.values():
+        for f in feats:
+            feats[f] = float(f"{feats[f] * scale:.6g}")
+        feats["node"] = float(f"{max(0.0, feats.get('node', 0.0) + per_kernel):.6g}")
+    return coeffs, {"int8_stage2_scale": round(float(scale), 4),
+                    "int8_stage2_per_kernel_us": round(float(per_kernel), 3), "int8_models": len(models)}
 
 
 def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,

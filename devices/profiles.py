@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,24 @@ KNOWN_PROVIDERS = {
 
 
 @dataclass
+class Int8Model:
+    """How a device runs int8 (QDQ) models: ``[latency_model.int8]`` of a profile.
+
+    A profile with fitted int8 constants (``host``: ``coefficients.qconv`` and the other int8 classes) needs
+    no ``ratio``; a board without them predicts a quantized convolution or GEMM as ``ratio`` x the fp32
+    cost of the same work. A prediction of a model with int8 kernels carries ``expected_error``.
+    """
+
+    expected_error: float          # relative half-width of the band of a prediction with int8 kernels
+    source: str                    # where the ratio and the band come from
+    dotprod: bool | None = None    # the core has the int8 dot-product instructions (None: not an ARM core)
+    ratio: float | None = None     # int8 / fp32 time of a quantized convolution or GEMM
+
+
+INT8_KEYS = {"expected_error", "source", "dotprod", "ratio"}
+
+
+@dataclass
 class LatencyModel:
     """Constants of the kernel-sum latency model (see ``edgeprune.devices.predictor``).
 
@@ -51,6 +69,7 @@ class LatencyModel:
     cache_mb: float = 0.0          # weights beyond this many MB pay the mb_w_spill cost
     fitted_on: str = ""            # what the constants were fitted to, in words
     fit: dict[str, Any] = field(default_factory=dict)   # fit statistics (residuals, n)
+    int8: Int8Model | None = None  # how int8 kernels are predicted (None: no int8 figures)
 
 
 @dataclass
@@ -175,6 +194,10 @@ def _positive(value: float, key: str, where: Path | str) -> None:
 
 
 def _latency_model_from_dict(d: dict, where: Path | str) -> LatencyModel:
+    unknown = set(d) - LATENCY_MODEL_KEYS
+    if unknown:
+        raise EdgepruneError(f"device profile {where}: unknown key(s) {', '.join(sorted(unknown))} in "
+                             f"[latency_model]; known: {', '.join(sorted(LATENCY_MODEL_KEYS))}")
     coeffs_raw = _get(d, "coefficients", dict, where)
     coeffs: dict[str, dict[str, float]] = {}
     for kind, feats in coeffs_raw.items():
@@ -196,6 +219,7 @@ def _latency_model_from_dict(d: dict, where: Path | str) -> LatencyModel:
         cache_mb=_get(d, "cache_mb", float, where, 0.0),
         fitted_on=_get(d, "fitted_on", str, where, ""),
         fit=_get(d, "fit", dict, where, {}),
+        int8=_int8_from_dict(_get(d, "int8", dict, where, None), where),
     )
     _positive(model.runtime_factor, "latency_model.runtime_factor", where)
     if model.nchwc_block not in (0, 4, 8, 16):
@@ -206,6 +230,28 @@ def _latency_model_from_dict(d: dict, where: Path | str) -> LatencyModel:
         raise EdgepruneError(f"device profile {where}: latency_model.run_overhead_us must be >= 0")
     validate_coefficients(coeffs, where)
     return model
+
+
+LATENCY_MODEL_KEYS = {"coefficients", "run_overhead_us", "runtime_factor", "nchwc_block", "cache_mb",
+                      "fitted_on", "fit", "int8"}
+
+
+def _int8_from_dict(d: dict | None, where: Path | str) -> Int8Model | None:
+    if d is None:
+        return None
+    unknown = set(d) - INT8_KEYS
+    if unknown:
+        raise EdgepruneError(f"device profile {where}: unknown key(s) {', '.join(sorted(unknown))} in "
+                             f"[latency_model.int8]; known: {', '.join(sorted(INT8_KEYS))}")
+    w = f"{where} [latency_model.int8]"
+    m = Int8Model(expected_error=_get(d, "expected_error", float, w), source=_get(d, "source", str, w),
+                  dotprod=_get(d, "dotprod", bool, w, None), ratio=_get(d, "ratio", float, w, None))
+    if not (0 < m.expected_error < 10):
+        raise EdgepruneError(f"device profile {w}: 'expected_error' is a relative error (0.5 = +-50%), "
+                             f"got {m.expected_error!r}")
+    if m.ratio is not None:
+        _positive(m.ratio, "latency_model.int8.ratio", where)
+    return m
 
 
 def profile_from_dict(data: dict, where: Path | str = "<dict>") -> DeviceProfile:
@@ -311,6 +357,8 @@ def profile_to_dict(p: DeviceProfile) -> dict[str, Any]:
             "fitted_on": lm.fitted_on, "fit": dict(lm.fit),
             "coefficients": {k: dict(v) for k, v in lm.coefficients.items()},
         }
+        if lm.int8 is not None:
+            d["latency_model"]["int8"] = {k: v for k, v in asdict(lm.int8).items() if v is not None}
     return d
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -263,3 +265,39 @@ def export_torchvision(arch: str, size: int, path: str, seed: int = 0) -> None:
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         torch.onnx.export(model, (torch.randn(1, 3, size, size),), path, dynamo=True,
                           verbose=False)
+
+
+def quantize_qdq(src: str | Path, dst: str | Path, activations: str = "uint8", exclude: Sequence[str] = (),
+                 images: int = 4, seed: int = 0) -> Path:
+    """An int8 QDQ copy of the ONNX model ``src`` at ``dst``, made as the tool ships it: onnxruntime's
+    ``quant_pre_process`` then ``quantize_static`` (per-channel int8 weights, ``activations`` uint8 or int8,
+    MinMax calibration on ``images`` random normal inputs, one per call: the models have a static batch
+    of 1). ``exclude`` names nodes left in float (mixed precision)."""
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load(str(src), load_external_data=False)
+    inp = model.graph.input[0]
+    shape = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    feeds = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(images)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[activations]
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(prefix="edgeprune_q8_") as tmp:
+        pre = str(Path(tmp) / "pre.onnx")
+        quant_pre_process(str(src), pre, skip_symbolic_shape=True)
+        quantize_static(pre, str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=act, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude))
+    return dst

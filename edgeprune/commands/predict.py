@@ -66,7 +66,8 @@ def predict_command(
         return
     console.print(f"[bold]{model.name}[/] on [bold]{profile.name}[/] ({profile.threads} thread(s), "
                   f"{', '.join(profile.providers)}): predicted [bold]{pred.latency_ms:.3f} ms[/] "
-                  f"(+-{pred.expected_error:.0%}: {pred.low_ms:.3f} - {pred.high_ms:.3f} ms)",
+                  f"(+-{pred.expected_error:.0%}: {pred.low_ms:.3f} - {pred.high_ms:.3f} ms)"
+                  + (f", {pred.precision} ({pred.int8_mac_share:.0%} of MACs in int8)" if pred.precision != "fp32" else ""),
                   highlight=False)
     console.print(f"  basis: {pred.basis}", highlight=False)
     if pred.fitted_elsewhere:
