@@ -96,7 +96,7 @@ class PlanState:
     def levers(self) -> list[str]:
         """The levers this plan pulls, in :data:`LEVERS` order."""
         used = {"blocks": bool(self.blocks), "channels": bool(self.channels), "resolution": self.resolution is not None}
-        return [lever for lever in LEVERS if used[lever]]
+        return [lever for lever in LEVERS if used.get(lever)]
 
     def describe(self) -> str:
         parts = []
