@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgeprune.benchmarks.compare import CompareConfig, compare
@@ -40,8 +39,7 @@ from edgeprune.build.int8 import quantize_chosen
 from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
 from edgeprune.devices.predictor import predict
 from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
-from edgeprune.exporters.quantize import (Quantization, QuantizeConfig, file_sizes, onnx_accuracy, precision_for,
-                                          quantize_onnx)
+from edgeprune.exporters.quantize import Quantization, QuantizeConfig, file_sizes, onnx_accuracy, precision_for
 from edgeprune.files import write_json_atomic
 from edgeprune.pipeline.data import DataSpec, load_data_for
 from edgeprune.pipeline.finetune import FinetuneConfig, finetune

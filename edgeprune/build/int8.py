@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -27,9 +27,9 @@ from edgeprune.devices.fingerprint import local
 from edgeprune.devices.predictor import HOST
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.exporters.mixed_precision import MixedPrecision, mixed_precision
-from edgeprune.pipeline.distributed import on_main
 from edgeprune.exporters.quantize import (Precision, QuantizeConfig, calibration_cache, precision_for,
                                           quantize_onnx)
+from edgeprune.pipeline.distributed import on_main
 
 if TYPE_CHECKING:
     from edgeprune.build.space import PlanSpace
@@ -80,10 +80,12 @@ def calibration_images(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[st
 
 def quantized_file(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], fp32: Path, name: str) -> Path:
     """``fp32`` quantized with the build's settings (every layer int8), cached beside it as ``name``."""
-    out = inputs.cache.path(name, {"plan": sorted(tokens), "quantize": inputs.cfg.quantize.to_dict()}, ".onnx")
+    precision = target_precision(inputs.profile)
+    out = inputs.cache.path(name, {"plan": sorted(tokens), "quantize": inputs.cfg.quantize.to_dict(),
+                                   "precision": asdict(precision)}, ".onnx")
     if not out.exists():
         calib = calibration_images(inputs, space, tokens)
-        quantize_onnx(fp32, out, calib, inputs.cfg.quantize, target_precision(inputs.profile),
+        quantize_onnx(fp32, out, calib, inputs.cfg.quantize, precision,
                       calibration_cache(inputs.cache.folder, fp32, calib, inputs.cfg.quantize))
     return out
 
