@@ -623,9 +623,10 @@ def _refuse_non_finite_inputs(path: Path, x_train: torch.Tensor, x_val: torch.Te
     if not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
         raise EdgepruneError(f"{path}: the normalisation statistics are not finite (mean {list(pre.mean)}, std "
                              f"{list(pre.std)}): pass --mean/--std, or fix the data")
+    step = max(1, (1 << 20) // max(1, int(np.prod(x_train.shape[1:]))))    # a few MB of float32 at a time
     for what, x in (("train", x_train), ("val", x_val)):
-        sample = pre.apply(x[:SAMPLE_CHECKED])
-        if not bool(torch.isfinite(sample).all()):
+        n = min(SAMPLE_CHECKED, len(x))
+        if not all(bool(torch.isfinite(pre.apply(x[i:min(i + step, n)])).all()) for i in range(0, n, step)):
             raise EdgepruneError(f"{path}: the preprocessed {what} images are not finite (NaN or inf) with mean "
                                  f"{list(pre.mean)}, std {list(pre.std)}: check --mean/--std and the pixel values")
 
