@@ -32,6 +32,12 @@ Std = Annotated[Optional[str], typer.Option(help="Normalisation std per channel,
 Channels = Annotated[Optional[int], typer.Option(help="Channels fed to the model (3 replicates grayscale data).")]
 Resize = Annotated[str, typer.Option(help="Fit images to the model input: auto, pad (zero border), resize (stretch), "
                                      "crop (shorter side to the input size, then centre crop), or none.")]
+DataLoad = Annotated[str, typer.Option("--data-load", help="ImageFolder images: auto (held in memory up to 1 GiB "
+                                      "decoded, else streamed), memory (decoded when the data is read), or stream "
+                                      "(decoded batch by batch by --data-workers processes).")]
+DataWorkers = Annotated[Optional[int], typer.Option("--data-workers", help="DataLoader worker processes decoding "
+                                                    "ImageFolder images (default: min(4, CPUs - 1); 0: this "
+                                                    "process).")]
 Accelerator = Annotated[str, typer.Option(help="Torch device for scoring/fine-tuning/eval: cpu, cuda, cuda:N.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 
@@ -99,5 +105,6 @@ def model_spec(model: str, weights: str | None, num_classes: int | None, in_chan
     return ModelSpec(model, weights, num_classes, in_channels, input_size, trust, trust_code or is_factory(model))
 
 
-def data_spec(data: str, mean: str | None, std: str | None, channels: int | None, resize: str) -> DataSpec:
-    return DataSpec(data, mean, std, channels, resize)        # validates itself
+def data_spec(data: str, mean: str | None, std: str | None, channels: int | None, resize: str,
+              load: str = "auto", workers: int | None = None) -> DataSpec:
+    return DataSpec(data, mean, std, channels, resize, load=load, workers=workers)        # validates itself

@@ -1,11 +1,13 @@
 """Data input: the bundled subset, idx folders, CIFAR python folders, ImageFolder trees, .npz.
 
 ``load_data(DataSpec(...), input_shape, num_classes)`` returns a :class:`DataBundle` holding
-the train/val images in memory (uint8 where the source is 8-bit) and the explicit
-:class:`Preprocess` that turns them into the model's input. Array formats are held as read;
-an ImageFolder's photos are decoded and, when their size differs from the model's input,
-resized (and centre-cropped) as they are read, so memory stays at one model-sized 8-bit
-image per photo. ``Preprocess.steps()`` lists every step from the raw image (the file as
+the train/val images (uint8 where the source is 8-bit) and the explicit :class:`Preprocess`
+that turns them into the model's input. Array formats are held in memory as read; an
+ImageFolder's photos are decoded and, when their size differs from the model's input, resized
+(and centre-cropped) as they are read, either all when the data is read (memory stays at one
+model-sized 8-bit image per photo) or, streamed (``--data-load``, ``imagefolder.py``), when a
+batch needs them, by DataLoader workers: then only labels and file names are held, and every
+figure is the same. ``Preprocess.steps()`` lists every step from the raw image (the file as
 decoded, or the array as stored) to the model input, including those the reader did; it is
 copied into the artifact manifest so firmware reproduces it exactly. Nothing is ever
 downloaded.
@@ -20,7 +22,6 @@ reported through the ``warn`` callback of :func:`load_data` (default: ``warnings
 
 from __future__ import annotations
 
-import contextlib
 import math
 import pickle
 import warnings
@@ -35,13 +36,14 @@ import torch.nn.functional as F
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.idx import find_idx_split, read_idx
+from edgeprune.pipeline.imagefolder import (GRAY_MODES, IMAGE_EXTENSIONS, ImageFiles, cover_size, crop_box,  # noqa: F401
+                                            decode_image, default_workers, list_tree, scan_headers)
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_DATA = ASSETS / "fmnist_subset.npz"
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # the bundled model's training normalisation
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 # How images whose size differs from the model input are fitted to it:
 #   auto    pick one: none when the sizes match; pad for a small symmetric pad (at most 8 pixels, e.g.
@@ -56,11 +58,17 @@ RESIZE_MODES = ("auto", "pad", "resize", "crop", "none")
 NAMED_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+# How an ImageFolder's images are held (``--data-load``):
+#   memory  decoded whole when the data is read (array formats always are: their files are read whole)
+#   stream  decoded when a batch needs them, by --data-workers DataLoader workers: only labels and file names
+#           are held, so a tree of any size fits
+#   auto    memory when the decoded images take at most STREAM_ABOVE bytes, else stream
+LOAD_MODES = ("auto", "memory", "stream")
+STREAM_ABOVE = 2 ** 30
 STATS_SAMPLE = 2000       # photos (ImageFolder): the data's own mean/std come from a seeded sample of these
 STATS_SEED = 0
 STATS_FIRST = 10000       # array data: from the first images, as always
 MISMATCH_STD = 0.3        # warn when statistics differ by more than this many (used) standard deviations
-GRAY_MODES = ("1", "L", "LA")   # PIL modes of grayscale photos (decoded as L for a one-channel model)
 
 
 class DataWarning(UserWarning):
@@ -77,11 +85,18 @@ class DataSpec:
     channels: int | None = None                # None: must match the model
     resize: str = "auto"                       # one of RESIZE_MODES
     classes: list[str] | None = None
+    load: str = "auto"                         # one of LOAD_MODES: an ImageFolder held in memory or streamed
+    workers: int | None = None                 # DataLoader workers decoding streamed images (None: default_workers())
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise EdgepruneError(f"--resize must be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]}, "
                                  f"got {self.resize!r}")
+        if self.load not in LOAD_MODES:
+            raise EdgepruneError(f"--data-load must be {', '.join(LOAD_MODES[:-1])} or {LOAD_MODES[-1]}, "
+                                 f"got {self.load!r}")
+        if self.workers is not None and (type(self.workers) is not int or self.workers < 0):
+            raise EdgepruneError(f"--data-workers must be a whole number >= 0, got {self.workers!r}")
         for name in ("mean", "std"):       # numbers, the flag's comma-separated text, or a name
             value = getattr(self, name)
             if value is None:
@@ -102,24 +117,6 @@ class DataSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def cover_size(src: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) an image of size ``src`` is resized to before a centre crop to ``dst``: scaled by
-    max(H/h, W/w), the side that limits becomes exactly its target and the other is truncated
-    (``int``), as torchvision's ``Resize(s)`` does with the shorter side for a square ``dst``."""
-    (h, w), (th, tw) = src, dst
-    if th * w >= tw * h:                       # th/h >= tw/w: the height limits
-        return th, max(tw, int(th * w / h))
-    return max(th, int(tw * h / w)), tw
-
-
-def crop_box(size: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the centre crop of ``dst`` from an image of ``size``:
-    offsets ``round((size - dst) / 2)``, halves to even (Python's ``round``, torchvision's
-    ``CenterCrop``)."""
-    top, left = int(round((size[0] - dst[0]) / 2.0)), int(round((size[1] - dst[1]) / 2.0))
-    return left, top, left + dst[1], top + dst[0]
 
 
 @dataclass
@@ -246,11 +243,20 @@ class Preprocess:
 
 @dataclass
 class DataBundle:
+    """A dataset's two splits and the preprocessing that turns their raw images into model inputs.
+
+    ``x_train`` / ``x_val`` are the raw (N, C, H, W) images: a tensor held in memory, or, for a streamed
+    ImageFolder, an :class:`~edgeprune.pipeline.imagefolder.ImageFiles` that decodes them when read. Both
+    answer ``len``, ``shape`` and ``x[indices]`` (the raw images as a tensor) alike, and the consumers use
+    what is built on them: :meth:`batches` (preprocessed batches over given indices in a given order,
+    decoded by DataLoader workers when streamed), :meth:`val_images`, :meth:`raw_images` (golden vectors).
+    Labels (``y_train``, ``y_val``), class names and file lists are always in memory."""
+
     name: str
     format: str
-    x_train: torch.Tensor          # raw, (N, C, H, W)
+    x_train: torch.Tensor | ImageFiles   # raw, (N, C, H, W)
     y_train: torch.Tensor          # int64
-    x_val: torch.Tensor
+    x_val: torch.Tensor | ImageFiles
     y_val: torch.Tensor
     preprocess: Preprocess
     classes: list[str]
@@ -273,6 +279,11 @@ class DataBundle:
             idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
         return Batches(x, y, idx, batch_size, self.preprocess)
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are decoded when a batch needs them (a streamed ImageFolder)."""
+        return isinstance(self.x_train, ImageFiles)
+
     def at_size(self, size: tuple[int, int]) -> "DataBundle":
         """The same images preprocessed for a model fed ``size`` images (``Preprocess.at_size``)."""
         pre = self.preprocess.at_size(size)
@@ -291,7 +302,7 @@ class DataBundle:
         idx = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
         key = "val" if split in ("val", "test") else split
         if key in self.files:
-            return [_decode_image(self.files[key][i], self.preprocess.decode or "RGB") for i in idx]
+            return [decode_image(self.files[key][i], self.preprocess.decode or "RGB") for i in idx]
         x, _ = self.split(split)
         return [x[i].numpy().transpose(1, 2, 0).copy() for i in idx]
 
@@ -303,9 +314,11 @@ class DataBundle:
 
 @dataclass
 class Batches:
-    """A sized iterator of preprocessed (x, y) batches over an in-memory split."""
+    """A sized iterator of preprocessed (x, y) batches of a split's images ``indices``, in that order:
+    sliced from the tensor held in memory, or decoded by DataLoader workers (``ImageFiles.stream``) and
+    preprocessed here, the same batches either way."""
 
-    x: torch.Tensor
+    x: torch.Tensor | ImageFiles
     y: torch.Tensor
     indices: torch.Tensor
     batch_size: int
@@ -315,9 +328,10 @@ class Batches:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, len(self.indices), self.batch_size):
-            idx = self.indices[i:i + self.batch_size]
-            yield self.preprocess.apply(self.x[idx]), self.y[idx]
+        chunks = [self.indices[i:i + self.batch_size] for i in range(0, len(self.indices), self.batch_size)]
+        raws = self.x.stream(chunks) if isinstance(self.x, ImageFiles) else (self.x[idx] for idx in chunks)
+        for i, raw in enumerate(raws):
+            yield self.preprocess.apply(raw), self.y[chunks[i]]
 
     @property
     def num_images(self) -> int:
@@ -336,6 +350,8 @@ class Wanted:
     size: tuple[int, int]
     channels: int
     resize: str
+    load: str = "auto"              # LOAD_MODES: how an ImageFolder's images are held
+    workers: int = 0                # DataLoader workers that decode them
 
 
 @dataclass
@@ -352,9 +368,9 @@ class PhotoLoad:
 
 
 class Raw(NamedTuple):
-    x_train: np.ndarray
+    x_train: np.ndarray | ImageFiles      # ImageFiles: a streamed ImageFolder
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: np.ndarray | ImageFiles
     y_val: np.ndarray
     classes: list[str] | None
     info: dict
@@ -443,73 +459,11 @@ def _read_cifar(path: Path, want: Wanted) -> Raw:
     return xtr, ytr, xva, yva, classes, {"source": str(path)}
 
 
-@contextlib.contextmanager
-def _image_errors(f: Path) -> Iterator[None]:
-    """Turn what PIL raises for a bad or too large file into one line naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise EdgepruneError(f"image {f} is too large to load: {e} (PIL's decompression-bomb limit, "
-                                 f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
-        except MemoryError:
-            raise EdgepruneError(f"image {f} is too large to load: not enough memory to decode it") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise EdgepruneError(f"cannot read image {f}: {e}") from None
-
-
-def _image_header(f: Path) -> tuple[int, int, str]:
-    """(height, width, PIL mode) of an image file, from its header."""
-    from PIL import Image
-
-    with _image_errors(f), Image.open(f) as im:
-        return im.height, im.width, im.mode
-
-
-def _decode_image(f: Path, mode: str, geometry: str = "none", size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image file as (H, W, C) uint8 in PIL ``mode``, resized (``resize``) or resized to cover
-    and centre-cropped (``crop``) to ``size`` with PIL's bilinear filter; ``none`` as decoded."""
-    from PIL import Image
-
-    with _image_errors(f), Image.open(f) as opened:
-        im = opened.convert(mode)
-        if geometry == "resize":
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        elif geometry == "crop":
-            covered = cover_size((im.height, im.width), size)
-            im = im.resize((covered[1], covered[0]), Image.BILINEAR).crop(crop_box(covered, size))
-        a = np.asarray(im)
-    return a[:, :, None] if a.ndim == 2 else a
-
-
 def _read_imagefolder(path: Path, want: Wanted) -> Raw:
-    classes = sorted(d.name for d in (path / "train").iterdir() if d.is_dir())
-    if not classes:
-        raise EdgepruneError(f"{path / 'train'} has no class folders (ImageFolder layout: train/<class>/*.png)")
-    files: dict[str, list[Path]] = {}
-    labels: dict[str, list[int]] = {}
-    for split in ("train", "val"):
-        files[split], labels[split] = [], []
-        for label, cls in enumerate(classes):
-            folder = path / split / cls
-            found = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
-            if folder.is_dir() and not found:
-                raise EdgepruneError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
-                                     "add images or remove the folder")
-            files[split] += found
-            labels[split] += [label] * len(found)
-        extra = sorted({d.name for d in (path / split).iterdir() if d.is_dir()} - set(classes))
-        if extra:
-            raise EdgepruneError(f"{path / split} has classes not in train/: {', '.join(extra[:3])}")
-        if not files[split]:
-            raise EdgepruneError(f"{path / split} holds no images")
-
-    heads = [_image_header(f) for split in ("train", "val") for f in files[split]]
-    sizes = sorted({(h, w) for h, w, _ in heads}, key=lambda hw: (hw[0] * hw[1], hw))
-    decode = "L" if want.channels == 1 and all(m in GRAY_MODES for _, _, m in heads) else "RGB"
+    classes, files, labels = list_tree(path)
+    heads = scan_headers(files["train"] + files["val"], want.workers)
+    sizes = heads.sizes
+    decode = "L" if want.channels == 1 and heads.all_gray else "RGB"
     if len(sizes) == 1:
         source_size: tuple[int, int] | None = sizes[0]
         geometry, pad = _geometry(sizes[0], want.size, want.resize, photos=True)
@@ -521,18 +475,13 @@ def _read_imagefolder(path: Path, want: Wanted) -> Raw:
         source_size, geometry, pad = None, ("resize" if want.resize == "resize" else "crop"), 0
     at = "load" if geometry in ("resize", "crop") else "apply"
     held = want.size if at == "load" else sizes[0]
-    channels = 1 if decode == "L" else 3
-    out: list[np.ndarray] = []
+    images = {split: ImageFiles(files[split], decode, geometry if at == "load" else "none", held, want.workers)
+              for split in ("train", "val")}
+    stream = want.load == "stream" or (want.load == "auto" and sum(x.nbytes for x in images.values()) > STREAM_ABOVE)
+    out: list[Any] = []
     for split in ("train", "val"):
-        try:
-            x = np.empty((len(files[split]), channels, *held), dtype=np.uint8)
-        except MemoryError:
-            raise EdgepruneError(f"{path / split}: {len(files[split])} images of {channels}x{held[0]}x{held[1]} "
-                                 f"need {len(files[split]) * channels * held[0] * held[1] / 2**30:.1f} GiB, "
-                                 "more memory than is free") from None
-        for i, f in enumerate(files[split]):
-            x[i] = _decode_image(f, decode, geometry if at == "load" else "none", want.size).transpose(2, 0, 1)
-        out += [x, np.asarray(labels[split], dtype=np.int64)]
+        out += [images[split] if stream else images[split].read_all(str(path / split)),
+                np.asarray(labels[split], dtype=np.int64)]
     photos = PhotoLoad(decode, geometry, pad, at, source_size,
                        {"distinct": len(sizes), "smallest": list(sizes[0]), "largest": list(sizes[-1])}, files)
     info = {"source": str(path)}
@@ -674,9 +623,10 @@ def _refuse_non_finite_inputs(path: Path, x_train: torch.Tensor, x_val: torch.Te
     if not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
         raise EdgepruneError(f"{path}: the normalisation statistics are not finite (mean {list(pre.mean)}, std "
                              f"{list(pre.std)}): pass --mean/--std, or fix the data")
+    step = max(1, (1 << 20) // max(1, int(np.prod(x_train.shape[1:]))))    # a few MB of float32 at a time
     for what, x in (("train", x_train), ("val", x_val)):
-        sample = pre.apply(x[:SAMPLE_CHECKED])
-        if not bool(torch.isfinite(sample).all()):
+        n = min(SAMPLE_CHECKED, len(x))
+        if not all(bool(torch.isfinite(pre.apply(x[i:min(i + step, n)])).all()) for i in range(0, n, step)):
             raise EdgepruneError(f"{path}: the preprocessed {what} images are not finite (NaN or inf) with mean "
                                  f"{list(pre.mean)}, std {list(pre.std)}: check --mean/--std and the pixel values")
 
@@ -728,25 +678,31 @@ def _channel_stats(x: np.ndarray, scale: float, idx: np.ndarray) -> tuple[tuple[
     exactly (int64 sums of the values and their squares); other images in two passes (mean, then
     squared deviations) with float64 sums, which gives numpy's figures."""
     step = max(1, (1 << 20) // max(1, int(np.prod(x.shape[1:]))))
-    chunks = [idx[i:i + step] for i in range(0, len(idx), step)]
+    parts = [idx[i:i + step] for i in range(0, len(idx), step)]
+
+    def chunks() -> Iterator[np.ndarray]:      # x[part] for every part (a streamed split: decoded by its workers)
+        if isinstance(x, ImageFiles):
+            return (c.numpy() for c in x.stream(parts))
+        return (x[part] for part in parts)
+
     count = max(1, len(idx) * x.shape[2] * x.shape[3])
     if np.issubdtype(x.dtype, np.integer) and x.dtype.itemsize == 1:
         total = np.zeros(x.shape[1], dtype=np.int64)
         squares = np.zeros(x.shape[1], dtype=np.int64)
-        for part in chunks:
-            c = x[part].astype(np.int16)
+        for c in chunks():
+            c = c.astype(np.int16)
             total += c.sum(axis=(0, 2, 3), dtype=np.int64)
             squares += np.square(c, dtype=np.int64).sum(axis=(0, 2, 3), dtype=np.int64)
         mean = total / count
         var = np.maximum(squares / count - mean ** 2, 0.0)
     else:
         total = np.zeros(x.shape[1], dtype=np.float64)
-        for part in chunks:
-            total += x[part].sum(axis=(0, 2, 3), dtype=np.float64)
+        for c in chunks():
+            total += c.sum(axis=(0, 2, 3), dtype=np.float64)
         mean = total / count
         deviations = np.zeros(x.shape[1], dtype=np.float64)
-        for part in chunks:
-            d = x[part] - mean.reshape(1, -1, 1, 1)            # float64, one chunk
+        for c in chunks():
+            d = c - mean.reshape(1, -1, 1, 1)            # float64, one chunk
             deviations += np.square(d, out=d).sum(axis=(0, 2, 3))
         var = deviations / count
     return (tuple(float(v) for v in mean * scale),
@@ -841,7 +797,8 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
     :class:`DataWarning`); the warnings are also kept in ``DataBundle.warnings``.
     """
     target = (int(input_shape[2]), int(input_shape[3]))
-    want = Wanted(target, spec.channels or int(input_shape[1]), spec.resize)
+    want = Wanted(target, spec.channels or int(input_shape[1]), spec.resize, spec.load,
+                  default_workers() if spec.workers is None else spec.workers)
     if spec.path == "default":
         fmt, path = "default", Path(DEFAULT_DATA)
         raw = Raw(*_read_default(path, want))
@@ -858,7 +815,9 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
                                  "ImageFolder train/+val/, or .npz with x_train, y_train, x_val, y_val)")
         raw = Raw(*FORMATS[fmt].read(path, want))
     xtr, ytr, xva, yva, classes, info, photos = raw
-    xtr, xva = _to_nchw(np.asarray(xtr), "x_train"), _to_nchw(np.asarray(xva), "x_val")
+    streamed = isinstance(xtr, ImageFiles)       # 8-bit images decoded when a batch needs them
+    if not streamed:
+        xtr, xva = _to_nchw(np.asarray(xtr), "x_train"), _to_nchw(np.asarray(xva), "x_val")
     ytr, yva = _labels(ytr, "y_train", path), _labels(yva, "y_val", path)
     if len(xtr) != len(ytr) or len(xva) != len(yva):
         raise EdgepruneError(f"{path}: images and labels differ in count "
@@ -889,9 +848,12 @@ def load_data(spec: DataSpec, input_shape: tuple[int, ...], num_classes: int | N
         source_size = (int(xtr.shape[2]), int(xtr.shape[3]))
         (geometry, pad), at = _geometry(source_size, target, spec.resize), "apply"
     scale, source_dtype, dtype = _pixel_dtype(xtr, xva, path)
-    with np.errstate(over="ignore"):        # float64 beyond float32 becomes inf: refused just below
-        x_train, x_val = (torch.from_numpy(np.ascontiguousarray(a, dtype=HELD_AS[dtype])).to(dtype) for a in (xtr, xva))
-    _refuse_non_finite_pixels(path, x_train, x_val)
+    if streamed:                             # 8-bit pixels: always finite
+        x_train, x_val = xtr, xva
+    else:
+        with np.errstate(over="ignore"):    # float64 beyond float32 becomes inf: refused just below
+            x_train, x_val = (torch.from_numpy(np.ascontiguousarray(a, dtype=HELD_AS[dtype])).to(dtype) for a in (xtr, xva))
+        _refuse_non_finite_pixels(path, x_train, x_val)
     with np.errstate(over="ignore", invalid="ignore"):   # an overflow gives inf statistics: refused below
         mean, std, statistics, warning = _statistics(spec, xtr, scale, channels, int(src_channels), expects,
                                                       photos is not None)

@@ -48,10 +48,11 @@ def save_figure(fig, path: Path, dpi: int = 120) -> None:
 
 
 def data_digest(bundle) -> str:
-    """A short sha256 of a DataBundle's arrays: results are only reused on the same data."""
+    """A short sha256 of a DataBundle's arrays (of a streamed ImageFolder's file names instead of its
+    images): results are only reused on the same data."""
     h = hashlib.sha256()
     for t in (bundle.x_train, bundle.y_train, bundle.x_val, bundle.y_val):
-        h.update(t.numpy().tobytes())
+        h.update(t.numpy().tobytes() if hasattr(t, "numpy") else "\n".join(map(str, t.files)).encode())
     return h.hexdigest()[:16]
 
 

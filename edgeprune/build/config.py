@@ -244,6 +244,7 @@ FLAGS: dict[str, str] = {
     "in_channels": "model.in_channels", "input_size": "model.input_size", "trust_checkpoint": "model.trust_checkpoint",
     "trust_code": "model.trust_code",
     "data": "data.path", "mean": "data.mean", "std": "data.std", "channels": "data.channels", "resize": "data.resize",
+    "data_load": "data.load", "data_workers": "data.workers",
     "budget": "search.budget", "metric": "search.metric", "confidence": "search.confidence",
     "score_images": "search.score_images", "batch_size": "search.batch_size",
     "max_accuracy_drop": "search.max_accuracy_drop", "strategies": "search.strategies", "proxies": "search.proxies",
@@ -294,7 +295,7 @@ def _set_by_build(section: str) -> set[str]:
 # field path -> (lowest, highest, whether the lowest itself is allowed); None: unbounded on that side
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "model.num_classes": (1, None, True), "model.in_channels": (1, None, True), "model.input_size": (1, None, True),
-    "data.channels": (1, None, True),
+    "data.channels": (1, None, True), "data.workers": (0, None, True),
     "search.score_images": (1, None, True), "search.batch_size": (1, None, True), "search.shortlist": (1, None, True),
     "search.max_accuracy_drop": (0, 100, True), "search.max_int8_drop": (0, 100, True),
     "search.channel_multiple": (1, None, True),

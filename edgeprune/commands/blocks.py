@@ -62,10 +62,10 @@ def _total_macs(loaded) -> int:
 
 
 def _setup(model, weights, num_classes, in_channels, input_size, trust, data, mean, std, channels, resize,
-           trust_code=False):
+           trust_code=False, data_load="auto", data_workers=None):
 
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust, trust_code))
-    bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
+    bundle = load_data_for(o.data_spec(data, mean, std, channels, resize, data_load, data_workers), loaded, warn)
     return loaded, bundle, discover(loaded.model, loaded.input_shape)
 
 
@@ -75,7 +75,7 @@ def score_command(
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
     trust_code: o.TrustCode = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
-    resize: o.Resize = "auto",
+    resize: o.Resize = "auto", data_load: o.DataLoad = "auto", data_workers: o.DataWorkers = None,
     criterion: o.Criterion = "direct", mode: o.Mode = "oneshot", score_images: o.ScoreImages = 1000,
     replace_projection: o.ReplaceProjection = False, seed: o.Seed = 0, batch_size: o.BatchSize = EVAL_BATCH_SIZE,
     lever: Annotated[str, typer.Option(help="blocks (remove each block) or channels (shrink each channel group by "
@@ -96,7 +96,7 @@ def score_command(
     if json_out:
         set_enabled(False)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
-                                   data, mean, std, channels, resize, trust_code)
+                                   data, mean, std, channels, resize, trust_code, data_load, data_workers)
     held = split_val(bundle, score_images, seed)
     if lever == "channels":
         _score_groups(loaded, bundle, held, criterion, channel_criterion, channel_multiple, batch_size,
@@ -161,7 +161,7 @@ def prune_command(
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
     trust_code: o.TrustCode = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
-    resize: o.Resize = "auto",
+    resize: o.Resize = "auto", data_load: o.DataLoad = "auto", data_workers: o.DataWorkers = None,
     criterion: o.Criterion = "direct", mode: o.Mode = "iterative", score_images: o.ScoreImages = 1000,
     replace_projection: o.ReplaceProjection = False,
     finetune_epochs: o.FinetuneEpochs = 0.0,
@@ -187,7 +187,7 @@ def prune_command(
         set_enabled(False)
     device = resolve_device(accelerator)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
-                                   data, mean, std, channels, resize, trust_code)
+                                   data, mean, std, channels, resize, trust_code, data_load, data_workers)
     held = split_val(bundle, score_images, seed)
     final_batches = bundle.batches("val", EVAL_BATCH_SIZE, indices=held.final)
     ranking = None

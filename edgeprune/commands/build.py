@@ -34,7 +34,7 @@ def build_command(
     in_channels: o.InChannels = d("in_channels"), input_size: o.InputSize = d("input_size"),
     trust_checkpoint: o.Trust = d("trust_checkpoint"), trust_code: o.TrustCode = d("trust_code"),
     data: o.Data = d("data"), mean: o.Mean = d("mean"), std: o.Std = d("std"), channels: o.Channels = d("channels"),
-    resize: o.Resize = d("resize"),
+    resize: o.Resize = d("resize"), data_load: o.DataLoad = d("data_load"), data_workers: o.DataWorkers = d("data_workers"),
     out: Annotated[str, typer.Option("--out", "-o", help="Build folder: artifact/ and cache/ go here.")] = d("out"),
     metric: Annotated[str, typer.Option(help="p50 or p90 (measured; predicted p90 = upper edge of the band).")] = d("metric"),
     confidence: Annotated[Optional[float], typer.Option(help="Plan for the figure the device meets with this chance, "

@@ -22,7 +22,7 @@ def eval_command(
     in_channels: o.InChannels = None, input_size: o.InputSize = None, trust_checkpoint: o.Trust = False,
     trust_code: o.TrustCode = False,
     data: o.Data = "default", mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None,
-    resize: o.Resize = "auto",
+    resize: o.Resize = "auto", data_load: o.DataLoad = "auto", data_workers: o.DataWorkers = None,
     split: Annotated[str, typer.Option(help="train or val.")] = "val",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N images.")] = None,
     batch_size: o.BatchSize = EVAL_BATCH_SIZE,
@@ -35,7 +35,7 @@ def eval_command(
     device = resolve_device(accelerator)        # before any loading: a bad --accelerator fails at once
     loaded = load_model(o.model_spec(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                       trust_code))
-    bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
+    bundle = load_data_for(o.data_spec(data, mean, std, channels, resize, data_load, data_workers), loaded, warn)
     x, _ = bundle.split(split)
     import torch
     indices = torch.arange(min(limit, len(x)) if limit else len(x))

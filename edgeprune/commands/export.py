@@ -90,6 +90,7 @@ def export_command(
         "--data", "-d", help="Validation data for verification, test vectors, preprocessing and labels "
         "(default: the bundled data for --model default, none otherwise: random inputs only).")] = None,
     mean: o.Mean = None, std: o.Std = None, channels: o.Channels = None, resize: o.Resize = "auto",
+    data_load: o.DataLoad = "auto", data_workers: o.DataWorkers = None,
     force: o.Force = False,
     opset: Annotated[Optional[int], typer.Option(help=f"ONNX opset (default: the device profile's, else {DEFAULT_OPSET}).")] = None,
     device: o.Device = None,
@@ -130,7 +131,7 @@ def export_command(
     if int8 and data is None:
         raise EdgepruneError("--int8 calibrates on training images: give --data")
     if data is not None:
-        bundle = load_data_for(o.data_spec(data, mean, std, channels, resize), loaded, warn)
+        bundle = load_data_for(o.data_spec(data, mean, std, channels, resize, data_load, data_workers), loaded, warn)
         images, labels = bundle.val_images(val_images), bundle.val_labels(val_images)
         raw = bundle.raw_images("val", range(min(val_images, ArtifactConfig().golden_count)))
         preprocess = {**bundle.preprocess.to_dict(), "data": data}
