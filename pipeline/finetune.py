@@ -233,7 +233,7 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
                     continue
                 rows, weight = shard(len(y), here)   # the whole batch in one process
                 x = _augment(x, cfg.augment, gen, rows, device)
-                y, n = y[rows].to(device), len(y)
+                y = y[rows].to(device)
                 micro = micro or micro_batch(model, cfg, x[:1])
                 if net is None:
                     net = _parallel(model, x[:1], device, here)
@@ -288,8 +288,11 @@ def _parallel(model: nn.Module, example: torch.Tensor, device: torch.device, her
     running statistics are averaged after every step instead (:func:`_average_batchnorm`)."""
     if here.size == 1:
         return model
-    return DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None,
-                                   forward_sync_buffers=False, find_unused_parameters=_leaves_out(model, example))
+    ids = None
+    if device.type == "cuda":            # init_from_env set this rank's device (LOCAL_RANK)
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False,
+                                   find_unused_parameters=_leaves_out(model, example))
 
 
 def _leaves_out(model: nn.Module, example: torch.Tensor) -> bool:
@@ -314,7 +317,7 @@ def _sync_batchnorm(model: nn.Module, on: bool) -> Iterator[None]:
     """With ``on`` (CUDA and several ranks: torch's SyncBatchNorm is CUDA-only), BatchNorm normalises with
     the whole global batch's statistics. The SyncBatchNorm layers share their parameters and buffers
     with the originals, which are put back afterwards: the optimizer, gradual masks, export and pruning
-    know those. Not exercised by the tests (no GPU there)."""
+    know those. The tests check the swap on the CPU; training with it needs CUDA, which they lack."""
     if not on:
         yield
         return
