@@ -97,11 +97,11 @@ def _augment(x: torch.Tensor, mode: str, gen: torch.Generator, rows: slice = sli
     padded = F.pad(x, (pad,) * 4, mode="replicate")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[rows]
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[rows]
-    rows_ = (torch.arange(h)[None] + dy[:, None]).to(x.device)
-    cols = (torch.arange(w)[None] + dx[:, None]).to(x.device)
+    top = (torch.arange(h)[None] + dy[:, None]).to(x.device)      # each image's rows and columns of the pad
+    left = (torch.arange(w)[None] + dx[:, None]).to(x.device)
     out = padded[torch.arange(len(x), device=x.device)[:, None, None, None],
                  torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-                 rows_[:, None, :, None], cols[:, None, None, :]]
+                 top[:, None, :, None], left[:, None, None, :]]
     if mode == "crop+flip":
         flip = (torch.rand(n, generator=gen) < 0.5)[rows].to(x.device)
         out[flip] = out[flip].flip(-1)
