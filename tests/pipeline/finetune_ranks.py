@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.pipeline.channels import ChannelMasks, channel_groups, channel_orders
-from edgeprune.pipeline.distributed import init_from_env
+from edgeprune.pipeline.distributed import barrier, init_from_env
 from edgeprune.pipeline.finetune import FinetuneConfig, activation_mb_per_image, finetune
 from edgeprune.pipeline.resnet_cifar import CifarResNet
 
@@ -93,6 +93,16 @@ def main(out: Path) -> None:
     except KeyboardInterrupt:
         pass
     runs["resume"] = result(finetune(resnet(), batches(x, y), len(y), resumable, progress=None), x, y)
+
+    # a torn checkpoint: rank 0 reads it, every rank discards it alike and trains from the start
+    torn = out / "torn.ckpt"                     # (each world size has its own OUT)
+    if here.main:
+        torn.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    barrier()
+    warned: list[str] = []
+    model = finetune(resnet(), batches(x, y), len(y), FinetuneConfig(**BASE, checkpoint=str(torn)),
+                     progress=None, warn=warned.append)
+    runs["torn"] = {**result(model, x, y), "warned": warned}
 
     # gradual pruning: the first group's channels masked over the fine-tune (after_step)
     model = resnet()

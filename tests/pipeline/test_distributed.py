@@ -81,7 +81,7 @@ def test_a_finetune_on_two_processes_trains_shares_of_the_one_process_batches_to
     gradual fine-tunes; every rank holds the same weights and buffers, bit for bit."""
     import torch
     (one,), (r0, r1) = _finetunes(tmp_path, 1), _finetunes(tmp_path, 2)
-    assert one.keys() == r0.keys() == {"plain", "kd", "micro", "ragged", "resume", "gradual"}
+    assert one.keys() == r0.keys() == {"plain", "kd", "micro", "ragged", "resume", "torn", "gradual"}
     for name in r0:
         assert r0[name]["state"].keys() == r1[name]["state"].keys()
         assert all(torch.equal(r0[name]["state"][k], r1[name]["state"][k]) for k in r0[name]["state"]), name
@@ -96,8 +96,12 @@ def test_a_finetune_on_two_processes_trains_shares_of_the_one_process_batches_to
         assert abs(one[name]["loss"] - r0[name]["loss"]) < BN_LOSS, name
     assert r0["plain"]["loss"] < 0.6 < 0.69                   # it learned (0.695 before)
     # interrupted mid-epoch and resumed from rank 0's checkpoint: the uninterrupted run, bit for bit
-    plain, resumed = r0["plain"]["state"], r0["resume"]["state"]
+    plain, resumed, torn = r0["plain"]["state"], r0["resume"]["state"], r0["torn"]["state"]
     assert all(torch.equal(plain[k], resumed[k]) for k in plain)
+    # a torn checkpoint is discarded alike on every rank (rank 0 says so, once): a fresh run
+    assert all(torch.equal(plain[k], torn[k]) for k in plain)
+    assert len(r0["torn"]["warned"]) == 1 and "discarded a corrupt fine-tune checkpoint" in r0["torn"]["warned"][0]
+    assert r1["torn"]["warned"] == [] and one["torn"]["warned"] == r0["torn"]["warned"]
     # gradual masks re-applied after every step on every rank
     g = r0["gradual"]
     assert float(g["state"][g["root"] + ".weight"][g["dead"]].abs().sum()) == 0.0
