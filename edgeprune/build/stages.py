@@ -381,12 +381,13 @@ def finetuned(inputs: Inputs, space: PlanSpace, c: Candidate, ft: FinetuneConfig
     stage_cfg = {"removed": sorted(c.removed), "finetune": {**ft.to_dict(), "checkpoint": None}}
     done = inputs.cache.path("finetuned", stage_cfg, ".pt")
     m = space.model_for(c.removed, inputs.torch_device)
-    if done.exists():
+    state = on_main(lambda: _read_weights(inputs.cache, done))   # rank 0 reads: all ranks fine-tune, or none
+    if state is not None:
         try:
-            state = torch.load(done, map_location="cpu", weights_only=True)
             m.load_state_dict(state)
-        except Exception:  # noqa: BLE001 - torch.load raises many types for a torn or foreign file
-            inputs.cache.discard(done)
+        except Exception:  # noqa: BLE001 - a foreign state dict: fine-tune afresh
+            if world().main:
+                inputs.cache.discard(done)
             m = space.model_for(c.removed, inputs.torch_device)   # a partly loaded state must not leak in
         else:
             say(f"fine-tuned weights for {c.label} found in the cache")
@@ -404,8 +405,20 @@ def finetuned(inputs: Inputs, space: PlanSpace, c: Candidate, ft: FinetuneConfig
              warn=say, after_step=masks.after_step if masks is not None else None)
     if masks is not None:
         m = space.finish_gradual(m, masks, c.removed)
-    save_torch_atomic(done, m.state_dict())
+    if world().main:                 # every rank holds the same weights (the DDP fine-tune)
+        save_torch_atomic(done, m.state_dict())
     return m
+
+
+def _read_weights(cache: BuildCache, path: Path) -> dict | None:
+    """The state dict cached at ``path``, or None (absent, or torn: then it is discarded)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch.load raises many types for a torn or foreign file
+        cache.discard(path)
+        return None
 
 
 # ---------------------------------------------------------------- 4b. int8

@@ -149,3 +149,20 @@ def test_a_batch_over_the_memory_bound_runs_in_micro_batches_with_the_same_gradi
         finetune(m, _batches(x, y), len(x), cfg, progress=None)
         runs.append(m)
     assert torch.allclose(runs[0](x), runs[1](x), atol=1e-5)
+
+
+def test_syncbatchnorm_swaps_in_sharing_the_parameters_and_the_original_layers_come_back():
+    """What CUDA fine-tunes across ranks do to BatchNorm (the swap only: training with it needs CUDA)."""
+    from edgeprune.pipeline.finetune import _sync_batchnorm
+
+    model = resnet20()
+    before = dict(model.named_modules())
+    bns = {n: m for n, m in before.items() if isinstance(m, torch.nn.BatchNorm2d)}
+    with _sync_batchnorm(model, True):
+        inside = dict(model.named_modules())
+        assert all(isinstance(inside[n], torch.nn.SyncBatchNorm) for n in bns)
+        assert all(inside[n].weight is m.weight and inside[n].running_mean is m.running_mean for n, m in bns.items())
+    after = dict(model.named_modules())
+    assert after.keys() == before.keys() and all(after[n] is m for n, m in before.items())
+    with _sync_batchnorm(model, False):
+        assert all(type(m) is torch.nn.BatchNorm2d for n, m in model.named_modules() if n in bns)
