@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -61,20 +61,20 @@ class MixedPrecision:
                 "steps": [s.to_dict() for s in self.steps]}
 
 
-def mixed_precision(src: str | Path, dst: str | Path, calibration: np.ndarray, images: np.ndarray,
-                    labels: np.ndarray, cfg: QuantizeConfig, precision: Precision, max_drop: float,
+def mixed_precision(src: str | Path, dst: str | Path, calibration: np.ndarray,
+                    batches: Sequence[tuple[Any, Any]], cfg: QuantizeConfig, precision: Precision, max_drop: float,
                     cache: Path, fits: Callable[[Path], bool] = lambda _p: True,
                     say: Callable[[str], None] = lambda _m: None) -> MixedPrecision:
     """Quantize ``src`` to ``dst`` keeping in fp32 the fewest layers, in the order of the top-1 each
-    regains, that bring the drop on ``images`` within ``max_drop`` points while ``fits(file)`` holds.
+    regains, that bring the drop on the labelled ``batches`` within ``max_drop`` points while ``fits(file)`` holds.
     ``dst`` always ends up holding the best quantization reached (the lowest drop that fits)."""
     dst = Path(dst)
-    fp32 = onnx_accuracy(src, images, labels)
+    fp32 = onnx_accuracy(src, batches)
     work = Path(tempfile.mkdtemp(prefix=".mixed-", dir=dst.parent))
     try:
         def measure(keep: list[str], out: Path) -> tuple[QuantizeResult, OnnxAccuracy]:
             r = quantize_onnx(src, out, calibration, replace(cfg, keep_fp32=tuple(keep)), precision, cache)
-            return r, onnx_accuracy(out, images, labels)
+            return r, onnx_accuracy(out, batches)
 
         base, base_acc = measure(list(cfg.keep_fp32), dst)
         best = MixedPrecision(fp32, base_acc, base, base_acc, max_drop, False)

@@ -24,7 +24,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -269,17 +269,24 @@ class OnnxAccuracy:
         return asdict(self)
 
 
-def onnx_accuracy(path: str | Path, images: np.ndarray, labels: np.ndarray, threads: int = 1) -> OnnxAccuracy:
-    """onnxruntime's top-1 and mean cross-entropy of the model file on labelled images."""
+def onnx_accuracy(path: str | Path, batches: Iterable[tuple[Any, Any]], threads: int = 1) -> OnnxAccuracy:
+    """onnxruntime's top-1 and mean cross-entropy of the model file on labelled ``(images, labels)`` batches
+    (arrays or tensors; a bundle's ``batches(...)`` streams, so the images need not all be in memory)."""
     sess = runtime.session(path, threads)
-    logits = runtime.run(sess, np.asarray(images, dtype=np.float32))[0].astype(np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if logits.ndim != 2 or len(logits) != len(y):
-        raise EdgepruneError(f"{Path(path).name}: output of shape {list(logits.shape)} is not one row of class "
-                             f"scores per image")
-    z = logits - logits.max(axis=1, keepdims=True)
-    loss = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
-    return OnnxAccuracy(float(np.mean(logits.argmax(axis=1) == y)), loss, int(len(y)))
+    correct, loss, n = 0, 0.0, 0
+    for images, labels in batches:
+        logits = runtime.run(sess, np.asarray(images, dtype=np.float32))[0].astype(np.float64)
+        y = np.asarray(labels, dtype=np.int64)
+        if logits.ndim != 2 or len(logits) != len(y):
+            raise EdgepruneError(f"{Path(path).name}: output of shape {list(logits.shape)} is not one row of class "
+                                 f"scores per image")
+        z = logits - logits.max(axis=1, keepdims=True)
+        loss += float(np.sum(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+        correct += int(np.sum(logits.argmax(axis=1) == y))
+        n += len(y)
+    if not n:
+        raise EdgepruneError(f"{Path(path).name}: no labelled images to measure its accuracy on")
+    return OnnxAccuracy(correct / n, loss / n, n)
 
 
 def file_sizes(path: str | Path) -> dict[str, int]:

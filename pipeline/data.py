@@ -295,6 +295,11 @@ class DataBundle:
     def val_labels(self, n: int, offset: int = 0) -> torch.Tensor:
         return self.y_val[offset:offset + n]
 
+    def sample(self, split: str, n: int, seed: int = 0) -> torch.Tensor:
+        """The first ``n`` (at most all) indices of one seeded shuffle of ``split``: a fixed draw of its images."""
+        size = len(self.split(split)[1])
+        return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:min(n, size)]
+
     def raw_images(self, split: str, indices: Sequence[int] | torch.Tensor) -> list[np.ndarray]:
         """The raw images ``indices`` of ``split`` as ``Preprocess.steps()`` starts from: (H, W, C),
         an image file as decoded (``preprocess.decode`` mode, 8-bit, before any resize), an array

@@ -62,8 +62,7 @@ def part_one(model_name: str, data: str, work: Path, say) -> dict:
     bundle = load_data_for(DataSpec(data), loaded)
     x = bundle.preprocess.apply(bundle.x_val).numpy()
     y = bundle.y_val.numpy()
-    order = torch.randperm(len(bundle.y_train), generator=torch.Generator().manual_seed(0))
-    calib = bundle.preprocess.apply(bundle.x_train[order[:128]]).numpy()
+    calib = bundle.preprocess.apply(bundle.x_train[bundle.sample("train", 128)]).numpy()
     out: dict = {"test_images": int(len(y))}
     arts = {}
     for name, precision in (("fp32", None), ("int8-x86", X86), ("int8-arm", ARM)):
@@ -72,7 +71,7 @@ def part_one(model_name: str, data: str, work: Path, say) -> dict:
         build_artifact(loaded.model, loaded.input_shape, folder, ArtifactConfig(force=True),
                        images=torch.from_numpy(x[:256]), labels=torch.from_numpy(y[:256]), quantize=q)
         arts[name] = folder / "model.onnx"
-        acc = onnx_accuracy(arts[name], x, y)
+        acc = onnx_accuracy(arts[name], [(x, y)])
         out[name] = {"top1": acc.top1, "loss": acc.loss, **file_sizes(arts[name])}
         say(f"{model_name} {name}: top-1 {acc.top1:.4f}, {out[name]['bytes']:,} B")
     bench = BenchConfig(threads=1, providers=["CPUExecutionProvider"], warmup=10, runs=50, device="host")
@@ -137,7 +136,8 @@ def front(model_name: str, data: str, work: Path, results: dict, save, say) -> N
                             entry["kept_fp32"] = ch.mixed.chosen.kept_fp32
                             entry["int8_drop_scoring"] = ch.mixed.drop
                         entry.update(blocks_removed=len(chosen.removed), ms=stages.judge(inputs, shipped).value_ms,
-                                     top1=onnx_accuracy(shipped, x, y).top1, fp32_top1=onnx_accuracy(fp32, x, y).top1,
+                                     top1=onnx_accuracy(shipped, [(x, y)]).top1,
+                                     fp32_top1=onnx_accuracy(fp32, [(x, y)]).top1,
                                      held_out=int(len(y)))
                 entry["wall_s"] = time.time() - t0
                 results["front"][key] = entry

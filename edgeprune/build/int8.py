@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from edgeprune.benchmarks.targets import LatencyFigure
 from edgeprune.devices.fingerprint import local
@@ -73,9 +72,8 @@ def calibration_images(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[st
     """The training images int8 ranges are calibrated on, at the plan's input size: a seeded draw of
     ``--calibration-images`` (all of them when there are fewer: the quantizer then says how many it needs)."""
     bundle = space.data_of(tokens)
-    n = min(inputs.cfg.quantize.calibration_images, len(bundle.y_train))
-    order = torch.randperm(len(bundle.y_train), generator=torch.Generator().manual_seed(inputs.cfg.seed))
-    return bundle.preprocess.apply(bundle.x_train[order[:n]]).numpy()
+    drawn = bundle.sample("train", inputs.cfg.quantize.calibration_images, inputs.cfg.seed)
+    return bundle.preprocess.apply(bundle.x_train[drawn]).numpy()
 
 
 def quantized_file(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], fp32: Path, name: str) -> Path:
@@ -136,14 +134,12 @@ def quantize_chosen(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str],
     """Mixed precision for the fine-tuned plan's float file ``fp32``, measured on the scoring images."""
     cfg, bundle = inputs.cfg, space.data_of(tokens)
     calib = calibration_images(inputs, space, tokens)
-    score = inputs.held.score
-    x = bundle.preprocess.apply(bundle.x_val[score]).numpy()
-    y = bundle.y_val[score].numpy()
+    score = list(bundle.batches("val", cfg.search.batch_size, indices=inputs.held.score))
     say(f"quantizing to int8 ({cfg.quantize.method} calibration on {len(calib)} training images), measuring on "
-        f"{len(y)} scoring images")
+        f"{len(inputs.held.score)} scoring images")
     precision = target_precision(inputs.profile)
     dst = fp32.with_name(fp32.stem + "-int8.onnx")
-    mixed = mixed_precision(fp32, dst, calib, x, y, cfg.quantize, precision, cfg.search.max_int8_drop,
+    mixed = mixed_precision(fp32, dst, calib, score, cfg.quantize, precision, cfg.search.max_int8_drop,
                             calibration_cache(inputs.cache.folder, fp32, calib, cfg.quantize), fits, say)
     kept = mixed.chosen.kept_fp32
     say(f"int8: {mixed.accuracy.top1:.2%} on the scoring images against {mixed.fp32.top1:.2%} in fp32 "

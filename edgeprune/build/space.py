@@ -156,9 +156,7 @@ class PlanSpace:
 def bn_batches(data: DataBundle, images: int = BN_IMAGES) -> list[torch.Tensor]:
     """The training images that re-estimate a changed model's BatchNorm statistics: the first ``images``
     of one seeded shuffle (the same for every plan), in batches of 64."""
-    n = min(images, len(data.y_train))
-    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n]
-    return [x for x, _ in data.batches("train", 64, indices=idx)]
+    return [x for x, _ in data.batches("train", 64, indices=data.sample("train", images))]
 
 
 def plan_prediction(model: nn.Module, input_shape: Sequence[int], device: DeviceProfile | str) -> Prediction:

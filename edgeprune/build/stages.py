@@ -469,12 +469,11 @@ def shipped_accuracy(inputs: Inputs, space: PlanSpace, tuned: Tuned, artifact: A
     """The accuracy section with onnxruntime's top-1 of the shipped file (and, for int8, of its float file) on
     the held-out images: the figure a user reads is the artifact's, not torch's."""
     tokens = tuned.selection.chosen.removed
-    bundle, final = space.data_of(tokens), inputs.held.final
-    x, y = bundle.preprocess.apply(bundle.x_val[final]).numpy(), bundle.y_val[final].numpy()
-    shipped = onnx_accuracy(artifact.path / "model.onnx", x, y).top1
+    held_out = space.data_of(tokens).batches("val", inputs.cfg.search.batch_size, indices=inputs.held.final)
+    shipped = onnx_accuracy(artifact.path / "model.onnx", held_out).top1
     if int8 is None:
         return replace(tuned.accuracy, onnx_fp32=shipped, precision="fp32")
-    return replace(tuned.accuracy, onnx_fp32=onnx_accuracy(int8.fp32_file, x, y).top1, onnx_int8=shipped,
+    return replace(tuned.accuracy, onnx_fp32=onnx_accuracy(int8.fp32_file, held_out).top1, onnx_int8=shipped,
                    precision=artifact.manifest["precision"]["model"])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import torch
 import typer
 from rich.table import Table
 
@@ -137,8 +136,7 @@ def export_command(
         preprocess = {**bundle.preprocess.to_dict(), "data": data}
         classes = classes or bundle.classes
         if qcfg is not None:
-            order = torch.randperm(len(bundle.y_train), generator=torch.Generator().manual_seed(0))
-            calib = bundle.preprocess.apply(bundle.x_train[order[:qcfg.calibration_images]]).numpy()
+            calib = bundle.preprocess.apply(bundle.x_train[bundle.sample("train", qcfg.calibration_images)]).numpy()
             quantize = Quantization(qcfg, target_precision(load_profile(device or HOST)), calib)
     cfg = ArtifactConfig(
         export=ExportConfig(opset=chosen_opset, dynamic_batch=dynamic_batch),

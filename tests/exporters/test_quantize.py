@@ -72,9 +72,9 @@ def test_quantized_model_is_int8_smaller_and_as_accurate_on_clean_inputs(model_f
     d = r.to_dict()
     assert d["activations"] == "uint8" and d["weights"] == "int8" and d["reduce_range"] is False
     assert file_sizes(r.path)["bytes"] < file_sizes(fp32)["bytes"]
-    acc = onnx_accuracy(r.path, x, y)
+    acc = onnx_accuracy(r.path, [(x[:128], y[:128]), (x[128:], y[128:])])   # batches add up
     assert acc.images == 200 and acc.top1 >= 0.9          # the float file scores 1.0 on its own labels
-    assert onnx_accuracy(fp32, x, y).top1 == 1.0
+    assert onnx_accuracy(fp32, [(x, y)]).top1 == 1.0
 
 
 def test_precision_follows_onnxruntime_guidance_per_cpu():
@@ -111,14 +111,14 @@ def test_mixed_precision_keeps_in_fp32_the_layer_whose_int8_costs_the_accuracy(m
     cfg = QuantizeConfig(calibration_images=64)
     cache = calibration_cache(tmp, fp32, calib, cfg)
     first = weighted_layers(onnx.load(str(fp32)))[0].name
-    mp = mixed_precision(fp32, tmp / "mixed.onnx", calib, x, y, cfg, X86, 5.0, cache)
+    mp = mixed_precision(fp32, tmp / "mixed.onnx", calib, [(x, y)], cfg, X86, 5.0, cache)
     assert mp.fp32.top1 == 1.0 and mp.all_int8.top1 < 0.85       # the input's quantization loses channel 0
     assert mp.met and mp.chosen.kept_fp32 == [first] and mp.drop <= 5.0
     assert mp.gains[first] == max(mp.gains.values()) > 15
-    assert onnx_accuracy(tmp / "mixed.onnx", x, y).top1 == mp.accuracy.top1
+    assert onnx_accuracy(tmp / "mixed.onnx", [(x, y)]).top1 == mp.accuracy.top1
     assert cache.is_file()                                          # calibrated once, reused by every trial
     # a budget that no float layer fits: nothing kept, not met, the best reached is still written
-    stuck = mixed_precision(fp32, tmp / "stuck.onnx", calib, x, y, cfg, X86, 5.0, cache, fits=lambda _p: False)
+    stuck = mixed_precision(fp32, tmp / "stuck.onnx", calib, [(x, y)], cfg, X86, 5.0, cache, fits=lambda _p: False)
     assert not stuck.met and stuck.chosen.kept_fp32 == [] and not stuck.steps[-1].fits
     assert (tmp / "stuck.onnx").is_file()
 
