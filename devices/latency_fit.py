@@ -31,9 +31,9 @@ import numpy as np
 from edgeprune.benchmarks import ort_runner
 from edgeprune.devices.kernel_graph import (QDQ_OPS, Kernel, kernel_from_profile_event, load_model,
                                             optimized_node_facts, spill_fraction)
-from edgeprune.devices.kernels import FEATURES, INT8_KINDS, KINDS
+from edgeprune.devices.kernels import FEATURES, INT8_KINDS, INT8_MAC_KINDS, KINDS
 from edgeprune.devices.predictor import kernels_cost_us, model_spill
-from edgeprune.devices.profiles import LatencyModel
+from edgeprune.devices.profiles import Int8Model, LatencyModel
 from edgeprune.errors import EdgepruneError
 
 FEATURE_NAMES = list(FEATURES)
@@ -401,7 +401,8 @@ def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,
         raise EdgepruneError("no calibration measurements to fit")
     y = np.array([t.latency_ms * 1e3 for t in timings])
     groups = {"conv": ("conv1x1", "conv3x3", "convkxk", "gconv"), "dwconv": ("dwconv",)}
-    rest = tuple(k for k in KINDS if not any(k in g for g in groups.values()))
+    # float models say nothing of the int8 classes: those keep ``base``'s constants (fit_int8_scale fits them)
+    rest = tuple(k for k in KINDS if not any(k in g for g in groups.values()) and k not in INT8_KINDS)
     groups["rest"] = rest
     rows = []
     for t in timings:
@@ -419,10 +420,44 @@ def fit_from_timings(timings: Sequence[ModelTiming], fitted_on: str,
         for kind in kinds:
             if kind in base.coefficients:
                 coeffs[kind] = {f: float(f"{v * s:.6g}") for f, v in base.coefficients[kind].items()}
+    coeffs.update({k: dict(base.coefficients[k]) for k in INT8_KINDS if k in base.coefficients})
     return LatencyModel(coefficients=coeffs, run_overhead_us=float(f"{x[0]:.6g}"),
                         runtime_factor=1.0, nchwc_block=base.nchwc_block,
                         cache_mb=base.cache_mb, fitted_on=fitted_on,
                         fit={"group_scales": {g: float(f"{x[i]:.4g}") for i, g in enumerate(groups, start=1)}})
+
+
+def fit_int8_scale(timings: Sequence[ModelTiming], lm: LatencyModel) -> float:
+    """One scale of the int8 arithmetic (the quantized convolutions and GEMMs) from whole-model latencies of
+    int8 models, every other constant of ``lm`` kept: the relative least squares of
+    ``measured = rest + scale * int8 part``, the int8 part costed as ``lm`` costs it now (its fitted int8
+    constants, or ``[latency_model.int8] ratio`` x the fp32 cost of the same work). See :func:`with_int8_scale`."""
+    if not timings:
+        raise EdgepruneError("no int8 measurements to fit")
+    a, b = [], []
+    for t in timings:
+        spill = model_spill(t.kernels, lm)
+        q = [k for k in t.kernels if k.kind in INT8_MAC_KINDS]
+        other = [k for k in t.kernels if k.kind not in INT8_MAC_KINDS]
+        a.append(kernels_cost_us(q, lm, spill) * lm.runtime_factor)
+        b.append((lm.run_overhead_us + kernels_cost_us(other, lm, spill)) * lm.runtime_factor)
+    a_, b_ = np.array(a), np.array(b)
+    m = np.array([t.latency_ms * 1e3 for t in timings])
+    if not a_.any():
+        raise EdgepruneError("the int8 measurements have no quantized convolution or GEMM to fit")
+    scale = float(np.sum(a_ * (m - b_) / m**2) / np.sum(a_**2 / m**2))
+    return max(0.05, scale)
+
+
+def with_int8_scale(lm: LatencyModel, scale: float) -> LatencyModel:
+    """``lm`` with its int8 arithmetic ``scale`` times as costly: the fitted int8 constants scaled where it
+    has them, else its ``[latency_model.int8] ratio`` (1.0 where it has none)."""
+    fitted = {k: {f: float(f"{v * scale:.6g}") for f, v in lm.coefficients[k].items()}
+              for k in INT8_MAC_KINDS if k in lm.coefficients}
+    if fitted:
+        return replace(lm, coefficients={**lm.coefficients, **fitted})
+    i8 = lm.int8 or Int8Model(expected_error=0.0, source="")
+    return replace(lm, int8=replace(i8, ratio=float(f"{(i8.ratio or 1.0) * scale:.4g}")))
 
 
 def relative_errors(pred: Sequence[float], meas: Sequence[float]) -> np.ndarray:

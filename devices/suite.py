@@ -268,11 +268,12 @@ def export_torchvision(arch: str, size: int, path: str, seed: int = 0) -> None:
 
 
 def quantize_qdq(src: str | Path, dst: str | Path, activations: str = "uint8", exclude: Sequence[str] = (),
-                 images: int = 4, seed: int = 0) -> Path:
+                 images: int = 4, seed: int = 0, reduce_range: bool = False) -> Path:
     """An int8 QDQ copy of the ONNX model ``src`` at ``dst``, made as the tool ships it: onnxruntime's
     ``quant_pre_process`` then ``quantize_static`` (per-channel int8 weights, ``activations`` uint8 or int8,
     MinMax calibration on ``images`` random normal inputs, one per call: the models have a static batch
-    of 1). ``exclude`` names nodes left in float (mixed precision)."""
+    of 1). ``exclude`` names nodes left in float (mixed precision); ``reduce_range``: 7-bit weights, onnxruntime's
+    advice for x86 without VNNI."""
     import tempfile
 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -299,5 +300,6 @@ def quantize_qdq(src: str | Path, dst: str | Path, activations: str = "uint8", e
         quant_pre_process(str(src), pre, skip_symbolic_shape=True)
         quantize_static(pre, str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude))
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
+                        reduce_range=reduce_range)
     return dst

@@ -7,8 +7,10 @@
    under ``--workdir``. A finished calibration is not rerun (delete its profile to redo it).
 2. The held-out set of ``validate_predictor.py`` (block-removal variants of ResNet-56, torchvision ResNet-18,
    ResNet-50 and MobileNetV2, none in either calibration suite), measured once with onnxruntime in interleaved
-   rounds (CPU time of the inference thread, as there), and predicted by the bundled ``host`` profile, the quick
-   one and the full one.
+   rounds (CPU time of the inference thread, as there), and predicted by the bundled ``host`` profile (the file
+   in ``devices/profiles``, whatever ``host`` names on this machine), the quick one and the full one.
+3. The same ResNet-56 and MobileNetV2 variants quantized to int8 QDQ with the types onnxruntime recommends for
+   this CPU (``suite.quantize_qdq``), measured and predicted the same way: the int8 classes calibrate fits.
 
 Per profile: the share of variants within 5% and 10% of the measurement, the median and the worst error.
 Results go to ``docs/calibration.json`` and ``docs/calibration.md``.
@@ -32,7 +34,9 @@ import validate_predictor as vp  # noqa: E402  (a sibling study)
 from edgeprune.benchmarks import ort_runner  # noqa: E402
 from edgeprune.devices.fingerprint import local  # noqa: E402
 from edgeprune.devices.predictor import predict  # noqa: E402
-from edgeprune.devices.profiles import load_profile  # noqa: E402
+from edgeprune.devices.profiles import bundled_profile_path, load_profile  # noqa: E402
+from edgeprune.devices.suite import quantize_qdq  # noqa: E402
+from edgeprune.exporters.quantize import precision_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = {                                   # calibrate's flags for each calibration compared
@@ -58,7 +62,9 @@ def calibrate(kind: str, work: Path) -> dict:
         raise SystemExit(f"calibrate {kind} failed: {proc.stderr.strip()[-500:]}")
     d = json.loads(proc.stdout)
     r = {"wall_s": time.time() - t0, "models": len(d["models"]), "expected_error": d["expected_error"],
-         "cross_validated": d["cross_validated"], "profile": str(out)}
+         "cross_validated": d["cross_validated"], "profile": str(out),
+         "int8": {k: d["int8"][k] for k in ("expected_error", "cross_validated", "activations")} |
+                 {"models": len(d["int8"]["models"])} if d.get("int8") else None}
     record.write_text(json.dumps(r, indent=1))
     print(f"calibrate {kind}: {r['wall_s']:.0f} s, {r['models']} models", flush=True)
     return r
@@ -77,18 +83,27 @@ def write_doc(r: dict, path: Path) -> None:
              f"{r['load'][0]:.1f} before the measurement, {r['load'][1]:.1f} after; "
              f"{r.get('conditions', 'other jobs may have shared them')}); the variants are judged on the CPU time "
              "of the inference thread, as in devices.md.", "",
-             "| profile | calibration wall time | suite models | cross-validated p90 (its band) | "
+             "| profile | calibration wall time | suite models (int8) | cross-validated p90 (its band; int8) | "
              "held-out within 5% | within 10% | median error | worst |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["profiles"].items():
         e, cal = row["held_out"], row.get("calibration")
+        i8 = (cal or {}).get("int8")
         wall = f"{cal['wall_s'] / 60:.1f} min" if cal else "-"
-        models = str(cal["models"]) if cal else "-"
-        band = f"+-{cal['expected_error']:.0%}" if cal else "-"
+        models = (f"{cal['models']}" + (f" ({i8['models']})" if i8 else "")) if cal else "-"
+        band = (f"+-{cal['expected_error']:.0%}" + (f"; +-{i8['expected_error']:.0%}" if i8 else "")) if cal else "-"
         lines.append(f"| {name} | {wall} | {models} | {band} | {e['within_5pct']:.0%} | {e['within_10pct']:.0%} | "
                      f"{e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
+    if any("held_out_int8" in row for row in r["profiles"].values()):
+        lines += ["", f"int8: the {r['variants_int8']} ResNet-56 and MobileNetV2 variants quantized to QDQ "
+                  f"({r['int8_types']}), measured and predicted the same way:", "",
+                  "| profile | int8 within 5% | within 10% | median error | worst |", "|---|---:|---:|---:|---:|"]
+        for name, row in r["profiles"].items():
+            e = row["held_out_int8"]
+            lines.append(f"| {name} | {e['within_5pct']:.0%} | {e['within_10pct']:.0%} | "
+                         f"{e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
     lines += ["", f"Held-out set: {r['variants']} block-removal variants of ResNet-56, ResNet-18, ResNet-50 and "
               f"MobileNetV2 (random weights; `validate_predictor.py`), {r['rounds']} interleaved rounds. *bundled "
-              "host* is `devices/profiles/host.toml`, fitted on 2026-11-22 on a machine of this kind.", "",
+              f"host* is `devices/profiles/host.toml`: {r.get('bundled', 'fitted on 2026-11-22 on a machine of this kind')}.", "",
               *(["## Reading", "", *[f"- {n}" for n in r["notes"]], ""] if r.get("notes") else [])]
     path.write_text("\n".join(lines))
 
@@ -111,18 +126,33 @@ def main() -> None:
     (args.workdir / "variants").mkdir(exist_ok=True)
     variants = vp.build_variants(args.workdir / "variants", 0, "host")
     load_before = os.getloadavg()[0]
-    host = load_profile("host")
-    vp.measure(variants, args.rounds, host.threads, host.providers, 0, 10)
+    host = load_profile(str(bundled_profile_path("host")))    # the file, not what 'host' names here
+    here = local()
+    precision = precision_for(here.machine, here.features)
+    int8 = []
+    for v in variants:
+        if v.family in ("resnet56", "mobilenet_v2"):
+            q = Path(v.path).with_name(f"{Path(v.path).stem}_q{precision.activations[0]}8.onnx")
+            if not q.exists():
+                quantize_qdq(v.path, q, activations=precision.activations, reduce_range=precision.reduce_range)
+            int8.append(vp.Variant(v.family, f"{v.name}-int8", v.removed, str(q)))
+    vp.measure(variants + int8, args.rounds, host.threads, host.providers, 0, 10)
     profiles = {"bundled host": (host, None),
                 **{kind: (load_profile(cal["profile"]), cal) for kind, cal in cals.items()}}
     result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": ort_runner.cpu_model(),
               "fingerprint": local().describe(), "ort": ort_runner.ort.__version__, "rounds": args.rounds,
               "variants": len(variants), "load": [load_before, os.getloadavg()[0]], "profiles": {},
-              "conditions": args.conditions}
+              "conditions": args.conditions, "variants_int8": len(int8),
+              "int8_types": f"{precision.activations} activations, {precision.weights} weights"
+                            + (", reduce_range" if precision.reduce_range else ""),
+              "bundled": f"fp32 constants fitted on {host.fingerprint.cpu if host.fingerprint else '?'} "
+                         f"({host.sources.get('latency_model', '')[:10]}); int8 constants: "
+                         f"{host.sources.get('int8', 'none')}"}
     for name, (profile, cal) in profiles.items():
         predicted = [predict(v.path, profile).latency_ms for v in variants]
-        result["profiles"][name] = {"calibration": cal, "held_out": errors(variants, predicted)}
-    result["measured_cpu_ms"] = {v.name: v.cpu_ms for v in variants}
+        result["profiles"][name] = {"calibration": cal, "held_out": errors(variants, predicted),
+                                    "held_out_int8": errors(int8, [predict(v.path, profile).latency_ms for v in int8])}
+    result["measured_cpu_ms"] = {v.name: v.cpu_ms for v in variants + int8}
     args.json.write_text(json.dumps(result, indent=1))
     write_doc(result, args.doc)
     print(args.doc.read_text())

@@ -131,6 +131,28 @@ def test_boards_cost_quantized_convolutions_as_ratio_times_fp32(models):
     assert gain["rpi5"] < gain["rpi3"]
 
 
+@pytest.mark.parametrize("device", ["rpi4", HOST])
+def test_one_int8_scale_is_recovered_from_whole_model_latencies(models, device):
+    """Calibration over SSH fits one scale of the int8 arithmetic: on a board its int8/fp32 ratio, on a profile
+    with fitted int8 constants those constants; the scale behind made-up latencies comes back."""
+    from edgeprune.devices import latency_fit as cal
+    from edgeprune.devices.predictor import kernels_cost_us
+    lm = load_profile(device).latency_model
+    true = cal.with_int8_scale(lm, 0.6)
+    ms = lambda ks, m: (m.run_overhead_us + kernels_cost_us(ks, m)) * m.runtime_factor / 1e3   # noqa: E731
+    ks = [detect_kernels(load_model(models[w]), lm.nchwc_block) for w in ("u8", "mixed")]
+    timings = [cal.ModelTiming(f"m{i}", k, ms(k, true)) for i, k in enumerate(ks)]
+    assert cal.fit_int8_scale(timings, lm) == pytest.approx(0.6, rel=1e-3)
+    if device == "rpi4":
+        assert true.int8.ratio == pytest.approx(0.6 * lm.int8.ratio, rel=1e-3) and true.coefficients == lm.coefficients
+    else:
+        assert true.coefficients["qconv"]["mmac"] == pytest.approx(0.6 * lm.coefficients["qconv"]["mmac"], rel=1e-4)
+        assert true.coefficients["qdq"] == lm.coefficients["qdq"]          # only the arithmetic is scaled
+    float_only = [cal.ModelTiming("f", detect_kernels(load_model(models["fp32"]), lm.nchwc_block), 1.0)]
+    with pytest.raises(EdgepruneError, match="no quantized convolution"):
+        cal.fit_int8_scale(float_only, lm)
+
+
 def test_int8_section_is_validated():
     base = {"name": "b", "cpu": "x", "cores": 1, "clock_ghz": 1.0, "ram_gb": 1.0, "threads": 1,
             "providers": ["CPUExecutionProvider"], "latency_source": "x"}

@@ -108,7 +108,7 @@ def test_synthetic_suite_is_deterministic_and_valid():
 
 def test_calibrate_host_cli_writes_a_usable_profile(tmp_path):
     out = tmp_path / "myhost.toml"
-    args = ["calibrate", "--device", "host", "--out", str(out), "--synthetic", "10",
+    args = ["calibrate", "--device", "host", "--out", str(out), "--synthetic", "10", "--int8", "4",
             "--no-architectures", "--max-mmacs", "15", "--workdir", str(tmp_path / "suite"), "--json"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -118,6 +118,19 @@ def test_calibrate_host_cli_writes_a_usable_profile(tmp_path):
     p = load_profile(str(out))
     assert p.latency_model.fit["models"] == 10 and p.expected_error == d["expected_error"]
     assert all(m["measured_ms"] > 0 and m["held_out_ms"] > 0 for m in d["models"])
+    # the int8 classes are fitted too, on QDQ copies of 4 synthetic networks with this CPU's types
+    from edgeprune.exporters.quantize import precision_for
+    i8, lm = d["int8"], p.latency_model
+    assert len(i8["models"]) == 4 and i8["activations"] == precision_for(local().machine, local().features).activations
+    assert i8["cross_validated"]["n"] == 4 and all(m["held_out_ms"] > 0 for m in i8["models"])
+    assert {"qconv", "qdq"} <= set(lm.coefficients) and lm.int8.ratio is None
+    assert lm.int8.expected_error == i8["expected_error"] and lm.fit["int8_models"] == 4
+    assert "int8 classes fitted" in p.sources["int8"]
+    q8 = sorted((tmp_path / "suite").glob("calib_*_q*.onnx"))
+    assert len(q8) == 4
+    from edgeprune.devices.predictor import predict
+    pred = predict(q8[0], p)
+    assert pred.precision == "int8" and pred.expected_error == max(p.expected_error, i8["expected_error"])
     # it records the machine it measured, so predictions with it here are not flagged
     here = local()
     assert (p.fingerprint.cpu, p.fingerprint.features, p.fingerprint.cores, p.fingerprint.onnxruntime) == \
@@ -130,6 +143,14 @@ def test_calibrate_host_cli_writes_a_usable_profile(tmp_path):
     assert r.exit_code == 2 and "--force" in r.output
     r = runner.invoke(app, ["calibrate", "--device", "rpi4", "--out", str(tmp_path / "x.toml")])
     assert r.exit_code == 2 and "--ssh" in r.output
+
+
+@pytest.mark.parametrize("n", ["2", "11"])
+def test_calibrate_refuses_an_int8_count_it_cannot_fit(tmp_path, n):
+    r = runner.invoke(app, ["calibrate", "--device", "host", "--out", str(tmp_path / "x.toml"), "--synthetic", "10",
+                            "--int8", n, "--no-architectures", "--workdir", str(tmp_path / "suite")])
+    assert r.exit_code == 2 and f"--int8 {n}:" in r.output and "up to --synthetic (10)" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "x.toml").exists()
 
 
 def test_interleaved_timings_time_every_model_every_round(tmp_path):
@@ -157,3 +178,6 @@ def test_the_quick_suite_is_small_and_flags_still_override_it():
     assert {k: getattr(full, k) for k in FULL} == FULL and set(QUICK) == set(FULL)
     assert CalibrationConfig(quick=True, synthetic=12).resolved(remote=True).synthetic == 12
     assert CalibrationConfig(quick=True, architectures=False).resolved(remote=False).architectures is False
+    assert board.synthetic + board.int8 <= 30 and board.int8 >= 3          # int8 measured within the 30
+    assert CalibrationConfig(synthetic=5).resolved(remote=False).int8 == 5   # the preset's never exceeds the suite
+    assert CalibrationConfig(synthetic=5, int8=0).resolved(remote=False).int8 == 0

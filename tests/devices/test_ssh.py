@@ -175,11 +175,49 @@ def test_calibrate_over_ssh(sshd, tmp_path):
     from edgeprune.devices.profiles import load_profile
     p = load_profile(str(out))
     assert p.ssh == sshd.target and set(p.latency_model.fit["group_scales"]) == {"conv", "dwconv", "rest"}
+    # and 6 int8 copies of them: 30 measurements; the host profile has fitted int8 constants, which are scaled
+    i8 = d["int8"]
+    assert len(i8["models"]) == 6 and i8["cross_validated"]["n"] == 6 and i8["ratio"] is None
+    host = load_profile("host").latency_model
+    scale = p.latency_model.fit["int8_scale"]
+    assert p.latency_model.coefficients["qconv"]["mmac"] == pytest.approx(scale * host.coefficients["qconv"]["mmac"],
+                                                                          rel=1e-4)
+    assert p.latency_model.int8.expected_error == i8["expected_error"] and "over SSH" in p.sources["int8"]
     # the device's own facts, as its onnxruntime runner reported them (the loopback device is this machine)
     from edgeprune.devices.fingerprint import local
     assert (p.fingerprint.machine, p.fingerprint.features, p.fingerprint.cores) == \
         (local().machine, local().features, local().cores)
     assert "runner" in p.fingerprint.source
+
+
+def test_calibrating_a_board_over_ssh_fits_its_int8_ratio(sshd, tmp_path):
+    """A board profile costs int8 convolutions as a ratio of fp32: calibration measures int8 copies of the
+    suite on the device and refits that ratio (the loopback device is this x86 CPU, so its types are x86's)."""
+    from edgeprune.devices.profiles import load_profile
+    from edgeprune.devices.predictor import predict
+    prof = board_profile(sshd, tmp_path)
+    shipped = load_profile(str(prof)).latency_model.int8
+    out = tmp_path / "labpi-cal.toml"
+    r = runner.invoke(app, ["calibrate", "--device", str(prof), *ssh_flags(sshd), "--quick", "--synthetic", "8",
+                            "--int8", "4", "--max-mmacs", "10", "--workdir", str(tmp_path / "suite"),
+                            "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    i8 = json.loads(r.stdout)["int8"]
+    assert len(i8["models"]) == 4 and i8["activations"] == "uint8"
+    p = load_profile(str(out))
+    lm = p.latency_model
+    assert not {"qconv", "qgemm"} & set(lm.coefficients)                  # still costed by ratio
+    assert lm.int8.ratio == pytest.approx(i8["ratio"]) and lm.int8.ratio != shipped.ratio
+    assert lm.int8.ratio == pytest.approx(shipped.ratio * lm.fit["int8_scale"], rel=1e-3)
+    assert lm.int8.dotprod is None                                         # measured on x86, not an Arm core
+    q8 = sorted((tmp_path / "suite").glob("calib_*_q*.onnx"))[0]
+    assert predict(q8, p).expected_error == max(p.expected_error, i8["expected_error"])
+    # --int8 0: nothing measured quantized, and the board's shipped int8 figures are kept
+    r = runner.invoke(app, ["calibrate", "--device", str(prof), *ssh_flags(sshd), "--quick", "--synthetic", "8",
+                            "--int8", "0", "--max-mmacs", "10", "--workdir", str(tmp_path / "suite"),
+                            "--out", str(out), "--force", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["int8"] is None and load_profile(str(out)).latency_model.int8 == shipped
 
 
 # -- edgeprune bench / check on the device ------------------------------------------------
