@@ -8,7 +8,8 @@ overhead are fitted (``calibration.fit_from_timings``). Either way the expected 
 written into the profile is the 90th percentile of the cross-validated error: each model
 is predicted by a fit that never saw it.
 
-The int8 classes are fitted the same way, on QDQ copies of the first synthetic networks quantized with the
+The int8 classes are fitted the same way, on QDQ copies of the first synthetic networks (and of six
+architectures, where the suite has them: ``INT8_ARCHITECTURES``) quantized with the
 types onnxruntime recommends for the measured CPU (``--int8 N``; 0 keeps the profile's own int8 figures): per
 node here, whole-model over SSH (one scale of the int8 arithmetic, which on a board without fitted int8
 constants is its int8/fp32 ratio). Their cross-validated error is the band of an int8 prediction.
@@ -48,14 +49,19 @@ def default_workdir() -> Path:
     return Path(base) / "edgeprune" / "calibration"
 
 
-# The suites (docs/calibration.md measures them): FULL is what the bundled host profile was fitted on;
-# QUICK has half the synthetic networks, smaller, and fewer timing rounds, but keeps the torchvision
-# architectures here (without them the fit held 54% of held-out variants within 10%, with them 91%);
+# The suites (docs/calibration.md and docs/calibration-epyc.md measure them): FULL is what the bundled host
+# profile was fitted on; QUICK has half the synthetic networks and fewer timing rounds, but keeps the
+# torchvision architectures here (without them the fit held 54% of held-out variants within 10%, with them
+# 91-100%) and the same size cap (with networks capped at 60 MMACs int8 MobileNetV2 came out 89% over);
 # over SSH it is the 24 synthetic networks alone and int8 copies of 6 of them, so that a board needs at
 # most 30 measurements. ``int8``: how many synthetic networks are also measured quantized.
 FULL = {"synthetic": 48, "max_mmacs": 250.0, "architectures": True, "timing_rounds": 5, "int8": 24}
-QUICK = {"synthetic": 24, "max_mmacs": 60.0, "architectures": True, "timing_rounds": 3, "int8": 12}
+QUICK = {"synthetic": 24, "max_mmacs": 250.0, "architectures": True, "timing_rounds": 3, "int8": 12}
 QUICK_SSH = {**QUICK, "architectures": False, "int8": 6}
+# int8 copies of these suite architectures join the synthetic ones wherever the suite has the architectures:
+# real depthwise, squeeze-excite, shuffle and residual patterns, which the synthetic networks have few of
+INT8_ARCHITECTURES = (("mnasnet0_5", 160), ("mobilenet_v3_small", 128), ("resnet34", 64), ("regnet_x_400mf", 128),
+                      ("shufflenet_v2_x0_5", 160), ("efficientnet_b0", 96))
 
 
 @dataclass
@@ -162,6 +168,15 @@ def build_suite(workdir: Path, synthetic: int, seed: int, architectures: bool,
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
     write_bytes_atomic(path, model.SerializeToString())   # suite models are small: one file
+
+
+def int8_sources(cfg: "CalibrationConfig", suite: Sequence[Path]) -> list[Path]:
+    """The suite models calibration also measures as int8: the first ``cfg.int8`` synthetic networks, and the
+    ``INT8_ARCHITECTURES`` where the suite has architectures (``suite`` as ``build_suite`` returns it)."""
+    if not cfg.int8:
+        return []
+    names = {f"{arch}_{size}" for arch, size in INT8_ARCHITECTURES} if cfg.architectures else set()
+    return [*suite[:cfg.int8], *(p for p in suite[cfg.synthetic:] if p.stem in names)]
 
 
 def int8_suite(paths: Sequence[Path], precision: Precision, progress: Progress | None = None) -> list[Path]:
@@ -273,7 +288,8 @@ def _int8_here(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel, 
         return lm, None
     here = local()
     precision = precision_for(here.machine, here.features)
-    measured = _profile_here(int8_suite(suite[:cfg.int8], precision, progress), threads, providers, cfg, progress)
+    measured = _profile_here(int8_suite(int8_sources(cfg, suite), precision, progress), threads, providers, cfg,
+                             progress)
     coeffs, stats = cal.fit_int8_from_profiles(measured, lm)
     full = replace(lm, coefficients={**lm.coefficients, **coeffs})
     held = [0.0] * len(measured)
@@ -283,7 +299,7 @@ def _int8_here(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel, 
         for i in fold:
             held[i] = _predict_profiled(measured[i], flm)
     fitted_on = (f"{_dt.date.today().isoformat()}: int8 classes fitted to per-node onnxruntime profiles of "
-                 f"{len(measured)} QDQ copies of the synthetic calibration networks on {here.cpu or here.machine}, "
+                 f"{len(measured)} QDQ copies of calibration networks on {here.cpu or here.machine}, "
                  f"{threads} thread(s), onnxruntime {here.onnxruntime}")
     return _with_int8(full, precision, cfg.folds, [pm.name for pm in measured], [pm.total_ms for pm in measured],
                       [_predict_profiled(pm, full) for pm in measured], held, stats, fitted_on)
@@ -388,7 +404,7 @@ def _int8_there(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel,
     if not cfg.int8:
         return lm, None
     precision = precision_for(facts.machine, facts.features)
-    paths = int8_suite(suite[:cfg.int8], precision, progress)
+    paths = int8_suite(int8_sources(cfg, suite), precision, progress)
     timings = _timings(paths, _time_there(target, paths, threads, providers, progress)[0], lm)
     full = cal.with_int8_scale(lm, scale := cal.fit_int8_scale(timings, lm))
     held = [0.0] * len(timings)
@@ -401,7 +417,7 @@ def _int8_there(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel,
     dotprod = ("dotprod" in facts.features if facts.features is not None else None) if arm else None
     fitted_on = (f"{_dt.date.today().isoformat()}: one scale of the int8 arithmetic ({scale:.3g}x the "
                  f"{'ratio' if by_ratio else 'constants'} of the shipped profile) fitted to median onnxruntime "
-                 f"latencies of {len(timings)} QDQ copies of the synthetic calibration networks measured on "
+                 f"latencies of {len(timings)} QDQ copies of calibration networks measured on "
                  f"{target.address} over SSH")
     return _with_int8(full, precision, cfg.folds, [t.name for t in timings], [t.latency_ms for t in timings],
                       [_predict_timed(t, full) for t in timings], held, {"int8_scale": round(scale, 4)}, fitted_on,

@@ -150,7 +150,8 @@ def int8_info(profile: DeviceProfile) -> dict[str, Any]:
     return {"dotprod": ("dotprod" in fp.features) if arm and fp.features is not None else None, "ratio": None,
             "expected_error": round(max(0.3, UNKNOWN_INT8_BAND * fp32), 4),
             "source": f"profile '{profile.name}' has no [latency_model.int8]: int8 kernels are costed as fp32 "
-                      f"work and the band is {UNKNOWN_INT8_BAND:g}x the fp32 band (at least 30%)"}
+                      f"work and the band is {UNKNOWN_INT8_BAND:g}x the fp32 band (at least 30%); 'edgeprune calibrate' "
+                      "fits int8 figures from measurements"}
 
 
 def precision_of(kernels: Sequence[Kernel]) -> tuple[str, float]:

@@ -297,7 +297,9 @@ def quantize_qdq(src: str | Path, dst: str | Path, activations: str = "uint8", e
     dst = Path(dst)
     with tempfile.TemporaryDirectory(prefix="edgeprune_q8_") as tmp:
         pre = str(Path(tmp) / "pre.onnx")
-        quant_pre_process(str(src), pre, skip_symbolic_shape=True)
+        whole = str(Path(tmp) / "whole.onnx")      # a suite export keeps its weights in a .data file beside it:
+        onnx.save(onnx.load(str(src)), whole)      # the pre-processor's shape inference wants them inline
+        quant_pre_process(whole, pre, skip_symbolic_shape=True)
         quantize_static(pre, str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),

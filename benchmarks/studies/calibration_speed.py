@@ -13,6 +13,9 @@
    this CPU (``suite.quantize_qdq``), measured and predicted the same way: the int8 classes calibrate fits.
 
 Per profile: the share of variants within 5% and 10% of the measurement, the median and the worst error.
+A shared machine's speed drifts between a calibration and the held-out measurement minutes later, so 8 of
+each calibration's own suite models are timed again in the same rounds: the median of now / then is that
+calibration's drift, reported beside its errors (not corrected for).
 Results go to ``docs/calibration.json`` and ``docs/calibration.md``.
 """
 
@@ -41,6 +44,7 @@ from edgeprune.exporters.quantize import precision_for  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = {                                   # calibrate's flags for each calibration compared
     "quick": ["--quick"],
+    "quick, synthetic networks up to 60 MMACs (the preset before this run)": ["--quick", "--max-mmacs", "60"],
     "quick, synthetic only (the quick suite over SSH)": ["--quick", "--no-architectures"],
     "quick, synthetic only, 48 up to 250 MMACs": ["--quick", "--no-architectures", "--synthetic", "48",
                                                   "--max-mmacs", "250"],
@@ -63,6 +67,7 @@ def calibrate(kind: str, work: Path) -> dict:
     d = json.loads(proc.stdout)
     r = {"wall_s": time.time() - t0, "models": len(d["models"]), "expected_error": d["expected_error"],
          "cross_validated": d["cross_validated"], "profile": str(out),
+         "suite_ms": {m["name"]: m["measured_ms"] for m in d["models"]},
          "int8": {k: d["int8"][k] for k in ("expected_error", "cross_validated", "activations")} |
                  {"models": len(d["int8"]["models"])} if d.get("int8") else None}
     record.write_text(json.dumps(r, indent=1))
@@ -84,15 +89,17 @@ def write_doc(r: dict, path: Path) -> None:
              f"{r.get('conditions', 'other jobs may have shared them')}); the variants are judged on the CPU time "
              "of the inference thread, as in devices.md.", "",
              "| profile | calibration wall time | suite models (int8) | cross-validated p90 (its band; int8) | "
-             "held-out within 5% | within 10% | median error | worst |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "drift since | held-out within 5% | within 10% | median error | worst |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["profiles"].items():
         e, cal = row["held_out"], row.get("calibration")
         i8 = (cal or {}).get("int8")
         wall = f"{cal['wall_s'] / 60:.1f} min" if cal else "-"
         models = (f"{cal['models']}" + (f" ({i8['models']})" if i8 else "")) if cal else "-"
         band = (f"+-{cal['expected_error']:.0%}" + (f"; +-{i8['expected_error']:.0%}" if i8 else "")) if cal else "-"
-        lines.append(f"| {name} | {wall} | {models} | {band} | {e['within_5pct']:.0%} | {e['within_10pct']:.0%} | "
-                     f"{e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
+        drift = f"{cal['drift']:+.1%}" if cal and "drift" in cal else "-"
+        lines.append(f"| {name} | {wall} | {models} | {band} | {drift} | {e['within_5pct']:.0%} | "
+                     f"{e['within_10pct']:.0%} | {e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
     if any("held_out_int8" in row for row in r["profiles"].values()):
         lines += ["", f"int8: the {r['variants_int8']} ResNet-56 and MobileNetV2 variants quantized to QDQ "
                   f"({r['int8_types']}), measured and predicted the same way:", "",
@@ -103,7 +110,9 @@ def write_doc(r: dict, path: Path) -> None:
                          f"{e['median_abs_rel_err']:.1%} | {e['max_abs_rel_err']:.1%} |")
     lines += ["", f"Held-out set: {r['variants']} block-removal variants of ResNet-56, ResNet-18, ResNet-50 and "
               f"MobileNetV2 (random weights; `validate_predictor.py`), {r['rounds']} interleaved rounds. *bundled "
-              f"host* is `devices/profiles/host.toml`: {r.get('bundled', 'fitted on 2026-11-22 on a machine of this kind')}.", "",
+              f"host* is `devices/profiles/host.toml`: {r.get('bundled', 'fitted on 2026-11-22 on a machine of this kind')}. "
+              "*drift since*: how much slower (+) the calibration's own suite models ran during the held-out "
+              "measurement than during the calibration (median of 8).", "",
               *(["## Reading", "", *[f"- {n}" for n in r["notes"]], ""] if r.get("notes") else [])]
     path.write_text("\n".join(lines))
 
@@ -136,7 +145,13 @@ def main() -> None:
             if not q.exists():
                 quantize_qdq(v.path, q, activations=precision.activations, reduce_range=precision.reduce_range)
             int8.append(vp.Variant(v.family, f"{v.name}-int8", v.removed, str(q)))
-    vp.measure(variants + int8, args.rounds, host.threads, host.providers, 0, 10)
+    suite = args.workdir / "suite"
+    refs = {kind: sorted(cal["suite_ms"])[::max(1, len(cal["suite_ms"]) // 8)][:8] for kind, cal in cals.items()}
+    again = {name: vp.Variant("suite", name, [], str(suite / f"{name}.onnx"))
+             for names in refs.values() for name in names}
+    vp.measure(variants + int8 + list(again.values()), args.rounds, host.threads, host.providers, 0, 10)
+    for kind, cal in cals.items():
+        cal["drift"] = float(np.median([again[n].cpu_ms / cal["suite_ms"][n] for n in refs[kind]])) - 1
     profiles = {"bundled host": (host, None),
                 **{kind: (load_profile(cal["profile"]), cal) for kind, cal in cals.items()}}
     result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": ort_runner.cpu_model(),

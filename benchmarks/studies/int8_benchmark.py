@@ -37,6 +37,7 @@ from edgeprune.build import stages
 from edgeprune.build.config import BuildConfig
 from edgeprune.build.int8 import quantize_chosen
 from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
+from edgeprune.devices.fingerprint import local
 from edgeprune.devices.predictor import predict
 from edgeprune.exporters.artifact import ArtifactConfig, build_artifact
 from edgeprune.exporters.quantize import Quantization, QuantizeConfig, file_sizes, onnx_accuracy, precision_for
@@ -47,7 +48,7 @@ from edgeprune.pipeline.models import ModelSpec, load_model
 
 FRACTIONS = (0.75, 0.5, 0.35)
 BOARDS = ("rpi4", "rpi5")
-X86 = precision_for("x86_64", ["avx512-vnni"])
+X86 = precision_for(local().machine, local().features)      # this x86 CPU's types
 ARM = precision_for("aarch64", ["neon", "dotprod"])
 
 

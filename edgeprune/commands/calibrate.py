@@ -30,9 +30,10 @@ def calibrate_command(
                                                           "(yes; --quick over SSH no).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic networks.")] = 0,
     max_mmacs: Annotated[Optional[float], typer.Option("--max-mmacs", help="Size cap of a synthetic network "
-                                                       "(million MACs; 250, --quick 60).")] = None,
+                                                       "(million MACs; 250).")] = None,
     int8: Annotated[Optional[int], typer.Option("--int8", help="Synthetic networks also measured as int8 QDQ "
-                                                "(onnxruntime's types for the CPU measured) to fit the int8 "
+                                                "(onnxruntime's types for the CPU measured; with six of the "
+                                                "architectures where the suite has them) to fit the int8 "
                                                 "kernels: 24; --quick 12, over SSH 6; 0 keeps the profile's own "
                                                 "int8 figures.")] = None,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Cache of suite ONNX files "

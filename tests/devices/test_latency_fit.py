@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_interleaved_timings_time_every_model_every_round(tmp_path):
 def test_the_quick_suite_is_small_and_flags_still_override_it():
     from edgeprune.devices.calibrate import FULL, QUICK, CalibrationConfig
     q = CalibrationConfig(quick=True).resolved(remote=False)
-    assert (q.synthetic, q.architectures, q.max_mmacs, q.timing_rounds) == (24, True, 60.0, 3)
+    assert (q.synthetic, q.architectures, q.max_mmacs, q.timing_rounds, q.int8) == (24, True, 250.0, 3, 12)
     board = CalibrationConfig(quick=True).resolved(remote=True)
     assert board.synthetic <= 30 and not board.architectures      # at most 30 measurements on a board
     full = CalibrationConfig().resolved(remote=False)
@@ -181,3 +182,13 @@ def test_the_quick_suite_is_small_and_flags_still_override_it():
     assert board.synthetic + board.int8 <= 30 and board.int8 >= 3          # int8 measured within the 30
     assert CalibrationConfig(synthetic=5).resolved(remote=False).int8 == 5   # the preset's never exceeds the suite
     assert CalibrationConfig(synthetic=5, int8=0).resolved(remote=False).int8 == 0
+    # the architectures whose int8 copies join the int8 fit are suite members, and only where the suite has them
+    from pathlib import Path
+    from edgeprune.devices.calibrate import INT8_ARCHITECTURES, int8_sources
+    from edgeprune.devices.suite import TORCHVISION_SUITE
+    assert set(INT8_ARCHITECTURES) <= set(TORCHVISION_SUITE)
+    suite = [Path(f"calib_{i}.onnx") for i in range(24)] + [Path(f"{a}_{s}.onnx") for a, s in TORCHVISION_SUITE]
+    picked = int8_sources(q, suite)
+    assert picked[:12] == suite[:12] and {p.stem for p in picked[12:]} == {f"{a}_{s}" for a, s in INT8_ARCHITECTURES}
+    assert int8_sources(replace(q, architectures=False), suite[:24]) == suite[:12]
+    assert int8_sources(replace(q, int8=0), suite) == []
