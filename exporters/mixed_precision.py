@@ -60,6 +60,30 @@ class MixedPrecision:
                 "gains_points": {k: round(v, 4) for k, v in self.gains.items()},
                 "steps": [s.to_dict() for s in self.steps]}
 
+    def to_record(self) -> dict[str, Any]:
+        """What the search found, to find it again without measuring (``from_record``)."""
+        return {"fp32": self.fp32.to_dict(), "all_int8": self.all_int8.to_dict(), "accuracy": self.accuracy.to_dict(),
+                "kept_fp32": self.chosen.kept_fp32, "max_drop": self.max_drop, "met": self.met, "gains": self.gains,
+                "steps": [s.to_dict() for s in self.steps]}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], chosen: QuantizeResult) -> "MixedPrecision":
+        """A search's outcome from its record and ``chosen``, the file re-quantized with its ``kept_fp32``."""
+        return cls(OnnxAccuracy(**record["fp32"]), OnnxAccuracy(**record["all_int8"]), chosen,
+                   OnnxAccuracy(**record["accuracy"]), record["max_drop"], record["met"], dict(record["gains"]),
+                   [Step(**st) for st in record["steps"]])
+
+
+def is_record(obj: Any) -> bool:
+    """A ``MixedPrecision.to_record`` as JSON gives it back (a build cache's check)."""
+    acc = {"top1", "loss", "images"}
+    return (isinstance(obj, dict) and all(isinstance(obj.get(k), dict) and set(obj[k]) == acc
+                                          for k in ("fp32", "all_int8", "accuracy"))
+            and isinstance(obj.get("kept_fp32"), list) and all(isinstance(x, str) for x in obj["kept_fp32"])
+            and isinstance(obj.get("gains"), dict) and isinstance(obj.get("steps"), list)
+            and all(isinstance(st, dict) and set(st) == {"kept_fp32", "top1", "loss", "fits"} for st in obj["steps"])
+            and isinstance(obj.get("met"), bool) and isinstance(obj.get("max_drop"), (int, float)))
+
 
 def mixed_precision(src: str | Path, dst: str | Path, calibration: np.ndarray,
                     batches: Sequence[tuple[Any, Any]], cfg: QuantizeConfig, precision: Precision, max_drop: float,

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -25,7 +25,7 @@ from edgeprune.benchmarks.targets import LatencyFigure
 from edgeprune.devices.fingerprint import local
 from edgeprune.devices.predictor import HOST
 from edgeprune.devices.profiles import DeviceProfile
-from edgeprune.exporters.mixed_precision import MixedPrecision, mixed_precision
+from edgeprune.exporters.mixed_precision import MixedPrecision, is_record, mixed_precision
 from edgeprune.exporters.quantize import (Precision, QuantizeConfig, calibration_cache, precision_for,
                                           quantize_onnx)
 from edgeprune.pipeline.distributed import on_main
@@ -131,16 +131,30 @@ class Int8Choice:
 
 def quantize_chosen(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], fp32: Path,
                     fits: Callable[[Path], bool], say: Callable[[str], None]) -> Int8Choice:
-    """Mixed precision for the fine-tuned plan's float file ``fp32``, measured on the scoring images."""
+    """Mixed precision for the fine-tuned plan's float file ``fp32``, measured on the scoring images. Its
+    outcome is cached (keyed by the file, the quantization, the types and what ``fits`` judges against), so a
+    resumed build re-quantizes the chosen layer set once instead of measuring every set again."""
     cfg, bundle = inputs.cfg, space.data_of(tokens)
     calib = calibration_images(inputs, space, tokens)
-    score = list(bundle.batches("val", cfg.search.batch_size, indices=inputs.held.score))
-    say(f"quantizing to int8 ({cfg.quantize.method} calibration on {len(calib)} training images), measuring on "
-        f"{len(inputs.held.score)} scoring images")
     precision = target_precision(inputs.profile)
     dst = fp32.with_name(fp32.stem + "-int8.onnx")
-    mixed = mixed_precision(fp32, dst, calib, score, cfg.quantize, precision, cfg.search.max_int8_drop,
-                            calibration_cache(inputs.cache.folder, fp32, calib, cfg.quantize), fits, say)
+    calib_cache = calibration_cache(inputs.cache.folder, fp32, calib, cfg.quantize)
+    key = {"fp32": fp32.name, "quantize": cfg.quantize.to_dict(), "precision": asdict(precision),
+           "max_drop": cfg.search.max_int8_drop, "device": inputs.profile.name, "budget_ms": cfg.search.budget_ms,
+           "metric": cfg.search.metric, "confidence": cfg.search.confidence}
+    record = inputs.cache.load("mixed-precision", key, is_record)
+    if record is not None:
+        chosen = quantize_onnx(fp32, dst, calib, replace(cfg.quantize, keep_fp32=tuple(record["kept_fp32"])),
+                               precision, calib_cache)
+        mixed = MixedPrecision.from_record(record, chosen)
+        say(f"int8: mixed precision found in the cache ({len(record['steps'])} layer sets measured before)")
+    else:
+        score = list(bundle.batches("val", cfg.search.batch_size, indices=inputs.held.score))
+        say(f"quantizing to int8 ({cfg.quantize.method} calibration on {len(calib)} training images), measuring on "
+            f"{len(inputs.held.score)} scoring images")
+        mixed = mixed_precision(fp32, dst, calib, score, cfg.quantize, precision, cfg.search.max_int8_drop,
+                                calib_cache, fits, say)
+        on_main(lambda: inputs.cache.save("mixed-precision", mixed.to_record(), key))
     kept = mixed.chosen.kept_fp32
     say(f"int8: {mixed.accuracy.top1:.2%} on the scoring images against {mixed.fp32.top1:.2%} in fp32 "
         f"({mixed.drop:.2f} points lost)" + (f", {len(kept)} layers kept in fp32: {', '.join(kept)}" if kept else ""))

@@ -57,6 +57,14 @@ def test_int8_pays_on_the_pi5_and_leaves_more_of_the_model(env):
     report = (art / "report.md").read_text()
     assert "## INT8" in report and "model file, int8 (onnxruntime): **shipped**" in report
     assert checksum_problems(art) == []
+    # run again: the build resumes from its cache, mixed precision included (one re-quantization, no measuring)
+    _, args, _ = env
+    r = runner.invoke(app, ["build", *args, "--device", "rpi5", "--budget", budget, "--levers", "blocks,int8",
+                            "--out", str(tmp / "q")])
+    assert r.exit_code == 0, r.output
+    assert "mixed precision found in the cache" in r.stderr and "measuring on" not in r.stderr
+    again = json.loads((art / "manifest.json").read_text())
+    assert again["accuracy"] == manifest["accuracy"] and again["precision"] == manifest["precision"]
     # without the int8 lever the same budget costs blocks
     r, fp32 = build(env, "--device", "rpi5", "--budget", budget, "--levers", "blocks", "--out", str(tmp / "f"))
     assert r.exit_code == 0, r.output
