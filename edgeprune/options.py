@@ -39,6 +39,9 @@ DataWorkers = Annotated[Optional[int], typer.Option("--data-workers", help="Data
                                                     "ImageFolder images (default: min(4, CPUs - 1); 0: this "
                                                     "process).")]
 Accelerator = Annotated[str, typer.Option(help="Torch device for scoring/fine-tuning/eval: cpu, cuda, cuda:N.")]
+Autocast = Annotated[str, typer.Option("--autocast", help="Mixed precision of scoring/fine-tuning/eval: auto (bf16 "
+                                       "on a CUDA device that runs it natively, else fp16; off on cpu), off, bf16 "
+                                       "(cpu too) or fp16 (cuda only). The ONNX export is always fp32.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 
 # -- where a figure comes from: a device profile, and the device over SSH

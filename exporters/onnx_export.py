@@ -131,8 +131,9 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path,
                 config: ExportConfig | None = None) -> ExportResult:
     """Export ``model`` (any ``nn.Module``) for an input of ``input_shape`` (N, C, H, W) to ``path``.
 
-    The model is exported in eval mode on its own device; its training flag is restored
-    afterwards. Raises :class:`EdgepruneError` (exit code 2) with one line when neither
+    The model is exported in eval mode on its own device, with autocast off (a caller's
+    ``torch.autocast`` would trace its casts into the graph: the file is always the model's own
+    precision); its training flag is restored afterwards. Raises :class:`EdgepruneError` (exit code 2) with one line when neither
     exporter can express the model in ONNX.
     """
     cfg = config or ExportConfig()
@@ -149,7 +150,8 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path,
     try:
         for name in order:
             try:
-                with quiet_output(), torch.no_grad(), naming_disk_errors(path):
+                with quiet_output(), torch.no_grad(), torch.autocast(example.device.type, enabled=False), \
+                        naming_disk_errors(path):
                     _EXPORTERS[name](model, example, path, cfg)
                 break
             except Exception as e:  # noqa: BLE001 - any exporter failure is recorded, then judged below

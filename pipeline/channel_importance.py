@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.autocast import OFF, Autocast
 from edgeprune.pipeline.channels import (CHANNEL_CRITERIA, ChannelGroup, channel_importance, prune_channels,
                                          reestimate_batchnorm)
 from edgeprune.pipeline.evaluate import evaluate
@@ -58,6 +59,7 @@ class GroupContext:
     bn_batches: Sequence[torch.Tensor] = ()         # training images re-estimating BatchNorm (direct)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: str | None = None
+    autocast: Autocast = OFF                        # the precision of the evaluations (not of the re-estimation)
 
 
 GroupCriterion = Callable[[nn.Module, Sequence[ChannelGroup], Sequence[Batch], GroupContext], dict[str, GroupScore]]
@@ -73,11 +75,13 @@ def direct_measurement(model: nn.Module, groups: Sequence[ChannelGroup], batches
         raise EdgepruneError("direct measurement of channel groups needs training images to re-estimate "
                              "BatchNorm statistics")
     # the baseline is re-estimated on the same images: what re-estimation alone does is not the step's cost
-    base = evaluate(reestimate_batchnorm(copy.deepcopy(model), ctx.bn_batches, ctx.device), batches, ctx.device)
+    base = evaluate(reestimate_batchnorm(copy.deepcopy(model), ctx.bn_batches, ctx.device), batches, ctx.device,
+                    autocast=ctx.autocast)
     out = {}
     for g in track(_steppable(groups), ctx.progress):
         pruned = prune_channels(model, groups, ctx.orders, {g.name: 1}, ctx.input_shape)
-        r = evaluate(reestimate_batchnorm(pruned, ctx.bn_batches, ctx.device), batches, ctx.device)
+        r = evaluate(reestimate_batchnorm(pruned, ctx.bn_batches, ctx.device), batches, ctx.device,
+                     autocast=ctx.autocast)
         out[g.name] = GroupScore(g.name, (base.top1 - r.top1) + 1e-6 * (r.loss - base.loss), g.channels, g.kept(1),
                                  r.top1, r.loss)
     return out

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.autocast import OFF, Autocast
 from edgeprune.pipeline.distributed import BatchSums, world
 from edgeprune.progress import track
 
@@ -91,8 +92,10 @@ def forward(model: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device | str = "cpu", progress: str | None = None) -> EvalResult:
-    """Accuracy and mean loss of ``model`` over ``batches`` (the model is put in eval mode).
+             device: torch.device | str = "cpu", progress: str | None = None,
+             autocast: Autocast = OFF) -> EvalResult:
+    """Accuracy and mean loss of ``model`` over ``batches`` (the model is put in eval mode); the forward
+    passes run under ``autocast``, accuracy and loss are counted from float32 logits.
 
     Refuses (one line, exit 2) a batch whose inputs or outputs are not finite: an accuracy or loss
     computed from NaN/inf logits would be a number that cannot be trusted."""
@@ -108,12 +111,16 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise EdgepruneError(f"the inputs of batch {i}{total} ({_batch_range(before, len(y))}) are not finite (NaN or "
                                  "inf): check the data and its --mean/--std")
-        out = forward(model, x, f"batch {i}{total} ({_batch_range(before, len(y))})")
+        with autocast(device):
+            out = forward(model, x, f"batch {i}{total} ({_batch_range(before, len(y))})")
+        out = out.float()
         if not bool(torch.isfinite(out).all()):
             bad = int((~torch.isfinite(out.reshape(len(out), -1))).any(1).sum()) if out.dim() else len(y)
             raise EdgepruneError(f"the model's outputs on batch {i}{total} ({_batch_range(before, len(y))}) are not finite "
                                  f"(NaN or inf for {bad} of {len(y)} images): no accuracy can be computed from "
-                                 "them; check the weights (overflow, a diverged fine-tune) and the data")
+                                 "them; check the weights (overflow, a diverged fine-tune) and the data"
+                                 + ("; float16 overflows sooner: try --autocast bf16 or off" if autocast.dtype == "fp16"
+                                    else ""))
         sums.add(i, "", [(out.argmax(1) == y).sum().item(), F.cross_entropy(out, y, reduction="sum").item(), len(y)])
     correct, loss_sum, images = sums.totals().get("", [0, 0.0, 0])
     if images == 0:

@@ -14,6 +14,11 @@ the statistics of the rank's share (as a micro-batch does in one process; on CUD
 SyncBatchNorm uses the whole global batch instead); the running statistics are averaged over the
 ranks after every step, so every rank holds, checkpoints and returns the same model, bit for bit.
 Rank 0 alone reads and writes the checkpoint; what it read is broadcast, so the ranks resume alike.
+
+With an ``autocast`` (:mod:`edgeprune.pipeline.autocast`) the forward passes, the teacher's too, run under
+``torch.autocast``; the loss is computed from float32 logits and the weights stay float32. float16 scales
+the loss (``torch.amp.GradScaler``, its state checkpointed with the rest); bfloat16 needs no scaling. Under
+DDP every rank sees the same all-reduced gradients, so every rank's scaler skips or takes a step alike.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.files import save_torch_atomic
+from edgeprune.pipeline.autocast import OFF, Autocast
 from edgeprune.pipeline.distributed import World, on_main, world
 from edgeprune.progress import track
 
@@ -152,9 +158,10 @@ def micro_batch(model: nn.Module, cfg: FinetuneConfig, example: torch.Tensor, ov
 def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images: int, cfg: FinetuneConfig,
              teacher: nn.Module | None = None, device: torch.device | str = "cpu",
              progress: str | None = "fine-tune", warn: Callable[[str], None] | None = None,
-             after_step: Callable[[int, int], None] | None = None) -> nn.Module:
+             after_step: Callable[[int, int], None] | None = None, autocast: Autocast = OFF) -> nn.Module:
     """Train ``model`` for ``cfg.epochs`` (or ``cfg.steps``); ``make_batches(epoch)`` yields (x, y),
     the global batches (the same on every rank under torchrun, which trains on its share of each).
+    The forward passes run under ``autocast`` (float16 with loss scaling).
     ``after_step(step, total)`` runs before the first step (``step`` 0, or where a resumed run
     goes on) and after every optimizer step: gradual pruning re-applies its masks there.
 
@@ -169,7 +176,7 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    opt = _optimizer(model, cfg)
+    opt, scaler = _optimizer(model, cfg), autocast.scaler(device)
     micro, net = 0, None                      # sized on the first batch; net: the model, or DDP over it
     per_epoch = max(1, math.ceil(num_images / cfg.batch_size))
     total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * per_epoch))
@@ -189,6 +196,8 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
+            if state.get("scaler"):              # float16's loss scale (a disabled scaler has no state)
+                scaler.load_state_dict(state["scaler"])
             step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state.get("in_epoch", 0))
             gen_state = state.get("gen") if in_epoch else None   # at an epoch boundary the epoch's seed decides
             if gen_state is not None:
@@ -197,7 +206,7 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
                 raise ValueError(f"step {step} of {total}")
         except Exception as e:  # noqa: BLE001 - torch.load raises many types for a torn or foreign file
             model.load_state_dict(fresh)   # a partly loaded checkpoint must not leak into the fresh run
-            opt = _optimizer(model, cfg)
+            opt, scaler = _optimizer(model, cfg), autocast.scaler(device)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
             step, epoch, in_epoch, gen_state = 0, 0, 0, None
@@ -214,7 +223,7 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
         if here.main:
             save_torch_atomic(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
                                      "sched": sched.state_dict(), "step": step, "epoch": epoch,
-                                     "in_epoch": in_epoch, "gen": gen.get_state()})
+                                     "in_epoch": in_epoch, "gen": gen.get_state(), "scaler": scaler.state_dict()})
 
     saved_at = time.monotonic()
     if after_step is not None:
@@ -234,22 +243,25 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
                 rows, weight = shard(len(y), here)   # the whole batch in one process
                 x = _augment(x, cfg.augment, gen, rows, device)
                 y = y[rows].to(device)
-                micro = micro or micro_batch(model, cfg, x[:1])
+                if not micro:                    # sized in the precision the activations are held in
+                    with autocast(device):
+                        micro = micro_batch(model, cfg, x[:1])
                 if net is None:
                     net = _parallel(model, x[:1], device, here)
                 opt.zero_grad(set_to_none=True)
                 chunks = list(zip(x.split(micro), y.split(micro)))  # one unless the share exceeds the memory bound
                 for k, (xs, ys) in enumerate(chunks):
                     with _accumulating(net, last=k == len(chunks) - 1):   # DDP all-reduces at the last backward
-                        out = net(xs)
-                        if cfg.kd:
-                            with torch.no_grad():
-                                t_out = teacher(xs)
-                            loss = kd_loss(out, t_out, ys, cfg.temperature, cfg.alpha)
-                        else:
-                            loss = F.cross_entropy(out, ys)
-                        (loss * (weight * len(ys) / len(y))).backward()   # 1.0: the whole batch, one process
-                opt.step()
+                        with autocast(device):
+                            out = net(xs).float()
+                            if cfg.kd:
+                                with torch.no_grad():
+                                    t_out = teacher(xs).float()
+                        loss = (kd_loss(out, t_out, ys, cfg.temperature, cfg.alpha) if cfg.kd
+                                else F.cross_entropy(out, ys))
+                        scaler.scale(loss * (weight * len(ys) / len(y))).backward()   # 1.0: the whole batch, one process
+                scaler.step(opt)                 # float16: unscaled first, skipped when a gradient overflowed
+                scaler.update()
                 sched.step()
                 if here.size > 1:
                     _average_batchnorm(model, here)

@@ -15,7 +15,7 @@ model) gives.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.autocast import OFF, Autocast
 from edgeprune.pipeline.distributed import BatchSums, world
 from edgeprune.pipeline.blocks import Block, analyse, ancestors, remove_blocks, shortcut_module
 from edgeprune.progress import track
@@ -49,6 +50,7 @@ class ScoreContext:
     replace_projection: bool = False
     reuse_prefix: bool = True
     progress: str | None = None
+    autocast: Autocast = OFF        # the precision of the forward passes (the sums are float32)
 
 
 Criterion = Callable[[nn.Module, Sequence[Block], Sequence[Batch], ScoreContext], dict[str, Score]]
@@ -79,15 +81,16 @@ def _replacement(model: nn.Module, block: Block) -> nn.Module:
 
 
 def _accumulate(stats: BatchSums, batch: int, name: str, out: torch.Tensor, y: torch.Tensor) -> None:
-    stats.add(batch, name, [(out.argmax(1) == y).sum().item(), F.cross_entropy(out.float(), y, reduction="sum").item(),
-                            len(y)])
+    out = out.float()
+    stats.add(batch, name, [(out.argmax(1) == y).sum().item(), F.cross_entropy(out, y, reduction="sum").item(), len(y)])
 
 
 def removal_accuracy(model: nn.Module, blocks: Sequence[Block], batches: Sequence[Batch],
                      ctx: ScoreContext) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
     """(top1, loss) of the full model and of the model with each block removed alone."""
     try:
-        return _removal_accuracy(model, blocks, batches, ctx)
+        with ctx.autocast(ctx.device):
+            return _removal_accuracy(model, blocks, batches, ctx)
     except EdgepruneError:
         raise
     except Exception as e:  # noqa: BLE001 - a user's model that fails on real data: one line, not a traceback
@@ -212,15 +215,16 @@ def residual_norm_ratio(model: nn.Module, blocks: Sequence[Block], batches: Sequ
         res = analysed[name]
         interp = _Keeping(res.graph, {res.branch, res.shortcut})
         interp.run(x)
-        fx_ = interp.kept[res.branch].flatten(1).norm(dim=1)
-        sx = interp.kept[res.shortcut].flatten(1).norm(dim=1).clamp_min(1e-12)
+        fx_ = interp.kept[res.branch].flatten(1).float().norm(dim=1)
+        sx = interp.kept[res.shortcut].flatten(1).float().norm(dim=1).clamp_min(1e-12)
         ratios[name].append(fx_ / sx)
 
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: measure(n, i[0].detach()))
              for n in ratios]
     try:
-        for x, _ in batches:
-            model(x.to(ctx.device))
+        with ctx.autocast(ctx.device):
+            for x, _ in batches:
+                model(x.to(ctx.device))
     finally:
         for h in hooks:
             h.remove()
@@ -296,7 +300,7 @@ def rank_iterative(model: nn.Module, blocks: Sequence[Block], batches: Sequence[
     current, removed, steps = model, [], []
     k = len(candidates) if k is None else min(k, len(candidates))
     for _ in track(range(k), ctx.progress and f"{ctx.progress} (iterative)", total=k):
-        quiet = ScoreContext(ctx.device, ctx.seed + len(removed), ctx.replace_projection, ctx.reuse_prefix, None)
+        quiet = replace(ctx, seed=ctx.seed + len(removed), progress=None)
         scores = fn(current, candidates, batches, quiet)
         worst = min(candidates, key=lambda b: (scores[b.name].importance, b.name))
         steps.append(RankStep(worst.name, scores))

@@ -1,7 +1,8 @@
 """The build cache: one folder per build inputs, one file per stage and stage configuration.
 
 ``<out>/cache/<key>/`` where ``key`` hashes what every stage depends on (the model spec,
-a fingerprint of its weights, the data, the scoring split, the seed). Inside it a stage's
+a fingerprint of its weights, the data, the scoring split, the seed, and the autocast precision
+when it is bf16 or fp16). Inside it a stage's
 file is named ``<stage>[-<hash of that stage's config>]<suffix>``: a fine-tune of another
 plan or with another learning rate gets its own file, the same one is found again. Every
 write is atomic, so a build interrupted at any point resumes. A file that does not load (torn

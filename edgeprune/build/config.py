@@ -35,6 +35,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.devices.ssh import SSH_TIMEOUT_S
 from edgeprune.exporters.quantize import QuantizeConfig
 from edgeprune.files import read_toml
+from edgeprune.pipeline.autocast import check_autocast
 from edgeprune.pipeline.data import DataSpec
 from edgeprune.pipeline.evaluate import EVAL_BATCH_SIZE
 from edgeprune.pipeline.finetune import FinetuneConfig
@@ -137,9 +138,11 @@ class BuildConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)   # the int8 lever
     out: str = "edgeprune-build"
     accelerator: str = "cpu"
+    autocast: str = "auto"         # mixed precision of the torch work: auto | off | bf16 | fp16 (pipeline/autocast.py)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_autocast(self.autocast, self.accelerator)
         flag_of = {path: flag for flag, path in FLAGS.items()}
         for path in RANGES:          # however the value came (flag, file, code): one line naming the setting
             *sections, name = path.split(".")
@@ -259,7 +262,7 @@ FLAGS: dict[str, str] = {
     "verify_arm": "measure.verify_arm", "calibrate": "measure.calibrate",
     "max_int8_drop": "search.max_int8_drop", "int8_calibration": "quantize.method",
     "calibration_images": "quantize.calibration_images",
-    "out": "out", "accelerator": "accelerator", "seed": "seed",
+    "out": "out", "accelerator": "accelerator", "autocast": "autocast", "seed": "seed",
 }
 
 

@@ -163,12 +163,16 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "",
         f"Measured on {acc.images} validation images that were "
         f"{'ALSO used for scoring (the split was too small)' if acc.shared else 'not used to score blocks or choose the plan'}. "
-        f"Split: {acc.split}.",
+        f"Split: {acc.split}. "
+        + (f"Torch ran on {result.torch['device']} in {result.torch['autocast']['used']} "
+           f"({result.torch['autocast']['reason']}); the model files are exported from the float32 weights and "
+           "measured by onnxruntime on the CPU." if result.torch else ""),
         "",
         "| model | top-1 |", "|---|---|",
         f"| original | {_pct(acc.before)} |",
         f"| pruned, before fine-tune | {_pct(acc.after_removal)} |",
-        f"| after fine-tune (torch, fp32) | {_pct(acc.after_finetune)} |",
+        f"| after fine-tune (torch, {result.torch['autocast']['used'] if result.torch else 'fp32'}) | "
+        f"{_pct(acc.after_finetune)} |",
         f"| model file, fp32 (onnxruntime) | {_pct(acc.onnx_fp32)} |",
         *([f"| model file, {acc.precision} (onnxruntime): **shipped** | {_pct(acc.onnx_int8)} |"]
           if acc.precision != "fp32" else []),

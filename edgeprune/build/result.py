@@ -142,6 +142,7 @@ class BuildResult:
     wall_runs_s: list[float] = field(default_factory=list)
     verify_arm: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None      # the int8 lever: whether it paid, and the mixed precision found
+    torch: dict[str, Any] | None = None     # where the torch work ran and in what precision (Inputs.torch_record)
 
     @property
     def removed(self) -> list[str]:
@@ -168,6 +169,8 @@ class BuildResult:
             d["verify_arm"] = self.verify_arm
         if self.int8 is not None:
             d["int8"] = self.int8
+        if self.torch is not None:
+            d["torch"] = self.torch
         return d
 
 
@@ -185,6 +188,7 @@ class Unreachable:
     accuracy: AccuracySection | None = None
     reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms predicted)
     int8: dict[str, Any] | None = None          # the int8 lever, when mixed precision met no --max-int8-drop
+    torch: dict[str, Any] | None = None         # where the scoring ran and in what precision
 
     @property
     def floor(self) -> Plan | None:
@@ -204,6 +208,8 @@ class Unreachable:
             d["accuracy"] = self.accuracy.to_dict()
         if self.int8 is not None:
             d["int8"] = self.int8
+        if self.torch is not None:
+            d["torch"] = self.torch
         return d
 
 

@@ -86,7 +86,7 @@ def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned
     result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
                          accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
                          stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
-                         fit.evaluations)
+                         fit.evaluations, torch=inputs.torch_record())
     if fit.int8 is not None:
         result.int8 = {**fit.int8.to_dict(), **(int8.to_dict() if int8 is not None else {}),
                        "sizes": artifact.manifest.get("sizes")}
@@ -100,7 +100,7 @@ def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned
     write_report(artifact.path, result, cfg)
     write_text_atomic(artifact.path / "build-config.toml", cfg.to_toml())
     update_manifest(artifact.path, "build", {"config": cfg.flat(), "strategy": result.strategy,
-                                             "removed": result.removed, "wall_s": result.wall_s})
+                                             "removed": result.removed, "wall_s": result.wall_s, "torch": result.torch})
     target = replace_folder(artifact.path, Path(cfg.out) / "artifact")
     clock.reset()                  # a finished build: a later rerun times itself afresh
     budget = latency.verdict()
@@ -120,7 +120,7 @@ def _int8_too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned,
     """Mixed precision found no layer set within ``--max-int8-drop`` that fits: nothing ships."""
     mixed, cfg = int8.mixed, inputs.cfg
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.evaluations, selection=tuned.selection, accuracy=tuned.accuracy)
+                         fit.evaluations, selection=tuned.selection, accuracy=tuned.accuracy, torch=inputs.torch_record())
     result.int8 = {**fit.int8.to_dict(), **int8.to_dict()}
     kept = mixed.chosen.kept_fp32
     message = (f"int8 loses {mixed.drop:.2f} points of top-1 on the {mixed.fp32.images} scoring images at best "
@@ -134,7 +134,8 @@ def _int8_too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned,
 
 def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
     o, budget, levers = fit.outcome, inputs.cfg.search.budget_ms, inputs.cfg.search.levers
-    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.evaluations, reach=fit.reach)
+    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.evaluations, reach=fit.reach,
+                         torch=inputs.torch_record())
     floor = result.floor
     if not o.reachable and floor is not None:
         ratio = fit.int8.ratio if fit.uses_int8 and fit.int8 is not None else 1.0
@@ -168,7 +169,7 @@ def _too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned, drop
     """The accuracy guard: the plan that fits loses more held-out top-1 than allowed; nothing ships."""
     cfg, chosen, acc = inputs.cfg, tuned.selection.chosen, tuned.accuracy
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.evaluations, selection=tuned.selection, accuracy=acc)
+                         fit.evaluations, selection=tuned.selection, accuracy=acc, torch=inputs.torch_record())
     message = (f"the best plan that meets {cfg.search.budget_ms:g} ms ({tuned.selection.label}: "
                f"{PlanState.from_tokens(chosen.removed).describe()}, {chosen.final_ms:.2f} ms) loses {drop:.1f} points of top-1 "
                f"on the {acc.images} held-out images ({acc.before:.2%} -> {acc.final:.2%}), more than "

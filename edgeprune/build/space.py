@@ -32,6 +32,7 @@ from edgeprune.devices.block_latency import BlockLatencyTable
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
+from edgeprune.pipeline.autocast import OFF, Autocast
 from edgeprune.pipeline.blocks import Block, remove_blocks
 from edgeprune.pipeline.channels import ChannelGroup, ChannelMasks, prune_channels, reestimate_batchnorm
 from edgeprune.pipeline.data import DataBundle
@@ -210,9 +211,9 @@ class StateOracle:
 
     def __init__(self, space: PlanSpace, score: torch.Tensor, batch_size: int, device: torch.device,
                  memo: dict[str, list[float]] | None = None, on_update: Callable[[], None] = lambda: None,
-                 bn_images: int = BN_IMAGES):
+                 bn_images: int = BN_IMAGES, autocast: Autocast = OFF):
         self.space, self.score, self.batch_size, self.device = space, score, batch_size, device
-        self.bn_images = bn_images
+        self.bn_images, self.autocast = bn_images, autocast
         self.memo = memo if memo is not None else {}
         self.on_update = on_update
         self.evaluations = 0
@@ -222,7 +223,7 @@ class StateOracle:
         if key not in self.memo:
             model = self.space.model_for(tokens, self.device, self.bn_images, reestimate=True)
             batches = self.space.data_of(tokens).batches("val", self.batch_size, indices=self.score)
-            r = evaluate(model, batches, self.device)
+            r = evaluate(model, batches, self.device, autocast=self.autocast)
             self.memo[key] = [r.top1, r.loss]
             self.evaluations += 1
             self.on_update()

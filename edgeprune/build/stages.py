@@ -43,6 +43,7 @@ from edgeprune.exporters.quantize import Quantization, onnx_accuracy
 from edgeprune.exporters.simplify import simplify_onnx
 from edgeprune.exporters.verify import VerifyConfig, random_inputs
 from edgeprune.files import save_torch_atomic
+from edgeprune.pipeline.autocast import Autocast, resolve_autocast
 from edgeprune.pipeline.blocks import Block, discover, shortcut_modules
 from edgeprune.pipeline.channels import ChannelGroup, channel_groups, channel_orders
 from edgeprune.pipeline.data import DataBundle, load_data_for
@@ -79,22 +80,29 @@ class Inputs:
     target: Target                      # where its figures come from (predicted, or measured)
     host: DeviceProfile
     torch_device: torch.device
+    autocast: Autocast                  # the precision of scoring, fine-tuning and evaluation (resolved once)
     cache: BuildCache
     score_batches: list = field(default_factory=list)
 
     def final_batches(self):
         return self.bundle.batches("val", self.cfg.search.batch_size, indices=self.held.final)
 
+    def torch_record(self) -> dict[str, Any]:
+        """Where scoring, fine-tuning and evaluation ran and in what precision (the report, JSON and manifest)."""
+        return {"device": str(self.torch_device), "autocast": self.autocast.to_dict()}
+
 
 def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
     out = Path(cfg.out)              # a folder: run.build_lock checked and holds it
     m = cfg.measure
+    torch_device = resolve_device(cfg.accelerator)       # a device that cannot be used fails before any work
+    autocast = resolve_autocast(cfg.autocast, torch_device)
     if m.device == HOST:           # under torchrun: rank 0 calibrates, once, for all
         on_main(lambda: ensure_host_calibrated(m.calibrate, say))
     profile = load_profile(m.device)
     target = resolve_target(profile, ssh=m.ssh, remote_python=m.remote_python, ssh_config=m.ssh_config,
                             ssh_timeout_s=m.ssh_timeout)
-    torch_device = resolve_device(cfg.accelerator)
+    say(f"torch on {torch_device} in {autocast.used} (--autocast {autocast.choice})")    # why: in the report
     say("loading model and data")
     loaded = load_model(cfg.model)
     bundle = load_data_for(cfg.data, loaded, warn=lambda line: say(f"warning: {line}"))
@@ -113,13 +121,15 @@ def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:
         "replace_projection": cfg.search.replace_projection, "seed": cfg.seed, "split": held.to_dict(),
         # a channel token's meaning (which channels, how many a step) depends on these two
         "channel_multiple": cfg.search.channel_multiple, "channel_criterion": cfg.search.channel_criterion,
+        # every accuracy, plan and fine-tune depends on the precision it was measured in (fp32 builds keep their key)
+        **({"autocast": autocast.used} if autocast.dtype else {}),
         "version": 5}, say=say)
     if world().main:
         cache.sweep()
     barrier()                        # no rank writes into the cache before rank 0 has swept it
     say(f"cache {cache.folder}")
     return Inputs(cfg, loaded, bundle, blocks, candidates, held, profile, target, load_profile("host"),
-                  torch_device, cache, list(bundle.batches("val", cfg.search.batch_size, indices=held.score)))
+                  torch_device, autocast, cache, list(bundle.batches("val", cfg.search.batch_size, indices=held.score)))
 
 
 # ---------------------------------------------------------------- 2. the plan space
@@ -189,7 +199,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     tighter internal budget while none fits."""
     scfg, cache = inputs.cfg.search, inputs.cache
     memo = cache.load("accuracy-memo", valid=AccuracyOracle.valid_memo) or {}
-    ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
+    ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection, autocast=inputs.autocast)
     beat = Heartbeat("searching", unit=" plans scored")
     joint = bool(space.levers) and space.levers != ["blocks"]
 
@@ -204,10 +214,11 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     states = screen = None
     if joint:
         states = StateOracle(space, inputs.held.score, scfg.batch_size, inputs.torch_device,
-                             cache.load("plan-accuracy", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update)
+                             cache.load("plan-accuracy", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update,
+                             autocast=inputs.autocast)
         screen = StateOracle(space, inputs.held.score[:SCREEN_IMAGES], scfg.batch_size, inputs.torch_device,
                              cache.load("plan-screen", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update,
-                             bn_images=SCREEN_IMAGES)
+                             bn_images=SCREEN_IMAGES, autocast=inputs.autocast)
     lever8 = None
     if INT8 in scfg.levers:
         original = on_main(lambda: cached_onnx(cache, inputs.cache.path("original", suffix=".onnx"),
@@ -317,7 +328,7 @@ def proxy_orders(inputs: Inputs, scfg: SearchConfig) -> dict[str, list[str]]:
     orders = inputs.cache.load("proxy-orders", valid=lambda o: str_lists(o) and all(
         set(v) <= names for v in o.values())) or {}
     blocks = [b for b in inputs.blocks if b.name in inputs.candidates]
-    ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection)
+    ctx = ScoreContext(inputs.torch_device, inputs.cfg.seed, scfg.replace_projection, autocast=inputs.autocast)
     for crit in scfg.proxies:
         if crit not in orders:
             orders[crit] = rank_blocks(inputs.loaded.model, blocks, inputs.score_batches, ctx, crit, "oneshot").order
@@ -346,7 +357,7 @@ def finetune_and_choose(inputs: Inputs, space: PlanSpace, fit: FitOutcome, say: 
             tuned[plan_key(c.removed)] = m = finetuned(inputs, space, c, ft, say)
             try:
                 r = evaluate(m, space.data_of(c.removed).batches("val", cfg.search.batch_size, indices=inputs.held.score),
-                         inputs.torch_device)
+                             inputs.torch_device, autocast=inputs.autocast)
                 c.recovered_top1, c.recovered_loss = r.top1, r.loss
             except EdgepruneError as e:     # this plan's fine-tune diverged (non-finite outputs): drop it
                 say(f"dropping {c.label}: after fine-tune {e}")
@@ -360,15 +371,15 @@ def finetune_and_choose(inputs: Inputs, space: PlanSpace, fit: FitOutcome, say: 
         f"{inputs.profile.name}, top-1 on scoring images {chosen.top1:.2%}"
         + (f" ({chosen.recovered_top1:.2%}, loss {chosen.recovered_loss:.4f} after fine-tune)"
            if chosen.recovered_loss is not None else ""))
-    dev = inputs.torch_device
-    before = evaluate(inputs.loaded.model, inputs.final_batches(), dev, "eval (original)").top1
+    dev, amp = inputs.torch_device, inputs.autocast
+    before = evaluate(inputs.loaded.model, inputs.final_batches(), dev, "eval (original)", amp).top1
     model = space.model_for(chosen.removed, dev)
     held_out = space.data_of(chosen.removed).batches("val", cfg.search.batch_size, indices=inputs.held.final)
-    after_removal = evaluate(model, held_out, dev, "eval (pruned)").top1 if chosen.removed else before
+    after_removal = evaluate(model, held_out, dev, "eval (pruned)", amp).top1 if chosen.removed else before
     after_ft = None
     if ft is not None:
         model = tuned.get(plan_key(chosen.removed)) or finetuned(inputs, space, chosen, ft, say)
-        after_ft = evaluate(model, held_out, dev, "eval (fine-tuned)").top1
+        after_ft = evaluate(model, held_out, dev, "eval (fine-tuned)", amp).top1
     held = inputs.held
     accuracy = AccuracySection(len(held.final), len(held.score), held.shared, before, after_removal, after_ft,
                                held.describe())
@@ -402,7 +413,7 @@ def finetuned(inputs: Inputs, space: PlanSpace, c: Candidate, ft: FinetuneConfig
         m, masks = space.gradual(c.removed)
     finetune(m, lambda ep: bundle.batches("train", run.batch_size, shuffle=True, seed=inputs.cfg.seed + ep),
              len(bundle.y_train), run, teacher=inputs.loaded.model if run.kd else None, device=inputs.torch_device,
-             warn=say, after_step=masks.after_step if masks is not None else None)
+             warn=say, after_step=masks.after_step if masks is not None else None, autocast=inputs.autocast)
     if masks is not None:
         m = space.finish_gradual(m, masks, c.removed)
     if world().main:                 # every rank holds the same weights (the DDP fine-tune)

@@ -12,6 +12,7 @@ from edgeprune.cli_util import console, err_console, print_json, user_errors, wa
 from edgeprune.errors import EdgepruneError
 from edgeprune.build.config import validate_channel_options
 from edgeprune.build.space import bn_batches
+from edgeprune.pipeline.autocast import resolve_autocast
 from edgeprune.pipeline.blocks import discover, macs_by_module
 from edgeprune.pipeline.channel_importance import GROUP_CRITERIA, GroupContext, score_groups
 from edgeprune.pipeline.channels import CHANNEL_MULTIPLE, channel_groups, channel_orders
@@ -81,7 +82,7 @@ def score_command(
     lever: Annotated[str, typer.Option(help="blocks (remove each block) or channels (shrink each channel group by "
                                             "one step; criteria direct, magnitude, bn-scale).")] = "blocks",
     channel_criterion: o.ChannelCriterion = "magnitude", channel_multiple: o.ChannelMultiple = CHANNEL_MULTIPLE,
-    accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
+    accelerator: o.Accelerator = "cpu", autocast: o.Autocast = "auto", json_out: o.Json = False,
 ) -> None:
     """Score every removable block (or channel group) by a criterion (default: direct measurement) and rank them."""
 
@@ -93,6 +94,8 @@ def score_command(
         if mode != "oneshot":
             raise EdgepruneError("--mode iterative is for blocks; channel groups are scored one step from the model")
         validate_channel_options(channel_criterion, channel_multiple)
+    device = resolve_device(accelerator)
+    amp = resolve_autocast(autocast, device)
     if json_out:
         set_enabled(False)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
@@ -100,15 +103,15 @@ def score_command(
     held = split_val(bundle, score_images, seed)
     if lever == "channels":
         _score_groups(loaded, bundle, held, criterion, channel_criterion, channel_multiple, batch_size,
-                      resolve_device(accelerator), model, data, json_out)
+                      device, amp, model, data, json_out)
         return
     cands = candidates(found, replace_projection)
     batches = list(bundle.batches("val", batch_size, indices=held.score))
-    ctx = ScoreContext(resolve_device(accelerator), seed, replace_projection, progress=f"scoring ({criterion})")
+    ctx = ScoreContext(device, seed, replace_projection, progress=f"scoring ({criterion})", autocast=amp)
     ranking = rank_blocks(loaded.model, cands, batches, ctx, criterion, mode)
     if json_out:
         print_json({"model": model, "data": data, "images": len(held.score), "split": held.to_dict(),
-                    **ranking.to_dict()})
+                    **ranking.to_dict(), "autocast": amp.to_dict()})
         return
     table = Table(title=f"{criterion} importance ({mode}) on {len(held.score)} scoring images (stratified by "
                         f"class, seed {seed}); least important first")
@@ -125,21 +128,23 @@ def score_command(
     console.print(table)
 
 
-def _score_groups(loaded, bundle, held, criterion, channel_criterion, multiple, batch_size, device, model, data,
+def _score_groups(loaded, bundle, held, criterion, channel_criterion, multiple, batch_size, device, amp, model, data,
                   json_out) -> None:
     shape = loaded.input_shape
     groups = channel_groups(loaded.model, shape, multiple)
     if not any(g.max_steps for g in groups):
         raise EdgepruneError(f"{model} has no channel group that can shrink by a step of a multiple of {multiple}")
     ctx = GroupContext(shape, channel_orders(loaded.model, groups, shape, channel_criterion),
-                       bn_batches=bn_batches(bundle), device=device, progress=f"scoring channel groups ({criterion})")
+                       bn_batches=bn_batches(bundle), device=device, progress=f"scoring channel groups ({criterion})",
+                       autocast=amp)
     batches = list(bundle.batches("val", batch_size, indices=held.score))
     scores = score_groups(loaded.model, groups, batches, ctx, criterion)
     order = sorted(scores, key=lambda n: (scores[n].importance, n))
     if json_out:
         print_json({"model": model, "data": data, "images": len(held.score), "split": held.to_dict(),
                     "lever": "channels", "criterion": criterion, "channel_criterion": channel_criterion,
-                    "channel_multiple": multiple, "order": order, "scores": {n: s.to_dict() for n, s in scores.items()}})
+                    "channel_multiple": multiple, "order": order, "scores": {n: s.to_dict() for n, s in scores.items()},
+                    "autocast": amp.to_dict()})
         return
     table = Table(title=f"{criterion} cost of shrinking each channel group by one step ({channel_criterion} order) "
                         f"on {len(held.score)} scoring images; least important first")
@@ -172,7 +177,7 @@ def prune_command(
     temperature: o.Temperature = 4.0, alpha: o.Alpha = 0.9,
     batch_size: o.BatchSize = 128, seed: o.Seed = 0,
     force: o.Force = False,
-    accelerator: o.Accelerator = "cpu", json_out: o.Json = False,
+    accelerator: o.Accelerator = "cpu", autocast: o.Autocast = "auto", json_out: o.Json = False,
 ) -> None:
     """Remove blocks (the K least important, or named ones), optionally fine-tune, write weights + record."""
     from pathlib import Path
@@ -186,6 +191,7 @@ def prune_command(
     if json_out:
         set_enabled(False)
     device = resolve_device(accelerator)
+    amp = resolve_autocast(autocast, device)
     loaded, bundle, found = _setup(model, weights, num_classes, in_channels, input_size, trust_checkpoint,
                                    data, mean, std, channels, resize, trust_code, data_load, data_workers)
     held = split_val(bundle, score_images, seed)
@@ -195,13 +201,13 @@ def prune_command(
         plan = PrunePlan([b.strip() for b in blocks.split(",") if b.strip()], replace_projection)
     else:
         cands = candidates(found, replace_projection)
-        ctx = ScoreContext(device, seed, replace_projection, progress=f"scoring ({criterion})")
+        ctx = ScoreContext(device, seed, replace_projection, progress=f"scoring ({criterion})", autocast=amp)
         score_batches = list(bundle.batches("val", EVAL_BATCH_SIZE, indices=held.score))
         ranking = rank_blocks(loaded.model, cands, score_batches, ctx, criterion, mode, k=remove)
         plan = plan_remove_k(ranking, remove, replace_projection)
     pruned = plan.apply(loaded.model, found)
-    before = evaluate(loaded.model, final_batches, device, "eval (original)")
-    after = evaluate(pruned, final_batches, device, "eval (pruned)")
+    before = evaluate(loaded.model, final_batches, device, "eval (original)", amp)
+    after = evaluate(pruned, final_batches, device, "eval (pruned)", amp)
     accuracy = {"images": after.images, "shared_with_scoring": held.shared, "before": before.top1,
                 "after_removal": after.top1}
     ft_cfg = None
@@ -209,13 +215,14 @@ def prune_command(
         ft_cfg = FinetuneConfig(epochs=finetune_epochs, steps=finetune_steps, optimizer=optimizer, lr=lr, kd=kd,
                                 temperature=temperature, alpha=alpha, batch_size=batch_size, seed=seed)
         pruned = finetune(pruned, lambda ep: bundle.batches("train", batch_size, shuffle=True, seed=seed + ep),
-                          len(bundle.y_train), ft_cfg, teacher=loaded.model if kd else None, device=device)
-        accuracy["after_finetune"] = evaluate(pruned, final_batches, device, "eval (fine-tuned)").top1
+                          len(bundle.y_train), ft_cfg, teacher=loaded.model if kd else None, device=device,
+                          autocast=amp)
+        accuracy["after_finetune"] = evaluate(pruned, final_batches, device, "eval (fine-tuned)", amp).top1
     wpath, rpath = save_prune_record(
         out_path, pruned, loaded.spec.to_dict(), plan.removed, plan.replace_projection,
         {"input_shape": list(loaded.input_shape), "data": bundle.describe() | {"classes": bundle.classes},
          "ranking": ranking.to_dict() if ranking else None, "finetune": ft_cfg.to_dict() if ft_cfg else None,
-         "accuracy": accuracy, "split": held.to_dict(),
+         "accuracy": accuracy, "split": held.to_dict(), "torch": {"device": str(device), "autocast": amp.to_dict()},
          "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
                     "after": sum(p.numel() for p in pruned.parameters())}})
     if json_out:

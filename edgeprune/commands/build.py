@@ -64,7 +64,7 @@ def build_command(
     bench_runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per device figure measured (host or SSH).")] = d("bench_runs"),
     bench_rounds: Annotated[int, typer.Option(help="Interleaved rounds timing the host before/after side by side.")] = d("bench_rounds"),
     calibrate: o.Calibrate = d("calibrate"),
-    accelerator: o.Accelerator = d("accelerator"),
+    accelerator: o.Accelerator = d("accelerator"), autocast: o.Autocast = d("autocast"),
     seed: o.Seed = d("seed"),
     config: Annotated[Optional[str], typer.Option(help="TOML file (as --dry-run prints it); flags given override it.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved configuration as TOML and stop.")] = False,

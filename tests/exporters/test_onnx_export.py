@@ -100,3 +100,22 @@ def test_dynamic_batch_runs_any_batch(tiny, tmp_path, rng_images):
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_an_export_inside_autocast_is_the_float32_models_own(tiny, tmp_path, dynamo):
+    """A caller's torch.autocast (a build's scoring runs under one) never reaches the file: the same graph and
+    weights as an export outside it, every tensor float32, no cast to a reduced precision."""
+    model, shape = tiny
+    cfg = ExportConfig(dynamo=dynamo, fallback=False)
+    export_onnx(model, shape, tmp_path / "plain.onnx", cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        export_onnx(model, shape, tmp_path / "autocast.onnx", cfg)
+    plain, under = onnx.load(str(tmp_path / "plain.onnx")), onnx.load(str(tmp_path / "autocast.onnx"))
+    assert [n.op_type for n in under.graph.node] == [n.op_type for n in plain.graph.node]
+    assert "Cast" not in {n.op_type for n in under.graph.node}
+    assert [(t.name, t.data_type, t.raw_data) for t in under.graph.initializer] == \
+        [(t.name, t.data_type, t.raw_data) for t in plain.graph.initializer]
+    types = {t.data_type for t in under.graph.initializer}
+    assert onnx.TensorProto.FLOAT in types and not types & {onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16}
+    assert under.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -73,6 +73,9 @@ def test_flat_build_table_of_earlier_versions_is_read(tmp_path):
     ('[finetune]\nseed = 3\n', "finetune.seed"),
     ('[serach]\nbudget = "3ms"\n', "unknown keys serach"),
     ('[build]\nbudgett = "3ms"\n', "unknown keys budgett"),
+    ('autocast = "half"\n', "--autocast must be one of auto, off, bf16, fp16, got 'half'"),
+    ('autocast = "fp16"\n', "--autocast fp16 needs --accelerator cuda"),
+    ('[build]\nautocast = "fp16"\naccelerator = "cpu"\n', "--autocast fp16 needs --accelerator cuda"),
 ])
 def test_configs_validate_themselves(tmp_path, text, message):
     with pytest.raises(EdgepruneError, match=message):
@@ -82,6 +85,17 @@ def test_configs_validate_themselves(tmp_path, text, message):
 def test_bad_flag_value_is_one_line_and_exit_2(tmp_path):
     r = runner.invoke(app, ["build", "--strategy", "gready", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "unknown strategies" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_autocast_is_a_setting_with_one_default_and_fp16_on_a_cpu_is_one_line(tmp_path):
+    assert BuildConfig().autocast == "auto" and FLAGS["autocast"] == "autocast"
+    assert 'autocast = "bf16"' in _dry_run("--autocast", "bf16")
+    assert 'autocast = "fp16"' in _dry_run("--accelerator", "cuda", "--autocast", "fp16")   # no device probed
+    assert BuildConfig.from_toml(_write(tmp_path / "c.toml", 'autocast = "off"\n')).autocast == "off"
+    r = runner.invoke(app, ["build", "--autocast", "fp16", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+    assert "--autocast fp16 needs --accelerator cuda" in r.stderr
     assert not (tmp_path / "x").exists()
 
 
@@ -119,6 +133,7 @@ def _write(path, text):
     ('[measure]\nssh = 22\n', "measure.ssh"),
     ('out = 3\n', "out"),
     ('accelerator = true\n', "accelerator"),
+    ('autocast = 16\n', "autocast"),
     ('seed = "0"\n', "seed"),
     ('seed = -1\n', "seed"),
     ('[build]\nbudget = 30\n', "build.budget"),
