@@ -192,6 +192,8 @@ def write_doc(files: list[Path], doc: Path) -> None:
                 lines.append(f"| {board} | {float(frac):.0%} ({e['budget_ms']:.2f} ms) | {levers} | {taken} | "
                              f"{e['blocks_removed']} | {e['ms']:.2f} | {e['top1']:.2%} | {e['fp32_top1']:.2%} |")
             lines.append("")
+        if r.get("notes"):       # the reading, written by hand into the JSON (kept when the script resumes)
+            lines += ["Reading:", "", *[f"- {n}" for n in r["notes"]], ""]
     doc.write_text("\n".join(lines) + "\n")
 
 

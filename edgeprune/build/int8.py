@@ -115,6 +115,20 @@ def int8_lever(inputs: "Inputs", space: "PlanSpace", original: Path, judge: Call
     return lever
 
 
+def host_note(precision: Precision, device: str) -> str | None:
+    """When the shipped int8 file has other integer types than onnxruntime recommends for this machine (an Arm
+    board's file timed on an x86 host): why its host figures say nothing of the device's. None otherwise."""
+    here = local()
+    mine = precision_for(here.machine or "x86_64", here.features)
+    if (precision.activations, precision.reduce_range) == (mine.activations, mine.reduce_range):
+        return None
+    return (f"the host timed the file made for {device} ({precision.activations} activations), not the "
+            f"{mine.activations} activations onnxruntime recommends for this {here.machine} CPU: its int8 kernels run "
+            f"such a file slowly here (docs/int8-benchmark.md: 1.5-1.7x the fp32 time on x86), and the host "
+            f"predictor's int8 constants were fitted on {mine.activations} files, so neither host figure is "
+            f"{device}'s")
+
+
 @dataclass
 class Int8Choice:
     """The chosen plan's quantization: the float file it was made from and what mixed precision found."""

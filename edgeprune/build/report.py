@@ -195,6 +195,7 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         f"Predicted against measured on the host for the final model: {hp.latency_ms:.3f} ms "
         f"predicted, {ha.p50_ms:.3f} ms measured (p50), ratio {hp.latency_ms / ha.p50_ms:.2f}.",
         *(["", f"**{mismatch_note('host', hp.fitted_elsewhere)}.**"] if hp.fitted_elsewhere else []),
+        *(["", f"**Note: {result.int8['host_note']}.**"] if (result.int8 or {}).get("host_note") else []),
         "",
         "## Size and memory",
         "",

@@ -22,6 +22,7 @@ from edgeprune.build import stages
 from edgeprune.build.cache import BuildCache, wall_runs
 from edgeprune.build.config import BuildConfig
 from edgeprune.build.fitting import SEARCH_ATTEMPTS
+from edgeprune.build.int8 import host_note
 from edgeprune.build.report import write_report
 from edgeprune.build.result import BuildOutcome, BuildResult, Unreachable
 from edgeprune.devices.arm_verify import ArmVerifyConfig, verify_arm
@@ -89,7 +90,8 @@ def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned
                          fit.evaluations, torch=inputs.torch_record())
     if fit.int8 is not None:
         result.int8 = {**fit.int8.to_dict(), **(int8.to_dict() if int8 is not None else {}),
-                       "sizes": artifact.manifest.get("sizes")}
+                       "sizes": artifact.manifest.get("sizes"),
+                       "host_note": host_note(int8.precision, inputs.profile.name) if int8 is not None else None}
     if cfg.measure.verify_arm:
         talk("verifying on the aarch64 onnxruntime under qemu")
         arm = verify_arm(artifact.path, ArmVerifyConfig(device=inputs.profile.name), log=talk)

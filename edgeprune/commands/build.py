@@ -120,6 +120,8 @@ def _print_summary(outcome: BuildOutcome, r: BuildResult) -> None:
     console.print(f"host speed-up {1 / h.ratio:.2f}x: the median over {h.rounds} interleaved rounds of each round's "
                   f"before/after ratio of the figures above ({100 * h.confidence:.0f}% interval "
                   f"{1 / h.ci_high:.2f}-{1 / h.ci_low:.2f}x)")
+    if (r.int8 or {}).get("host_note"):
+        console.print(f"[yellow]note: {r.int8['host_note']}[/]", highlight=False)
     console.print(f"strategy: {r.strategy}; plan: {state.describe()}"
                   + (f"; blocks removed: {', '.join(sorted(state.blocks))}" if state.blocks else ""))
     console.print(f"[green]{outcome.message}[/]")
