@@ -282,8 +282,8 @@ def _profile_here(paths: Sequence[Path], threads: int, providers: Sequence[str],
 
 def _int8_here(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel, threads: int,
                providers: Sequence[str], progress: Progress | None) -> tuple[LatencyModel, Int8Fit | None]:
-    """``lm`` with int8 constants fitted to per-node profiles of int8 copies of the first synthetic networks
-    (``latency_fit.fit_int8_from_profiles``; the fp32 constants kept), cross-validated by folds."""
+    """``lm`` with int8 constants fitted to per-node profiles of int8 copies of part of the suite
+    (:func:`int8_sources`; ``latency_fit.fit_int8_from_profiles``, the fp32 constants kept), cross-validated by folds."""
     if not cfg.int8:
         return lm, None
     here = local()
@@ -399,7 +399,7 @@ def _int8_there(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel,
                 threads: int, providers: Sequence[str], facts: Fingerprint,
                 progress: Progress | None) -> tuple[LatencyModel, Int8Fit | None]:
     """``lm`` (carrying the shipped profile's int8 figures) with one scale of its int8 arithmetic fitted to
-    whole-model latencies of int8 copies of the first synthetic networks on the device
+    whole-model latencies of int8 copies of part of the suite (:func:`int8_sources`) on the device
     (``latency_fit.fit_int8_scale``): on a board, its int8/fp32 ratio. Without int8 models, ``lm`` as is."""
     if not cfg.int8:
         return lm, None
