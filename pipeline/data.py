@@ -321,22 +321,33 @@ class DataBundle:
 class Batches:
     """A sized iterator of preprocessed (x, y) batches of a split's images ``indices``, in that order:
     sliced from the tensor held in memory, or decoded by DataLoader workers (``ImageFiles.stream``) and
-    preprocessed here, the same batches either way."""
+    preprocessed here, the same batches either way. With ``only`` (batch number -> bool; see
+    :meth:`only_batches`), a batch it rejects comes as ``(None, y)``: its images are neither decoded nor
+    preprocessed, only its labels given, so a rank under torchrun reads just the batches it runs."""
 
     x: torch.Tensor | ImageFiles
     y: torch.Tensor
     indices: torch.Tensor
     batch_size: int
     preprocess: Preprocess
+    only: Callable[[int], bool] | None = None
 
     def __len__(self) -> int:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def only_batches(self, keep: Callable[[int], bool]) -> "Batches":
+        """These batches with the images of those ``keep`` rejects left unread (0-based batch numbers)."""
+        return replace(self, only=keep)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
         chunks = [self.indices[i:i + self.batch_size] for i in range(0, len(self.indices), self.batch_size)]
-        raws = self.x.stream(chunks) if isinstance(self.x, ImageFiles) else (self.x[idx] for idx in chunks)
-        for i, raw in enumerate(raws):
-            yield self.preprocess.apply(raw), self.y[chunks[i]]
+        read = [c for i, c in enumerate(chunks) if self.only is None or self.only(i)]
+        raws = iter(self.x.stream(read) if isinstance(self.x, ImageFiles) else (self.x[idx] for idx in read))
+        for i, chunk in enumerate(chunks):
+            if self.only is not None and not self.only(i):
+                yield None, self.y[chunk]
+            else:
+                yield self.preprocess.apply(next(raws)), self.y[chunk]
 
     @property
     def num_images(self) -> int:

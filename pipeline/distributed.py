@@ -7,8 +7,9 @@ across the ranks, whole batches, round robin: batch i runs on rank i mod N, exac
 process (same images, same batch, so the same logits), and each rank's per-batch sums (correct
 count, summed loss, images) are gathered and added up in batch order (:class:`BatchSums`), the same
 additions in the same order as one process makes. So top-1 and loss, and every score and plan built
-on them, are the same numbers on 1 and N processes, bit for bit. Each rank still reads every batch
-(cheap beside the forward pass it skips).
+on them, are the same numbers on 1 and N processes, bit for bit. ``evaluate`` has a rank read only the
+batches it runs (``Batches.only_batches``: a streamed ImageFolder decodes only those); the scoring
+batches are held in memory, and a fine-tune's rank decodes each whole global batch and trains on its share.
 
 A build under torchrun runs on every rank alike, so every rank reaches the same plans; what must
 happen once (a measurement on the host or a board, a calibration) runs on rank 0 and is broadcast

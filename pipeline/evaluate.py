@@ -102,6 +102,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     device = torch.device(device)
     model.eval().to(device)
     sums, here, n = BatchSums(), world(), 0      # under torchrun each rank runs its share of the batches
+    if here.size > 1 and hasattr(batches, "only_batches"):
+        batches = batches.only_batches(here.runs)   # ... and reads only those (a streamed set: decodes only those)
     total = f" of {len(batches)}" if hasattr(batches, "__len__") else ""
     for i, (x, y) in enumerate(track(batches, progress), 1):
         before, n = n, n + len(y)                # images before this batch (for the messages), and through it

@@ -223,3 +223,20 @@ def test_a_streamed_tree_larger_than_the_memory_cap_is_evaluated_within_it(tmp_p
     assert grown["memory"] > 0.9 * decoded, grown           # the old path: the whole tree in memory
     assert {k: out["stream"][k] for k in ("top1", "loss", "images")} == \
         {k: out["memory"][k] for k in ("top1", "loss", "images")}
+
+
+def test_a_rank_reads_only_the_batches_it_runs(tmp_path, model):
+    """Under torchrun each rank evaluates batches i with i mod N == rank; its streamed Batches decode only those:
+    an image it would fail on, in another rank's batch, is never read, and its own batches are the same."""
+    from edgeprune.pipeline.distributed import World
+    root = fmnist_folder(tmp_path, train=2, val=3)               # 30 validation images: batches of 4, 8 of them
+    st = load_data(DataSpec(str(root), load="stream", workers=2), model.input_shape, 10)
+    whole = list(st.batches("val", 4))
+    bad = st.x_val.files[int(st.batches("val", 4).indices[4 * 1])]   # an image of batch 1: rank 1's of 2
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(EdgepruneError, match="cannot read image"):
+        list(st.batches("val", 4))
+    mine = list(st.batches("val", 4).only_batches(World(0, 2).runs))
+    assert len(mine) == len(whole) and all(torch.equal(a[1], b[1]) for a, b in zip(mine, whole))   # every label
+    for i, ((x, _), (x_all, _)) in enumerate(zip(mine, whole)):
+        assert (x is None) == (i % 2 == 1) and (x is None or torch.equal(x, x_all))
