@@ -323,7 +323,9 @@ class Batches:
     sliced from the tensor held in memory, or decoded by DataLoader workers (``ImageFiles.stream``) and
     preprocessed here, the same batches either way. With ``only`` (batch number -> bool; see
     :meth:`only_batches`), a batch it rejects comes as ``(None, y)``: its images are neither decoded nor
-    preprocessed, only its labels given, so a rank under torchrun reads just the batches it runs."""
+    preprocessed, only its labels given, so a rank under torchrun reads just the batches it runs. With
+    ``rows`` (batch size -> slice; :meth:`rows_of`), only those rows of each batch's images are read, and the
+    labels still come whole: a fine-tune's rank reads its share of every global batch."""
 
     x: torch.Tensor | ImageFiles
     y: torch.Tensor
@@ -331,6 +333,7 @@ class Batches:
     batch_size: int
     preprocess: Preprocess
     only: Callable[[int], bool] | None = None
+    rows: Callable[[int], slice] | None = None
 
     def __len__(self) -> int:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
@@ -339,9 +342,14 @@ class Batches:
         """These batches with the images of those ``keep`` rejects left unread (0-based batch numbers)."""
         return replace(self, only=keep)
 
+    def rows_of(self, rows: Callable[[int], slice]) -> "Batches":
+        """These batches with only ``rows(len(batch))`` of each batch's images read; the labels whole."""
+        return replace(self, rows=rows)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
         chunks = [self.indices[i:i + self.batch_size] for i in range(0, len(self.indices), self.batch_size)]
-        read = [c for i, c in enumerate(chunks) if self.only is None or self.only(i)]
+        read = [c if self.rows is None else c[self.rows(len(c))]
+                for i, c in enumerate(chunks) if self.only is None or self.only(i)]
         raws = iter(self.x.stream(read) if isinstance(self.x, ImageFiles) else (self.x[idx] for idx in read))
         for i, chunk in enumerate(chunks):
             if self.only is not None and not self.only(i):

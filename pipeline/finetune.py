@@ -92,11 +92,13 @@ def shard(n: int, here: World) -> tuple[slice, float]:
 
 
 def _augment(x: torch.Tensor, mode: str, gen: torch.Generator, rows: slice = slice(None),
-             device: torch.device | str = "cpu") -> torch.Tensor:
-    """Images ``rows`` of the batch ``x``, randomly shifted (and flipped), on ``device``. The random draws are
-    made for the whole batch, so an image gets the same augmentation whichever rank trains on it."""
-    n, _, h, w = x.shape
-    x = x[rows].to(device)
+             device: torch.device | str = "cpu", n: int | None = None) -> torch.Tensor:
+    """Images ``rows`` of a batch of ``n`` (default ``len(x)``), randomly shifted (and flipped), on ``device``;
+    ``x`` is the whole batch, or already just those rows. The random draws are made for the whole batch, so
+    an image gets the same augmentation whichever rank trains on it."""
+    n = len(x) if n is None else n
+    _, _, h, w = x.shape
+    x = (x[rows] if len(x) == n else x).to(device)
     if mode == "none":
         return x
     pad = max(1, h // 16)
@@ -235,13 +237,19 @@ def finetune(model: nn.Module, make_batches: Callable[[int], object], num_images
             if gen_state is not None:            # resuming mid-epoch: the augmentation stream goes on where it was
                 gen.set_state(gen_state)
                 gen_state = None
-            for i, (x, y) in enumerate(make_batches(epoch)):
+            batches = make_batches(epoch)
+            if hasattr(batches, "rows_of"):      # a split's Batches: read only this rank's rows of each global batch,
+                done = in_epoch                  # and nothing of the batches trained on before an interruption
+                batches = batches.only_batches(lambda j: j >= done)
+                if here.size > 1:
+                    batches = batches.rows_of(lambda n: shard(n, here)[0])
+            for i, (x, y) in enumerate(batches):
                 if step >= total:
                     break
                 if i < in_epoch:                 # trained on before the interruption
                     continue
                 rows, weight = shard(len(y), here)   # the whole batch in one process
-                x = _augment(x, cfg.augment, gen, rows, device)
+                x = _augment(x, cfg.augment, gen, rows, device, n=len(y))
                 y = y[rows].to(device)
                 if not micro:                    # sized in the precision the activations are held in
                     with autocast(device):

@@ -240,3 +240,21 @@ def test_a_rank_reads_only_the_batches_it_runs(tmp_path, model):
     assert len(mine) == len(whole) and all(torch.equal(a[1], b[1]) for a, b in zip(mine, whole))   # every label
     for i, ((x, _), (x_all, _)) in enumerate(zip(mine, whole)):
         assert (x is None) == (i % 2 == 1) and (x is None or torch.equal(x, x_all))
+
+
+def test_a_fine_tune_rank_reads_only_its_share_of_each_batch(tmp_path, model):
+    """A fine-tune's rank trains on its share of every global batch (``finetune.shard``): its streamed Batches
+    decode only those rows, give every label, and an image in the other rank's share is never read."""
+    from edgeprune.pipeline.distributed import World
+    from edgeprune.pipeline.finetune import shard
+    root = fmnist_folder(tmp_path, train=3, val=1)                # 30 training images: batches of 8, the last 6
+    st = load_data(DataSpec(str(root), load="stream", workers=2), model.input_shape, 10)
+    whole = list(st.batches("train", 8))
+    rank1 = World(1, 2)
+    bad = st.x_train.files[int(st.batches("train", 8).indices[2])]    # in batch 0's first half: rank 0's rows
+    bad.write_bytes(bad.read_bytes()[:40])
+    mine = list(st.batches("train", 8).rows_of(lambda n: shard(n, rank1)[0]))
+    assert [len(y) for _, y in mine] == [len(y) for _, y in whole] == [8, 8, 8, 6]
+    for (x, y), (x_all, y_all) in zip(mine, whole):
+        rows = shard(len(y), rank1)[0]
+        assert torch.equal(y, y_all) and torch.equal(x, x_all[rows])
