@@ -214,6 +214,17 @@ def _folds(n: int, k: int) -> list[list[int]]:
     return [[i for i in range(n) if i % k == f] for f in range(k)]
 
 
+def _held_out(items: Sequence[Any], k: int, fit: Callable[[list[Any]], LatencyModel],
+              predict: Callable[[Any, LatencyModel], float]) -> list[float]:
+    """Each of ``items`` predicted by the model ``fit`` makes of the other folds (``k``-fold cross-validation)."""
+    held = [0.0] * len(items)
+    for fold in _folds(len(items), k):
+        model = fit([m for i, m in enumerate(items) if i not in fold])
+        for i in fold:
+            held[i] = predict(items[i], model)
+    return held
+
+
 def _band(errors: np.ndarray) -> float:
     """Expected relative error: the 90th percentile of |held-out error|, rounded up."""
     return max(0.01, math.ceil(float(np.percentile(np.abs(errors), 90)) * 100) / 100)
@@ -250,12 +261,8 @@ def calibrate_local(cfg: CalibrationConfig, progress: Progress | None = None) ->
                  f"{threads} thread(s)")
     lm = cal.fit_from_profiles(measured, fitted_on, block)
     fitted = [_predict_profiled(pm, lm) for pm in measured]
-    held = [0.0] * len(measured)
-    for fold in _folds(len(measured), cfg.folds):
-        train = [m for i, m in enumerate(measured) if i not in fold]
-        flm = cal.fit_from_profiles(train, "cv", block, cache_mb=lm.cache_mb)
-        for i in fold:
-            held[i] = _predict_profiled(measured[i], flm)
+    held = _held_out(measured, cfg.folds, lambda train: cal.fit_from_profiles(train, "cv", block, cache_mb=lm.cache_mb),
+                     _predict_profiled)
     meas = [pm.total_ms for pm in measured]
     lm, int8 = _int8_here(cfg, suite, lm, threads, profile.providers, progress)
     return _finish(cfg, profile, out, lm, "profiled", [pm.name for pm in measured], meas,
@@ -283,7 +290,8 @@ def _profile_here(paths: Sequence[Path], threads: int, providers: Sequence[str],
 def _int8_here(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel, threads: int,
                providers: Sequence[str], progress: Progress | None) -> tuple[LatencyModel, Int8Fit | None]:
     """``lm`` with int8 constants fitted to per-node profiles of int8 copies of part of the suite
-    (:func:`int8_sources`; ``latency_fit.fit_int8_from_profiles``, the fp32 constants kept), cross-validated by folds."""
+    (:func:`int8_sources`; ``latency_fit.fit_int8_from_profiles``, the fp32 constants kept), cross-validated by
+    folds."""
     if not cfg.int8:
         return lm, None
     here = local()
@@ -292,12 +300,8 @@ def _int8_here(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel, 
                              progress)
     coeffs, stats = cal.fit_int8_from_profiles(measured, lm)
     full = replace(lm, coefficients={**lm.coefficients, **coeffs})
-    held = [0.0] * len(measured)
-    for fold in _folds(len(measured), cfg.folds):
-        c, _ = cal.fit_int8_from_profiles([m for i, m in enumerate(measured) if i not in fold], lm)
-        flm = replace(lm, coefficients={**lm.coefficients, **c})
-        for i in fold:
-            held[i] = _predict_profiled(measured[i], flm)
+    held = _held_out(measured, cfg.folds, lambda train: replace(lm, coefficients={
+        **lm.coefficients, **cal.fit_int8_from_profiles(train, lm)[0]}), _predict_profiled)
     fitted_on = (f"{_dt.date.today().isoformat()}: int8 classes fitted to per-node onnxruntime profiles of "
                  f"{len(measured)} QDQ copies of calibration networks on {here.cpu or here.machine}, "
                  f"{threads} thread(s), onnxruntime {here.onnxruntime}")
@@ -363,11 +367,7 @@ def calibrate_ssh(cfg: CalibrationConfig, progress: Progress | None = None,
     lm = cal.fit_from_timings(timings, f"{when}: median onnxruntime latencies of {len(timings)} "
                               f"calibration models measured on {target.address} over SSH", base)
     fitted = [_predict_timed(t, lm) for t in timings]
-    held = [0.0] * len(timings)
-    for fold in _folds(len(timings), cfg.folds):
-        flm = cal.fit_from_timings([t for i, t in enumerate(timings) if i not in fold], "cv", base)
-        for i in fold:
-            held[i] = _predict_timed(timings[i], flm)
+    held = _held_out(timings, cfg.folds, lambda train: cal.fit_from_timings(train, "cv", base), _predict_timed)
     lm, int8 = _int8_there(cfg, suite, replace(lm, int8=base.int8), target, threads, profile.providers, facts,
                            progress)
     return _finish(cfg, profile, out, lm, "timed", [t.name for t in timings],
@@ -407,11 +407,8 @@ def _int8_there(cfg: CalibrationConfig, suite: Sequence[Path], lm: LatencyModel,
     paths = int8_suite(int8_sources(cfg, suite), precision, progress)
     timings = _timings(paths, _time_there(target, paths, threads, providers, progress)[0], lm)
     full = cal.with_int8_scale(lm, scale := cal.fit_int8_scale(timings, lm))
-    held = [0.0] * len(timings)
-    for fold in _folds(len(timings), cfg.folds):
-        flm = cal.with_int8_scale(lm, cal.fit_int8_scale([t for i, t in enumerate(timings) if i not in fold], lm))
-        for i in fold:
-            held[i] = _predict_timed(timings[i], flm)
+    held = _held_out(timings, cfg.folds, lambda train: cal.with_int8_scale(lm, cal.fit_int8_scale(train, lm)),
+                     _predict_timed)
     by_ratio = not any(k in lm.coefficients for k in INT8_MAC_KINDS)
     arm = facts.machine.lower() in ("aarch64", "arm64")
     dotprod = ("dotprod" in facts.features if facts.features is not None else None) if arm else None

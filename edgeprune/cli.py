@@ -17,7 +17,7 @@ from edgeprune import __version__, commands
 from edgeprune.cli_util import interrupt_on_sigterm
 from edgeprune.console import console, err_console
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.distributed import init_from_env, launched
+from edgeprune.pipeline.distributed import init_from_env, launched, leave
 from edgeprune.progress import set_enabled
 
 app = typer.Typer(
@@ -97,14 +97,10 @@ def main() -> None:
 
 
 def _leave_torchrun(code: int) -> None:
-    """End a rank of a torchrun run: wait for the others when it succeeded, leave the process group, flush, and
+    """End a rank of a torchrun run: leave the process group (with the others, when it succeeded), flush, and
     exit without the interpreter's teardown, in which a Gloo rank was seen to abort after its work was done and
     its output written ("terminate called without an active exception", exit -6, 1 run in 5 to 10 here)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        if code == 0:
-            dist.barrier()
-        dist.destroy_process_group()
+    leave(together=code == 0)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

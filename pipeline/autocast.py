@@ -53,6 +53,10 @@ class Autocast:
     def to_dict(self) -> dict:
         return {**asdict(self), "used": self.used}
 
+    def record(self, device: torch.device | str) -> dict:
+        """Where the torch work ran and in what precision (a report, JSON or record carries it)."""
+        return {"device": str(device), "autocast": self.to_dict()}
+
 
 OFF = Autocast()
 

@@ -77,6 +77,16 @@ def init_from_env(accelerator: str = "cpu") -> World:
     return world()
 
 
+def leave(together: bool) -> None:
+    """Leave the process group torchrun's ranks joined (nothing outside torchrun). ``together``: first wait for
+    every rank, so that none exits while another still talks to it; a failing rank leaves at once (torchrun
+    stops the others)."""
+    if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 @contextlib.contextmanager
 def alone() -> Iterator[None]:
     """Work that one rank does for all (export, timing, the artifact): no collective inside, and every

@@ -89,7 +89,7 @@ class Inputs:
 
     def torch_record(self) -> dict[str, Any]:
         """Where scoring, fine-tuning and evaluation ran and in what precision (the report, JSON and manifest)."""
-        return {"device": str(self.torch_device), "autocast": self.autocast.to_dict()}
+        return self.autocast.record(self.torch_device)
 
 
 def load_inputs(cfg: BuildConfig, say: Say) -> Inputs:

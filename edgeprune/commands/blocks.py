@@ -222,7 +222,7 @@ def prune_command(
         out_path, pruned, loaded.spec.to_dict(), plan.removed, plan.replace_projection,
         {"input_shape": list(loaded.input_shape), "data": bundle.describe() | {"classes": bundle.classes},
          "ranking": ranking.to_dict() if ranking else None, "finetune": ft_cfg.to_dict() if ft_cfg else None,
-         "accuracy": accuracy, "split": held.to_dict(), "torch": {"device": str(device), "autocast": amp.to_dict()},
+         "accuracy": accuracy, "split": held.to_dict(), "torch": amp.record(device),
          "params": {"before": sum(p.numel() for p in loaded.model.parameters()),
                     "after": sum(p.numel() for p in pruned.parameters())}})
     if json_out:
