@@ -126,6 +126,7 @@ class MeasureConfig:
     bench_rounds: int = 10                 # interleaved before/after rounds on the host
     verify_arm: bool = False               # last step: run the artifact on aarch64 onnxruntime under qemu
     calibrate: bool = True                 # --device host on a machine the bundled profile was not fitted on
+    anchor: bool = True                    # a measuring target: read predictions at the original's measured/predicted
 
 
 @dataclass
@@ -259,7 +260,7 @@ FLAGS: dict[str, str] = {
     "temperature": "finetune.temperature", "alpha": "finetune.alpha", "gradual": "finetune.gradual",
     "device": "measure.device", "ssh": "measure.ssh", "remote_python": "measure.remote_python",
     "ssh_config": "measure.ssh_config", "ssh_timeout": "measure.ssh_timeout", "bench_runs": "measure.bench_runs", "bench_rounds": "measure.bench_rounds",
-    "verify_arm": "measure.verify_arm", "calibrate": "measure.calibrate",
+    "verify_arm": "measure.verify_arm", "calibrate": "measure.calibrate", "anchor": "measure.anchor",
     "max_int8_drop": "search.max_int8_drop", "int8_calibration": "quantize.method",
     "calibration_images": "quantize.calibration_images",
     "out": "out", "accelerator": "accelerator", "autocast": "autocast", "seed": "seed",

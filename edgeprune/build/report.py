@@ -129,6 +129,11 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         "| strategy | plan | predicted latency (ms) | top-1 on scoring images |",
         "|---|---|---|---|",
     ]
+    if result.anchor:
+        a = result.anchor
+        lines[-2:-2] = [f"The search's predictions are anchored: the original measured {a['measured_ms']:.3f} ms "
+                        f"({a['source']}) against {a['predicted_ms']:.3f} ms predicted by the {result.device} profile, "
+                        f"so every predicted figure below is the profile's times {a['scale']:.3f}.", ""]
     for name, p in sorted(s.best.items(), key=lambda kv: -kv[1].top1):
         lines.append(f"| {name}{' (best scored)' if name == s.winner else ''} | "
                      f"{PlanState.from_tokens(p.removed).describe()} | "

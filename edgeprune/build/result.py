@@ -143,6 +143,7 @@ class BuildResult:
     verify_arm: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None      # the int8 lever: whether it paid, and the mixed precision found
     torch: dict[str, Any] | None = None     # where the torch work ran and in what precision (Inputs.torch_record)
+    anchor: dict[str, Any] | None = None    # the original measured on the target against its prediction (stages.anchor)
 
     @property
     def removed(self) -> list[str]:
@@ -171,6 +172,8 @@ class BuildResult:
             d["int8"] = self.int8
         if self.torch is not None:
             d["torch"] = self.torch
+        if self.anchor is not None:
+            d["anchor"] = self.anchor
         return d
 
 
@@ -189,6 +192,7 @@ class Unreachable:
     reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms predicted)
     int8: dict[str, Any] | None = None          # the int8 lever, when mixed precision met no --max-int8-drop
     torch: dict[str, Any] | None = None         # where the scoring ran and in what precision
+    anchor: dict[str, Any] | None = None        # the original measured on the target against its prediction
 
     @property
     def floor(self) -> Plan | None:
@@ -210,6 +214,8 @@ class Unreachable:
             d["int8"] = self.int8
         if self.torch is not None:
             d["torch"] = self.torch
+        if self.anchor is not None:
+            d["anchor"] = self.anchor
         return d
 
 

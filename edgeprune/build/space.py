@@ -60,8 +60,9 @@ class PlanSpace:
     orders: dict[str, list[int]] = field(default_factory=dict)     # group -> channels, least important first
     sizes: list[int] = field(default_factory=list)                 # resolution steps below the input, descending
     confidence: float | None = None     # plan on the figure the device meets with this chance (else metric)
-    latency_memo: dict[str, float] = field(default_factory=dict)
+    latency_memo: dict[str, float] = field(default_factory=dict)   # the profile's judged predictions
     on_latency: Callable[[], None] = lambda: None
+    scale: float = 1.0                  # the target's reading of a prediction (``stages.anchor``): measured / predicted
 
     # ------------------------------------------------------------ what a plan gives
 
@@ -102,10 +103,10 @@ class PlanSpace:
     def table_latency(self, removed: Sequence[str]) -> float:
         """Predicted ms of the model minus ``removed`` blocks from the per-block table (fast): what the
         block strategies plan with (``metric`` p90: the band's upper edge; with ``confidence``, the figure
-        the device meets with that chance)."""
+        the device meets with that chance), read at the target's ``scale``."""
         keep = [m for r in removed for m in self.shortcuts.get(r, [])]
-        return judged_prediction(self.table.predict_without(removed, keep), self.table.expected_error, self.metric,
-                                 self.confidence)
+        return self.scale * judged_prediction(self.table.predict_without(removed, keep), self.table.expected_error,
+                                              self.metric, self.confidence)
 
     def gradual(self, tokens: Sequence[str]) -> tuple[nn.Module, ChannelMasks]:
         """The plan's blocks removed, its channels still there but masked (``ChannelMasks``), for a
@@ -123,7 +124,7 @@ class PlanSpace:
     def latency(self, tokens: Sequence[str]) -> float:
         """Predicted ms of the plan on the budget's device. With block removal the only lever, the
         per-block table; otherwise every plan, the original included, is exported and predicted the
-        same way, so the joint search compares savings from one source."""
+        same way, so the joint search compares savings from one source. Read at the target's ``scale``."""
         if self.levers == ["blocks"] and is_block_only(tokens):
             return self.table_latency(tokens)
         key = ",".join(sorted(tokens))
@@ -131,7 +132,7 @@ class PlanSpace:
             p = plan_prediction(self.apply(tokens), self.input_shape_of(tokens), self.profile)
             self.latency_memo[key] = judged_prediction(p.latency_ms, p.expected_error, self.metric, self.confidence)
             self.on_latency()
-        return self.latency_memo[key]
+        return self.scale * self.latency_memo[key]
 
     # ------------------------------------------------------------ the levers
 

@@ -177,12 +177,57 @@ def _number_dict(obj: object) -> bool:
 # ---------------------------------------------------------------- 3. plans that fit
 
 @dataclass
+class Anchor:
+    """The original model measured on the build's target against the search's prediction of it."""
+
+    measured_ms: float           # the budget's figure of the original, measured on the target
+    predicted_ms: float          # the search's figure of the original (the profile's judged prediction)
+    source: str                  # where it was measured: measured:host, measured:ssh:<device>
+
+    @property
+    def scale(self) -> float:
+        return self.measured_ms / self.predicted_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured_ms": self.measured_ms, "predicted_ms": self.predicted_ms, "scale": self.scale,
+                "source": self.source}
+
+
+def anchor(inputs: Inputs, space: PlanSpace, say: Say) -> Anchor | None:
+    """Where the budget is measured (the host, a board over SSH): the original timed there once, and every
+    prediction the search makes read at its measured / predicted ratio (``space.scale``). A profile fitted on
+    another machine, or on this one before its speed moved, then plans for the figures the target gives now:
+    the profile only has to rank plans and price their savings relative to the original (on block-removal
+    variants of four families, 97-100% within 10% where the absolute predictions held 0-3%:
+    ``benchmarks/studies/anchored_prediction.py``, docs/calibration-epyc.md). None on a predicted target, or
+    with ``--no-anchor``."""
+    if not (inputs.target.measures and inputs.cfg.measure.anchor):
+        return None
+    original = on_main(lambda: cached_onnx(inputs.cache, inputs.cache.path("original", suffix=".onnx"),
+                                           lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape))
+    space.scale = 1.0
+    predicted = space.latency([])
+    figure = judge(inputs, original)
+    found = Anchor(figure.value_ms, predicted, figure.source)
+    space.scale = found.scale
+    say(f"anchored on the original: {found.measured_ms:.3f} ms {figure.source} against {predicted:.3f} ms "
+        f"predicted; the search reads its predictions x{found.scale:.2f}")
+    return found
+
+
+
+@dataclass
 class Fit:
     outcome: FitOutcome
     oracle: AccuracyOracle
     states: StateOracle | None = None           # the joint search's measurements (levers beyond blocks)
     reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms)
     int8: Int8Lever | None = None               # with the int8 lever: whether it pays, and the ratio
+    anchor: Anchor | None = None                # a measuring target's reading of the predictions
+
+    @property
+    def anchor_record(self) -> dict[str, Any] | None:
+        return self.anchor.to_dict() if self.anchor is not None else None
 
     @property
     def uses_int8(self) -> bool:
@@ -219,6 +264,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
         screen = StateOracle(space, inputs.held.score[:SCREEN_IMAGES], scfg.batch_size, inputs.torch_device,
                              cache.load("plan-screen", STATE_MEMO, valid=AccuracyOracle.valid_memo) or {}, on_update,
                              bn_images=SCREEN_IMAGES, autocast=inputs.autocast)
+    anchored = anchor(inputs, space, say)
     lever8 = None
     if INT8 in scfg.levers:
         original = on_main(lambda: cached_onnx(cache, inputs.cache.path("original", suffix=".onnx"),
@@ -232,7 +278,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
         base = Plan("none", [], space.latency([]), None, None)  # type: ignore[arg-type]
         floor = Plan("all", fastest, floor_ms, None, None)  # type: ignore[arg-type]
         return Fit(FitOutcome(SearchResult(scfg.budget_ms, base, {}, [base, floor], None, False, floor), [], []),
-                   oracle, states, lever_reach(space), lever8)
+                   oracle, states, lever_reach(space), lever8, anchored)
     say(f"searching plans with {', '.join(space.levers) or 'no plan lever'}:"
         + (f" {len(space.candidates)} removable blocks" if "blocks" in space.levers else "")
         + (f", {len(space.groups)} channel groups" if "channels" in space.levers else "")
@@ -287,7 +333,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
 
     outcome = search_until_fits(search_at, figure, scfg.budget_ms, start_ms=plan_budget, on_retry=lambda ms: say(
         f"final figure {ms:.2f} ms exceeds the budget; tightening the search"))
-    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space), lever8)
+    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space), lever8, anchored)
 
 
 def host_ratio(inputs: Inputs) -> Callable[[Path, Path], float] | None:

@@ -64,6 +64,7 @@ def build_command(
     bench_runs: Annotated[int, typer.Option(help="Timed onnxruntime runs per device figure measured (host or SSH).")] = d("bench_runs"),
     bench_rounds: Annotated[int, typer.Option(help="Interleaved rounds timing the host before/after side by side.")] = d("bench_rounds"),
     calibrate: o.Calibrate = d("calibrate"),
+    anchor: Annotated[bool, typer.Option("--anchor/--no-anchor", help="Where the budget is measured (host, or a board over SSH): time the original model there first and read every prediction of the search at its measured/predicted ratio.")] = d("anchor"),
     accelerator: o.Accelerator = d("accelerator"), autocast: o.Autocast = d("autocast"),
     seed: o.Seed = d("seed"),
     config: Annotated[Optional[str], typer.Option(help="TOML file (as --dry-run prints it); flags given override it.")] = None,
