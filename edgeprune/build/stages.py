@@ -203,8 +203,7 @@ def anchor(inputs: Inputs, space: PlanSpace, say: Say) -> Anchor | None:
     with ``--no-anchor``."""
     if not (inputs.target.measures and inputs.cfg.measure.anchor):
         return None
-    original = on_main(lambda: cached_onnx(inputs.cache, inputs.cache.path("original", suffix=".onnx"),
-                                           lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape))
+    original = on_main(lambda: original_onnx(inputs))
     space.scale = 1.0
     predicted = space.latency([])
     figure = judge(inputs, original)
@@ -213,7 +212,6 @@ def anchor(inputs: Inputs, space: PlanSpace, say: Say) -> Anchor | None:
     say(f"anchored on the original: {found.measured_ms:.3f} ms {figure.source} against {predicted:.3f} ms "
         f"predicted; the search reads its predictions x{found.scale:.2f}")
     return found
-
 
 
 @dataclass
@@ -267,8 +265,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     anchored = anchor(inputs, space, say)
     lever8 = None
     if INT8 in scfg.levers:
-        original = on_main(lambda: cached_onnx(cache, inputs.cache.path("original", suffix=".onnx"),
-                                               lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape))
+        original = on_main(lambda: original_onnx(inputs))
         lever8 = int8_lever(inputs, space, original, lambda path: judge(inputs, path), say, host_ratio(inputs))
     int8 = lever8 is not None and lever8.taken
     plan_budget = scfg.budget_ms / lever8.ratio if int8 else scfg.budget_ms   # what int8 leaves the float plan
@@ -539,8 +536,7 @@ def shipped_accuracy(inputs: Inputs, space: PlanSpace, tuned: Tuned, artifact: A
 def before_after(inputs: Inputs, artifact: ArtifactResult, say: Say) -> LatencySection:
     """The device figure of the original and the artifact, and both timed side by side on the host."""
     say("benchmarking on the host (onnxruntime)")
-    original = inputs.cache.path("original", suffix=".onnx")
-    cached_onnx(inputs.cache, original, lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape)
+    original = original_onnx(inputs)
     final = artifact.path / "model.onnx"
     m, scfg, host = inputs.cfg.measure, inputs.cfg.search, inputs.host
     bench = BenchConfig(threads=host.threads, providers=list(host.providers), warmup=10, runs=m.bench_runs,
@@ -557,6 +553,12 @@ def before_after(inputs: Inputs, artifact: ArtifactResult, say: Say) -> LatencyS
 
 
 # ---------------------------------------------------------------- cached ONNX files
+
+def original_onnx(inputs: Inputs) -> Path:
+    """The original model exported once into the build's cache (what the anchor, int8 and before/after time)."""
+    return cached_onnx(inputs.cache, inputs.cache.path("original", suffix=".onnx"),
+                       lambda: inputs.loaded.model.cpu().eval(), inputs.loaded.input_shape)
+
 
 def cached_onnx(cache: BuildCache, path: Path, model: Callable[[], nn.Module], input_shape: Sequence[int]) -> Path:
     """``path`` when it holds a readable ONNX model, else ``model()`` exported there atomically (a

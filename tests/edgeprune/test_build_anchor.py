@@ -61,5 +61,5 @@ def test_an_anchored_build_plans_for_the_measured_figures_the_unanchored_one_ove
         assert "unreachable" in plain["message"]
     else:                              # or it removes what the budget did not ask for
         assert r.exit_code == 0, r.output
-        assert min(a["planned_ms"] / a["final_ms"] for a in plain["attempts"]) > 2.5
+        assert min(a["planned_ms"] / a["final_ms"] for a in plain["attempts"]) > 2.0
         assert len(plain["removed"]) > len(built["removed"])
