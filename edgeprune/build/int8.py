@@ -89,14 +89,16 @@ def quantized_file(inputs: "Inputs", space: "PlanSpace", tokens: Sequence[str], 
 
 
 def int8_lever(inputs: "Inputs", space: "PlanSpace", original: Path, judge: Callable[[Path], LatencyFigure],
-               say: Callable[[str], None], side_by_side: Callable[[Path, Path], float] | None = None) -> Int8Lever:
+               say: Callable[[str], None], side_by_side: Callable[[Path, Path], float] | None = None,
+               fp32: LatencyFigure | None = None) -> Int8Lever:
     """Whether int8 pays and is needed: both figures of the original float file on the build's target.
     ``side_by_side(a, b)``: a/b timed interleaved, where the target is this machine (two figures timed one
-    after the other on a shared machine can differ by more than int8 gains); its ratio then decides."""
+    after the other on a shared machine can differ by more than int8 gains); its ratio then decides.
+    ``fp32``: the original's figure when the build has measured it already (the anchor), else judged here."""
     say(f"int8 lever: quantizing the original model to judge int8 on {inputs.profile.name}")
     precision = target_precision(inputs.profile)
     q = on_main(lambda: quantized_file(inputs, space, [], original, "original-int8"))
-    fp32, int8 = judge(original), judge(q)
+    fp32, int8 = fp32 or judge(original), judge(q)
     measured = on_main(lambda: side_by_side(q, original)) if side_by_side is not None else None
     ratio = measured if measured is not None else int8.value_ms / fp32.value_ms
     budget = inputs.cfg.search.budget_ms

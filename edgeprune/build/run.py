@@ -122,7 +122,8 @@ def _int8_too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned,
     """Mixed precision found no layer set within ``--max-int8-drop`` that fits: nothing ships."""
     mixed, cfg = int8.mixed, inputs.cfg
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.evaluations, selection=tuned.selection, accuracy=tuned.accuracy, torch=inputs.torch_record(), anchor=fit.anchor_record)
+                         fit.evaluations, selection=tuned.selection, accuracy=tuned.accuracy, torch=inputs.torch_record(),
+                         anchor=fit.anchor_record)
     result.int8 = {**fit.int8.to_dict(), **int8.to_dict()}
     kept = mixed.chosen.kept_fp32
     message = (f"int8 loses {mixed.drop:.2f} points of top-1 on the {mixed.fp32.images} scoring images at best "
@@ -171,7 +172,8 @@ def _too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned, drop
     """The accuracy guard: the plan that fits loses more held-out top-1 than allowed; nothing ships."""
     cfg, chosen, acc = inputs.cfg, tuned.selection.chosen, tuned.accuracy
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.evaluations, selection=tuned.selection, accuracy=acc, torch=inputs.torch_record(), anchor=fit.anchor_record)
+                         fit.evaluations, selection=tuned.selection, accuracy=acc, torch=inputs.torch_record(),
+                         anchor=fit.anchor_record)
     message = (f"the best plan that meets {cfg.search.budget_ms:g} ms ({tuned.selection.label}: "
                f"{PlanState.from_tokens(chosen.removed).describe()}, {chosen.final_ms:.2f} ms) loses {drop:.1f} points of top-1 "
                f"on the {acc.images} held-out images ({acc.before:.2%} -> {acc.final:.2%}), more than "

@@ -180,9 +180,16 @@ def _number_dict(obj: object) -> bool:
 class Anchor:
     """The original model measured on the build's target against the search's prediction of it."""
 
-    measured_ms: float           # the budget's figure of the original, measured on the target
+    figure: LatencyFigure        # the budget's figure of the original, measured on the target
     predicted_ms: float          # the search's figure of the original (the profile's judged prediction)
-    source: str                  # where it was measured: measured:host, measured:ssh:<device>
+
+    @property
+    def measured_ms(self) -> float:
+        return self.figure.value_ms
+
+    @property
+    def source(self) -> str:     # where it was measured: measured:host, measured:ssh:<device>
+        return self.figure.source
 
     @property
     def scale(self) -> float:
@@ -206,10 +213,9 @@ def anchor(inputs: Inputs, space: PlanSpace, say: Say) -> Anchor | None:
     original = on_main(lambda: original_onnx(inputs))
     space.scale = 1.0
     predicted = space.latency([])
-    figure = judge(inputs, original)
-    found = Anchor(figure.value_ms, predicted, figure.source)
+    found = Anchor(judge(inputs, original), predicted)
     space.scale = found.scale
-    say(f"anchored on the original: {found.measured_ms:.3f} ms {figure.source} against {predicted:.3f} ms "
+    say(f"anchored on the original: {found.measured_ms:.3f} ms {found.source} against {predicted:.3f} ms "
         f"predicted; the search reads its predictions x{found.scale:.2f}")
     return found
 
@@ -266,7 +272,8 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     lever8 = None
     if INT8 in scfg.levers:
         original = on_main(lambda: original_onnx(inputs))
-        lever8 = int8_lever(inputs, space, original, lambda path: judge(inputs, path), say, host_ratio(inputs))
+        lever8 = int8_lever(inputs, space, original, lambda path: judge(inputs, path), say, host_ratio(inputs),
+                            fp32=anchored.figure if anchored is not None else None)
     int8 = lever8 is not None and lever8.taken
     plan_budget = scfg.budget_ms / lever8.ratio if int8 else scfg.budget_ms   # what int8 leaves the float plan
     fastest = space.limit(space.levers).tokens()
