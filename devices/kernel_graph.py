@@ -94,6 +94,8 @@ class Kernel:
     geometry: tuple[int, ...] = ()   # convolutions: (cin_per_group, cout, ho, wo, kh, kw)
     module: str | None = None    # PyTorch module path of its anchor node ("" = the top module), if recorded
     float_kind: str | None = None    # quantized convolutions and GEMMs: the class of the same work in fp32
+    tensors: tuple[str, str] = ("", "")   # the activation it reads first and the one it writes (plan_latency)
+    padded: tuple[bool, bool] = (False, False)   # whether those bytes are counted padded to the NCHWc block
 
     def features(self, spill: float = 0.0) -> dict[str, float]:
         """Work features; ``spill`` is the share of the model's weights beyond the cache."""
@@ -259,6 +261,8 @@ class _Detector:
         self.kernels.append(k)
         if node is not None:
             k.nodes.append(node.name)
+            first = next((self.r(t) for t in node.input if t and self.r(t) not in self.const), "")
+            k.tensors = (first, outputs[0] if outputs else "")
         for o in outputs:
             if o:
                 self.producer[o] = k
@@ -267,6 +271,7 @@ class _Detector:
     def absorb(self, k: Kernel, node: onnx.NodeProto, out: str, src: str) -> None:
         k.nodes.append(node.name)
         k.fused.append(node.op_type)
+        k.tensors = (k.tensors[0], out)
         self.producer[out] = k
         if src in self.nchwc:
             self.nchwc[out] = self.nchwc.pop(src)
@@ -284,7 +289,7 @@ class _Detector:
         if t in self.nchwc and t not in self.reordered_out:
             self.reordered_out.add(t)
             self.add(Kernel(f"ReorderOutput({t})", "ReorderOutput", "reorder",
-                            in_bytes=self.nbytes(t, padded=True), out_bytes=self.nbytes(t)),
+                            in_bytes=self.nbytes(t, padded=True), out_bytes=self.nbytes(t), tensors=(t, t)),
                      None, [])
 
     def need_nchwc(self, t: str) -> None:
@@ -296,7 +301,7 @@ class _Detector:
             if d and len(d) >= 2:
                 out = out / d[1] * _pad(d[1], self.block)
             self.add(Kernel(f"ReorderInput({t})", "ReorderInput", "reorder",
-                            in_bytes=self.nbytes(t), out_bytes=out), None, [])
+                            in_bytes=self.nbytes(t), out_bytes=out, tensors=(t, t)), None, [])
 
     def mark_nchwc(self, out: str, channels: int) -> None:
         self.nchwc[out] = channels
@@ -313,7 +318,19 @@ class _Detector:
                 self.need_nchw_q(t)
             if self.block:
                 self.need_nchw(o.name)
+        if self.block:
+            for k in self.kernels:
+                k.padded = self.padded(k)
         return self.kernels
+
+    def padded(self, k: Kernel) -> tuple[bool, bool]:
+        """Whether ``k``'s activation bytes in and out were counted padded to the block (as ``nbytes``,
+        the blocked convolution and the reorders count them)."""
+        if k.op in ("ReorderInput", "ReorderOutput"):
+            return k.op == "ReorderOutput", k.op == "ReorderInput"
+        if k.nchwc:
+            return not (k.kind in CONV_KINDS and k.kind != "dwconv" and k.geometry[0] < self.block), True
+        return k.tensors[0] in self.nchwc, k.tensors[1] in self.nchwc
 
     def visit(self, node: onnx.NodeProto) -> None:
         if id(node) in self.skip:

@@ -26,6 +26,7 @@ from edgeprune.pipeline.plan import Plan
 Moves = Callable[[PlanState], dict[str, PlanState]]           # move label -> the plan it leads to
 Latency = Callable[[PlanState], float]                          # ms on the budget's device
 Measure = Callable[[Sequence[PlanState]], list[tuple[float, float]]]   # (top-1, loss) of each plan
+FINALISTS = 8              # moves per step measured on all the scoring images after the screen
 
 
 @dataclass
@@ -37,7 +38,7 @@ class JointSpace:
     considered: list[Plan]
     start: PlanState = PlanState()
     screen: Measure | None = None       # the same measurement on fewer images: it picks the finalists
-    finalists: int = 8                  # moves per step measured in full after the screen
+    finalists: int = FINALISTS          # moves per step measured in full after the screen
 
 
 def joint_greedy(name: str, space: JointSpace) -> Plan | None:

@@ -56,6 +56,7 @@ class AccuracyOracle:
         self.memo = memo if memo is not None else {}
         self.on_update = on_update or (lambda: None)
         self.evaluations = 0
+        self.images = 0                 # images run through (a removal re-runs only the graph from its block on)
 
     @staticmethod
     def key(removed: Sequence[str]) -> str:
@@ -85,8 +86,14 @@ class AccuracyOracle:
                 base, _ = removal_accuracy(self.model, [], self.batches, self.ctx)
                 self.memo[k] = list(base)
             self.evaluations += 1
+            self.images += self._images()
             self.on_update()
         return tuple(self.memo[k])  # type: ignore[return-value]
+
+    def _images(self) -> int:
+        if not hasattr(self, "_per_pass"):
+            self._per_pass = sum(len(b[0]) for b in self.batches)
+        return self._per_pass
 
     def _block(self, name: str) -> Block:
         return next(b for b in self.blocks if b.name == name)
@@ -101,6 +108,7 @@ class AccuracyOracle:
             for c, v in per.items():
                 self.memo[self.key([*removed, c])] = list(v)
             self.evaluations += len(todo)
+            self.images += (1 + len(todo)) * self._images()
             self.on_update()
         return {c: tuple(self.memo[self.key([*removed, c])]) for c in candidates}  # type: ignore[misc]
 

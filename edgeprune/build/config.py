@@ -44,6 +44,7 @@ from edgeprune.pipeline.importance import CRITERIA
 from edgeprune.pipeline.levers import DEFAULT_LEVERS, parse_levers
 from edgeprune.pipeline.models import ModelSpec, is_factory
 from edgeprune.pipeline.plan import STRATEGIES
+from edgeprune.pipeline.table_search import JOINT_STRATEGIES
 
 
 SELECTIONS = ("recovered", "scored")     # recovered: fine-tune each short-listed plan, ship the best after
@@ -83,7 +84,8 @@ class SearchConfig:
     batch_size: int = EVAL_BATCH_SIZE     # images per forward pass when scoring and evaluating (memory bound)
     max_accuracy_drop: float = 5.0        # points of held-out top-1 the shipped plan may lose after fine-tune
     max_int8_drop: float = 1.0            # points of scoring top-1 int8 may cost against the float file (int8 lever)
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: [*STRATEGIES, "table"])   # block ones, then joint ones
+    search_minutes: float = 20.0          # the joint search returns the best measured plan that fits by then
     proxies: list[str] = field(default_factory=lambda: ["norm-ratio", "bn-gamma"])
     select: str = "recovered"
     shortlist: int = 4                    # distinct plans fine-tuned when select = recovered
@@ -102,7 +104,7 @@ class SearchConfig:
         check_confidence(self.confidence)
         if self.confidence is not None and self.metric != "p50":
             raise EdgepruneError("--confidence and --metric p90 both say which figure meets the budget; give one")
-        _all_of(self.strategies, tuple(STRATEGIES), "strategies")
+        _all_of(self.strategies, (*STRATEGIES, *JOINT_STRATEGIES), "strategies")
         bad = [p for p in self.proxies if p not in PROXIES]
         if bad:
             raise EdgepruneError(f"unknown proxies {bad}; use any of {', '.join(PROXIES)}")
@@ -252,6 +254,7 @@ FLAGS: dict[str, str] = {
     "budget": "search.budget", "metric": "search.metric", "confidence": "search.confidence",
     "score_images": "search.score_images", "batch_size": "search.batch_size",
     "max_accuracy_drop": "search.max_accuracy_drop", "strategies": "search.strategies", "proxies": "search.proxies",
+    "search_minutes": "search.search_minutes",
     "select": "search.select", "shortlist": "search.shortlist", "replace_projection": "search.replace_projection",
     "levers": "search.levers", "channel_criterion": "search.channel_criterion",
     "channel_multiple": "search.channel_multiple", "min_resolution": "search.min_resolution",
@@ -302,6 +305,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.channels": (1, None, True), "data.workers": (0, None, True),
     "search.score_images": (1, None, True), "search.batch_size": (1, None, True), "search.shortlist": (1, None, True),
     "search.max_accuracy_drop": (0, 100, True), "search.max_int8_drop": (0, 100, True),
+    "search.search_minutes": (0, None, False),
     "search.channel_multiple": (1, None, True),
     "search.min_resolution": (1, None, True), "search.resolution_step": (1, None, True),
     "finetune.epochs": (0, None, True), "finetune.steps": (1, None, True), "finetune.lr": (0, None, False),

@@ -143,6 +143,14 @@ def write_report(folder: Path, result: BuildResult, cfg: BuildConfig) -> None:
         lines += ["", f"The best-scored strategy leads the runner-up by "
                       f"{100 * (s.best[s.winner].top1 - runner_up):.2f} points of top-1 on the "
                       f"{acc.scoring_images} scoring images (before fine-tune)."]
+    if result.search_cost:
+        c = result.search_cost
+        rounds = "; ".join(f"{n}: {j['rounds']} round{'s' * (j['rounds'] != 1)}, {j['measured']} plans measured whole, "
+                           f"{j['screened']} moves screened" + (" (stopped by --search-minutes)" if j["stopped"] else "")
+                           for n, j in c["joint"].items() if j["rounds"] or j["measured"])
+        lines += ["", f"Search cost: {c['evaluations']} accuracy measurements in this run, {c['image_passes']:,} "
+                      "image passes (BatchNorm re-estimation and scoring images)" + (f"; {rounds}" if rounds else "")
+                      + ". A rerun reads them from the cache."]
     lines += ["", "### Short list", "",
               "Distinct plans from the strategies above and the proxy rankings "
               f"({', '.join(cfg.search.proxies) or 'none'}), each exported and its own "

@@ -144,6 +144,7 @@ class BuildResult:
     int8: dict[str, Any] | None = None      # the int8 lever: whether it paid, and the mixed precision found
     torch: dict[str, Any] | None = None     # where the torch work ran and in what precision (Inputs.torch_record)
     anchor: dict[str, Any] | None = None    # the original measured on the target against its prediction (stages.anchor)
+    search_cost: dict[str, Any] | None = None   # plans measured and images run through (Fit.search_record)
 
     @property
     def removed(self) -> list[str]:
@@ -166,6 +167,8 @@ class BuildResult:
             "edgeprune": __version__, "search_evaluations": self.search_evaluations, "wall_s": self.wall_s,
             "wall_runs_s": self.wall_runs_s,
         }
+        if self.search_cost is not None:
+            d["search_cost"] = self.search_cost
         if self.verify_arm is not None:
             d["verify_arm"] = self.verify_arm
         if self.int8 is not None:
@@ -193,6 +196,7 @@ class Unreachable:
     int8: dict[str, Any] | None = None          # the int8 lever, when mixed precision met no --max-int8-drop
     torch: dict[str, Any] | None = None         # where the scoring ran and in what precision
     anchor: dict[str, Any] | None = None        # the original measured on the target against its prediction
+    search_cost: dict[str, Any] | None = None   # plans measured and images run through (Fit.search_record)
 
     @property
     def floor(self) -> Plan | None:
@@ -202,6 +206,8 @@ class Unreachable:
         d: dict[str, Any] = {"budget_ms": self.budget_ms, "device": self.device, "search": self.search.to_dict(),
                              "search_evaluations": self.search_evaluations,
                              "attempts": [a.to_dict() for a in self.attempts]}
+        if self.search_cost is not None:
+            d["search_cost"] = self.search_cost
         if self.floor is not None:
             d.update(best_reachable_ms=self.floor.latency_ms, best_reachable_top1=self.floor.top1)
         if self.reach:

@@ -87,7 +87,7 @@ def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned
     result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
                          accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
                          stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
-                         fit.evaluations, torch=inputs.torch_record(), anchor=fit.anchor_record)
+                         fit.evaluations, search_cost=fit.search_record(), torch=inputs.torch_record(), anchor=fit.anchor_record)
     if fit.int8 is not None:
         result.int8 = {**fit.int8.to_dict(), **(int8.to_dict() if int8 is not None else {}),
                        "sizes": artifact.manifest.get("sizes"),
@@ -122,7 +122,7 @@ def _int8_too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned,
     """Mixed precision found no layer set within ``--max-int8-drop`` that fits: nothing ships."""
     mixed, cfg = int8.mixed, inputs.cfg
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.evaluations, selection=tuned.selection, accuracy=tuned.accuracy, torch=inputs.torch_record(),
+                         fit.evaluations, search_cost=fit.search_record(), selection=tuned.selection, accuracy=tuned.accuracy, torch=inputs.torch_record(),
                          anchor=fit.anchor_record)
     result.int8 = {**fit.int8.to_dict(), **int8.to_dict()}
     kept = mixed.chosen.kept_fp32
@@ -137,7 +137,7 @@ def _int8_too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned,
 
 def _unreachable(inputs: stages.Inputs, fit: stages.Fit) -> BuildOutcome:
     o, budget, levers = fit.outcome, inputs.cfg.search.budget_ms, inputs.cfg.search.levers
-    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.evaluations, reach=fit.reach,
+    result = Unreachable(inputs.profile.name, budget, o.search, o.attempts, fit.evaluations, search_cost=fit.search_record(), reach=fit.reach,
                          torch=inputs.torch_record(), anchor=fit.anchor_record)
     floor = result.floor
     if not o.reachable and floor is not None:
@@ -172,7 +172,7 @@ def _too_lossy(inputs: stages.Inputs, fit: stages.Fit, tuned: stages.Tuned, drop
     """The accuracy guard: the plan that fits loses more held-out top-1 than allowed; nothing ships."""
     cfg, chosen, acc = inputs.cfg, tuned.selection.chosen, tuned.accuracy
     result = Unreachable(inputs.profile.name, cfg.search.budget_ms, fit.outcome.search, fit.outcome.attempts,
-                         fit.evaluations, selection=tuned.selection, accuracy=acc, torch=inputs.torch_record(),
+                         fit.evaluations, search_cost=fit.search_record(), selection=tuned.selection, accuracy=acc, torch=inputs.torch_record(),
                          anchor=fit.anchor_record)
     message = (f"the best plan that meets {cfg.search.budget_ms:g} ms ({tuned.selection.label}: "
                f"{PlanState.from_tokens(chosen.removed).describe()}, {chosen.final_ms:.2f} ms) loses {drop:.1f} points of top-1 "

@@ -6,14 +6,16 @@ Each lever registers in :data:`LEVER_MOVES` what moves it offers from a plan and
 :data:`LEVER_LIMIT` the plan with everything it can do done (the fastest it reaches); the joint
 search and the unreachable message only go through these two registries.
 
-Latency: the block strategies read a plan of removed blocks from the per-block table (one export,
-as always); the joint search exports every plan (TorchScript, in a temporary file) and predicts
-it, once per plan (the memo is cached with the build), so all its savings come from one source. Accuracy of a plan that changes
+Latency: the block strategies read a plan of removed blocks from the per-block table; every other plan
+is priced by the plan latency table (``devices.plan_latency``: each layer's cost at the plan's kept
+widths and input size, a sum of table entries), built from the same one export, so no plan is
+exported to be priced; short-listed plans are then exported and judged on their own graphs
+(``stages.fit_budget``). Accuracy of a plan that changes
 channels or resolution is measured after re-estimating BatchNorm statistics on a fixed, seeded
 set of training images at the plan's input size (``StateOracle``); a plan of removed blocks only
 keeps today's direct removal, except in the joint search, which re-estimates every plan's statistics so
-that all its moves are measured alike. The joint search screens every move with a second oracle on
-:data:`SCREEN_IMAGES` scoring images and measures its :data:`FINALISTS` in full.
+that all its moves are measured alike. The joint searches screen moves with a second oracle on
+:data:`SCREEN_IMAGES` scoring images and measure whole plans on all of them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from edgeprune.benchmarks.targets import judged_prediction
 from edgeprune.devices.block_latency import BlockLatencyTable
+from edgeprune.devices.plan_latency import PlanLatencyTable
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
@@ -40,8 +43,7 @@ from edgeprune.pipeline.evaluate import evaluate
 from edgeprune.pipeline.levers import PlanState, is_block_only
 
 BN_IMAGES = 256            # training images that re-estimate BatchNorm statistics after a plan's change
-SCREEN_IMAGES = 128        # the joint search screens every move on this many scoring images (and BN images)
-FINALISTS = 8              # moves per step then measured on all the scoring images
+SCREEN_IMAGES = 128        # the joint searches screen moves on this many scoring images (and BN images)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class PlanSpace:
     latency_memo: dict[str, float] = field(default_factory=dict)   # the profile's judged predictions
     on_latency: Callable[[], None] = lambda: None
     scale: float = 1.0                  # the target's reading of a prediction (``stages.anchor``): measured / predicted
+    plans: PlanLatencyTable | None = None   # any plan's latency without exporting it (None: export and predict)
 
     # ------------------------------------------------------------ what a plan gives
 
@@ -123,10 +126,17 @@ class PlanSpace:
 
     def latency(self, tokens: Sequence[str]) -> float:
         """Predicted ms of the plan on the budget's device. With block removal the only lever, the
-        per-block table; otherwise every plan, the original included, is exported and predicted the
-        same way, so the joint search compares savings from one source. Read at the target's ``scale``."""
+        per-block table; otherwise every plan, the original included, from the plan latency table (or,
+        without one, exported and predicted), so the joint searches compare savings from one source.
+        Read at the target's ``scale``."""
         if self.levers == ["blocks"] and is_block_only(tokens):
             return self.table_latency(tokens)
+        if self.plans is not None:
+            s = PlanState.from_tokens(tokens)
+            keep = [m for r in s.blocks for m in self.shortcuts.get(r, [])]
+            widths = {g.name: g.kept(n) for g in self.groups if (n := s.steps.get(g.name))}
+            ms = self.plans.predict(s.blocks, keep, widths, s.resolution)
+            return self.scale * judged_prediction(ms, self.plans.expected_error, self.metric, self.confidence)
         key = ",".join(sorted(tokens))
         if key not in self.latency_memo:
             p = plan_prediction(self.apply(tokens), self.input_shape_of(tokens), self.profile)
@@ -181,7 +191,7 @@ def _channel_moves(space: PlanSpace, state: PlanState) -> dict[str, PlanState]:
 
 def _resolution_moves(space: PlanSpace, state: PlanState) -> dict[str, PlanState]:
     lower = [s for s in space.sizes if state.resolution is None or s < state.resolution]
-    return {f"input {lower[0]}": state.with_resolution(lower[0])} if lower else {}
+    return {"lower input": state.with_resolution(lower[0])} if lower else {}
 
 
 def _blocks_limit(space: PlanSpace, state: PlanState) -> PlanState:
@@ -218,6 +228,7 @@ class StateOracle:
         self.memo = memo if memo is not None else {}
         self.on_update = on_update
         self.evaluations = 0
+        self.images = 0                 # images run through the model: BatchNorm re-estimation and scoring
 
     def __call__(self, tokens: Sequence[str]) -> tuple[float, float]:
         key = ",".join(sorted(tokens))
@@ -227,6 +238,7 @@ class StateOracle:
             r = evaluate(model, batches, self.device, autocast=self.autocast)
             self.memo[key] = [r.top1, r.loss]
             self.evaluations += 1
+            self.images += min(self.bn_images, len(self.space.bundle.y_train)) + len(self.score)
             self.on_update()
         top1, loss = self.memo[key]
         return top1, loss

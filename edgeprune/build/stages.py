@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,9 +30,10 @@ from edgeprune.build.config import BuildConfig, SearchConfig
 from edgeprune.build.fitting import FitOutcome, search_until_fits
 from edgeprune.build.int8 import INT8, Int8Choice, Int8Lever, int8_lever, quantize_chosen, quantized_file
 from edgeprune.build.result import AccuracySection, LatencySection, Selection, plan_key
-from edgeprune.build.space import FINALISTS, SCREEN_IMAGES, PlanSpace, StateOracle
-from edgeprune.devices.block_latency import block_latency_table
+from edgeprune.build.space import SCREEN_IMAGES, PlanSpace, StateOracle
+from edgeprune.devices.block_latency import export_for_blocks, table_from_onnx as block_table
 from edgeprune.devices.calibrate import ensure_host_calibrated
+from edgeprune.devices.plan_latency import table_from_onnx as plan_table
 from edgeprune.devices.fingerprint import mismatch_note
 from edgeprune.devices.predictor import HOST, host_differences, Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile, load_profile
@@ -51,10 +53,10 @@ from edgeprune.pipeline.distributed import barrier, on_main, world
 from edgeprune.pipeline.evaluate import evaluate, resolve_device
 from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.importance import ScoreContext, candidates_for
-from edgeprune.pipeline.joint import JointSpace, joint_greedy
+from edgeprune.pipeline.table_search import JOINT_STRATEGIES, Progress, TableOutcome, TableSpace
 from edgeprune.pipeline.levers import PlanState, plan_levers, resolution_steps
 from edgeprune.pipeline.models import LoadedModel, load_model, state_fingerprint
-from edgeprune.pipeline.plan import AccuracyOracle, Plan, SearchResult, search
+from edgeprune.pipeline.plan import STRATEGIES, AccuracyOracle, Plan, SearchResult, search
 from edgeprune.pipeline.prune import HeldOut, rank_blocks, split_val
 from edgeprune.pipeline.select import Candidate, choose, proxy_plans, shortlist
 from edgeprune.progress import Heartbeat
@@ -145,7 +147,6 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
     shortcuts = {b.name: shortcut_modules(model, b.name) for b in inputs.blocks
                  if b.kind == "projection" and scfg.replace_projection}
     names = [b.name for b in inputs.blocks] + [m for ms in shortcuts.values() for m in ms]
-    table = block_latency_table(model, (torch.zeros(inputs.loaded.input_shape),), inputs.profile, names)
     shape = inputs.loaded.input_shape
     groups: list[ChannelGroup] = []
     try:                             # the groups are found even when the lever is off: the unreachable
@@ -157,6 +158,10 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
     if "channels" in scfg.levers:
         say(f"channel lever: {len(groups)} groups of coupled channels (steps of about 1/8, kept counts multiples "
             f"of {scfg.channel_multiple}, {scfg.channel_criterion} order)")
+    exported = export_for_blocks(model, (torch.zeros(shape),))      # the one export both tables are read from
+    table = block_table(exported, inputs.profile, names)
+    out_groups = {m: g.name for g in groups for m, role in g.members.items() if role in ("out", "both")}
+    plans = plan_table(exported, inputs.profile, names, out_groups)
     size = min(shape[2], shape[3])
     floor = scfg.min_resolution if "resolution" in scfg.levers and scfg.min_resolution else max(1, size // 2)
     sizes = resolution_steps(size, floor, scfg.resolution_step)
@@ -165,7 +170,7 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
     memo = inputs.cache.load("plan-latency", memo_cfg, valid=_number_dict) or {}
     space = PlanSpace(model, shape, inputs.bundle, inputs.blocks, inputs.candidates, table, scfg.metric, shortcuts,
                       inputs.profile, plan_levers(scfg.levers), groups, orders, sizes, confidence=scfg.confidence,
-                      latency_memo=memo)
+                      latency_memo=memo, plans=plans)
     space.on_latency = lambda: inputs.cache.save("plan-latency", memo, memo_cfg)
     return space
 
@@ -228,6 +233,8 @@ class Fit:
     reach: dict[str, float] = field(default_factory=dict)   # lever combination -> its fastest plan (ms)
     int8: Int8Lever | None = None               # with the int8 lever: whether it pays, and the ratio
     anchor: Anchor | None = None                # a measuring target's reading of the predictions
+    screen: StateOracle | None = None           # the joint searches' screening measurements
+    searches: dict[str, TableOutcome] = field(default_factory=dict)   # each joint search's rounds and counts
 
     @property
     def anchor_record(self) -> dict[str, Any] | None:
@@ -239,7 +246,19 @@ class Fit:
 
     @property
     def evaluations(self) -> int:
-        return self.oracle.evaluations + (self.states.evaluations if self.states else 0)
+        """Plans and moves measured (accuracy on scoring images), every oracle together."""
+        return sum(o.evaluations for o in (self.oracle, self.states, self.screen) if o is not None)
+
+    @property
+    def image_passes(self) -> int:
+        """Images those measurements ran through the model (BatchNorm re-estimation and scoring)."""
+        return sum(o.images for o in (self.oracle, self.states, self.screen) if o is not None)
+
+    def search_record(self) -> dict[str, Any]:
+        """What the search cost: the JSON's and the report's ``search_cost``."""
+        return {"evaluations": self.evaluations, "image_passes": self.image_passes,
+                "joint": {name: {"rounds": o.rounds, "stopped": o.stopped, "measured": o.measured,
+                                 "screened": o.screened} for name, o in self.searches.items()}}
 
 
 def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
@@ -294,22 +313,35 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     blocks = "blocks" in space.levers and bool(space.candidates)
     orders = proxy_orders(inputs, scfg) if blocks else {}
     blocks_floor = space.table_latency(space.candidates)
+    block_names = [s for s in scfg.strategies if s in STRATEGIES]
+    joint_names = [s for s in scfg.strategies if s in JOINT_STRATEGIES]
+    deadline = time.monotonic() + 60 * scfg.search_minutes
+    searches: dict[str, TableOutcome] = {}
+
+    def progress(p: Progress) -> None:
+        say(f"search round {p.round}/{p.rounds}: {p.measured} plans measured whole, {p.screened} moves screened"
+            + (f", about {p.eta_s / 60:.1f} min left" if p.eta_s else ""))
 
     def search_at(budget_ms: float) -> tuple[SearchResult, list[Candidate]]:
         base = Plan("none", [], space.table_latency([]), *oracle([]))
         if base.latency_ms <= budget_ms:
             result = SearchResult(budget_ms, base, {"none": base}, [base], "none")
-        elif blocks and blocks_floor <= budget_ms:
-            result = search(oracle, space.table_latency, space.candidates, budget_ms, scfg.strategies)
+        elif blocks and blocks_floor <= budget_ms and block_names:
+            result = search(oracle, space.table_latency, space.candidates, budget_ms, block_names)
         else:                        # blocks alone cannot reach it: only the joint search can
             result = SearchResult(budget_ms, base, {}, [base])
         if result.winner != "none" and states is not None:
-            plan = joint_greedy(JOINT, JointSpace(space.moves, lambda st: space.latency(st.tokens()), states.measure,
-                                                  budget_ms, result.considered, screen=screen.measure,
-                                                  finalists=FINALISTS))
-            if plan is not None:
-                result.best[JOINT] = plan
-                result.considered.append(plan)
+            for name in joint_names:
+                outcome = JOINT_STRATEGIES[name](name, TableSpace(
+                    space.moves, lambda st: space.latency(st.tokens()), states.measure, screen.measure, budget_ms,
+                    result.considered, deadline=deadline, on_progress=progress))
+                searches[name] = outcome
+                if outcome.stopped:
+                    say(f"{name} search: --search-minutes {scfg.search_minutes:g} ran out after {outcome.rounds} "
+                        f"round{'s' * (outcome.rounds != 1)}; the best measured plan that fits is used")
+                if outcome.plan is not None:
+                    result.best[name] = outcome.plan
+                    result.considered.append(outcome.plan)
         if result.best:
             result.winner = max(result.best, key=lambda k: (result.best[k].top1, -result.best[k].loss,
                                                             -result.best[k].latency_ms))
@@ -337,7 +369,8 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
 
     outcome = search_until_fits(search_at, figure, scfg.budget_ms, start_ms=plan_budget, on_retry=lambda ms: say(
         f"final figure {ms:.2f} ms exceeds the budget; tightening the search"))
-    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space), lever8, anchored)
+    return Fit(outcome, oracle, states, {} if outcome.fitting else lever_reach(space), lever8, anchored,
+               screen, searches)
 
 
 def host_ratio(inputs: Inputs) -> Callable[[Path, Path], float] | None:
@@ -357,9 +390,6 @@ def judge(inputs: Inputs, path: Path) -> LatencyFigure:
     def measure() -> LatencyFigure:
         return inputs.target.figure(path, scfg.metric, inputs.cfg.measure.bench_runs, scfg.confidence)
     return on_main(measure) if inputs.target.measures else measure()
-
-
-JOINT = "joint-greedy"
 
 
 def lever_reach(space: PlanSpace) -> dict[str, float]:

@@ -61,7 +61,7 @@ def test_channels_meet_a_budget_blocks_alone_cannot(env, reach):
     assert r.exit_code == 3 and "unreachable" in out["message"]
     r, out = _build(env, "--budget", f"{budget:.4f}ms", "--levers", "blocks,channels", out="c")
     assert r.exit_code == 0, r.output
-    assert any(t.startswith("channels:") for t in out["removed"]) and "joint-greedy" in out["search"]["best"]
+    assert any(t.startswith("channels:") for t in out["removed"]) and "table" in out["search"]["best"]
     art = Path(out["artifact"])
     assert checksum_problems(art) == []
     manifest = json.loads((art / "manifest.json").read_text())
