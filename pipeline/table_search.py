@@ -36,7 +36,7 @@ from edgeprune.pipeline.levers import PlanState
 from edgeprune.pipeline.plan import Plan
 
 ROUNDS = 4                   # solve-and-measure rounds from the unpruned plan to the budget
-KNAPSACK_UNITS = 200         # the knapsack's resolution: savings in 1/200 of what the round needs
+KNAPSACK_UNITS = 400         # the knapsack's resolution: savings in 1/400 of what the round needs
 
 
 @dataclass
@@ -58,6 +58,7 @@ class TableSpace:
     considered: list[Plan]
     start: PlanState = PlanState()
     rounds: int = ROUNDS
+    refresh: str = "contenders"         # which entries each round re-screens: "moved", "contenders" or "all"
     deadline: float | None = None       # clock() past which the search solves for the budget at once
     clock: Callable[[], float] = time.monotonic
     on_progress: Callable[[Progress], None] = lambda p: None
@@ -101,6 +102,25 @@ class _Search:
         for m, (top1, loss) in zip(todo, scores):
             self.table[m] = _Entry((here[0] - top1, loss - here[1]), state)
 
+    def stale(self, state: PlanState, moved: set[str]) -> Callable[[str], bool]:
+        """Which entries to measure again from ``state``: those whose part of the plan moved, and (``contenders``)
+        the cheaper half per ms saved, the moves the solver will take next, whose costs rise as the plan
+        shrinks; the rest keep their costs until they come into reach. ``all``: every entry."""
+        policy = self.space.refresh
+        if policy == "all":
+            return lambda m: self.table[m].measured_at != state
+        contenders: set[str] = set()
+        if policy == "contenders" and self.table:
+            lat, offered = self.space.latency(state), self.space.moves(state)
+            per_ms = {}
+            for m, e in self.table.items():
+                if m in offered:
+                    saved = lat - self.space.latency(offered[m])
+                    per_ms[m] = (max(e.cost[0], 0.0) + 1e-3 * max(e.cost[1], 0.0)) / saved if saved > 0 else math.inf
+            ranked = sorted(per_ms, key=lambda m: (per_ms[m], m))
+            contenders = set(ranked[: (len(ranked) + 1) // 2])
+        return lambda m: self.table[m].measured_at != state and (m in moved or m in contenders)
+
     # ---------------------------------------------------------------- the solver
 
     def apply(self, state: PlanState, label: str) -> PlanState | None:
@@ -127,8 +147,8 @@ class _Search:
             state, lat = best[1], lat - best[2]
         return state
 
-    def knapsack(self, state: PlanState, target: float) -> PlanState:
-        """Least summed cost (top-1 lost, loss gained as the tie-break) whose savings reach ``target``: each
+    def knapsack(self, state: PlanState, target: float, scalar: Callable[[tuple[float, float]], float]) -> PlanState:
+        """Least summed ``scalar(cost)`` (negative costs count as none) whose savings reach ``target``: each
         move taken 0..n times (n steps cost n times its measured cost; the savings of n steps read from the
         latency model), a multiple-choice knapsack by dynamic programming over discretised savings; the
         chosen plan's own latency is then read, and the need raised by any shortfall (at most 6 times)."""
@@ -140,7 +160,7 @@ class _Search:
                 s = self.apply(s, label)
                 if s is None:
                     break
-                cost = n * (max(entry.cost[0], 0.0) + 1e-3 * max(entry.cost[1], 0.0)) + 1e-9 * n
+                cost = n * max(scalar(entry.cost), 0.0) + 1e-9 * n
                 steps.append((base - self.space.latency(s), cost, s))
             options[label] = [o for o in steps if o[0] > 0]
         need = base - target
@@ -158,9 +178,12 @@ class _Search:
         return chosen
 
     def proposals(self, state: PlanState, target: float) -> list[PlanState]:
-        out = [self.greedy(state, target, lambda c: c),              # top-1 lost per ms, loss gained per ms
-               self.greedy(state, target, lambda c: (c[1], c[0])),   # loss gained per ms first
-               self.knapsack(state, target)]
+        """The solver's plans for ``target``: greedy and knapsack, each on top-1 lost (the loss breaking ties: top-1
+        on a few screening images moves in coarse steps) and on the loss gained (finer, and noisier)."""
+        out = [self.greedy(state, target, lambda c: c),
+               self.greedy(state, target, lambda c: (c[1], c[0])),
+               self.knapsack(state, target, lambda c: c[0] + 1e-3 * c[1]),
+               self.knapsack(state, target, lambda c: c[1] + 1e-3 * c[0])]
         return list(dict.fromkeys(out))
 
     # ---------------------------------------------------------------- the rounds
@@ -183,7 +206,7 @@ class _Search:
             late = space.deadline is not None and space.clock() > space.deadline
             stopped = stopped or late
             if not late or not self.table:
-                self.refresh(state, lambda m: m in moved)
+                self.refresh(state, self.stale(state, moved))
             left = 1 if stopped else max(1, space.rounds - done)
             target = space.budget_ms if left == 1 else current.latency_ms * (space.budget_ms / current.latency_ms) ** (1 / left)
             proposals = [p for p in self.proposals(state, target) if p != state]
@@ -226,7 +249,8 @@ def _change(base: PlanState, moved: PlanState) -> tuple:
 
 def _multiple_choice(options: dict[str, list[tuple[float, float, PlanState]]], need: float) -> dict[str, int]:
     """For each label a count (0..len(options)), least summed cost with summed savings >= ``need`` (savings
-    floored to units of need / KNAPSACK_UNITS: never overstated); everything when even that falls short."""
+    rounded up to units of need / KNAPSACK_UNITS, so a plan exactly at the target is found; the caller reads
+    the chosen plan's own latency and raises ``need`` by any shortfall); everything when even that falls short."""
     if need <= 0:
         return {}
     unit = need / KNAPSACK_UNITS
@@ -236,7 +260,7 @@ def _multiple_choice(options: dict[str, list[tuple[float, float, PlanState]]], n
     for label, opts in options.items():
         prev_best, prev_pick = best[:], [dict(p) for p in pick]
         for n, (saved, cost, _) in enumerate(opts, start=1):
-            w = max(0, math.floor(saved / unit))
+            w = max(0, math.ceil(saved / unit - 1e-9))
             for s in range(KNAPSACK_UNITS + 1):
                 src = max(0, s - w)
                 if prev_best[src] + cost < best[s]:

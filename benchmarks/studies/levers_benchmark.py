@@ -9,7 +9,10 @@ For one model, at budgets of 75%, 50% and 35% of its unpruned rpi4 prediction:
 * ``channels-tp``: Torch-Pruning's global magnitude pruning (``MagnitudePruner``, filter L2 norm,
   ``global_pruning=True``, ``round_to`` = the build's channel multiple, the classifier ignored) at the
   smallest pruning ratio whose exported graph the predictor puts within the budget (bisection);
-* ``joint``: the joint greedy over blocks and channels (``--levers blocks,channels``);
+* ``joint``: the joint greedy over blocks and channels (``--levers blocks,channels --strategy joint-greedy``,
+  with the block strategies as before; rows searched before the table search existed ran the same);
+* ``table``: the table search over blocks and channels (``--strategy table`` alone: the default joint search),
+  in its own build folder so it reuses none of the others' measurements;
 * ``joint-gradual``: the joint plan again, its channels removed over the fine-tune by Zhu & Gupta's
   cubic schedule (``--gradual``) instead of at once before it.
 
@@ -47,7 +50,9 @@ from edgeprune.pipeline.finetune import FinetuneConfig, finetune
 from edgeprune.pipeline.levers import PlanState
 
 FRACTIONS = (0.75, 0.5, 0.35)
-METHODS = ("blocks", "channels-tp", "joint", "joint-gradual")
+METHODS = ("blocks", "channels-tp", "joint", "joint-gradual", "table")
+STRATEGIES = {"blocks": ["latency-greedy", "accuracy-greedy", "knapsack"],
+              "joint": ["latency-greedy", "accuracy-greedy", "knapsack", "joint-greedy"], "table": ["table"]}
 SEEDS = (0, 1, 2)
 
 
@@ -212,10 +217,12 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
     say = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)   # noqa: E731
 
-    def build_cfg(levers: str, budget_ms: float = 1000.0) -> BuildConfig:
+    def build_cfg(levers: str, budget_ms: float = 1000.0, method: str = "joint") -> BuildConfig:
         return BuildConfig.from_flags({"model": args.model, "data": args.data, "levers": [levers],
                                        "score_images": args.score_images, "shortlist": 1,
-                                       "budget": f"{budget_ms:.4f}ms", "out": str(work / "build")})
+                                       "strategies": STRATEGIES.get(method, STRATEGIES["joint"]),
+                                       "budget": f"{budget_ms:.4f}ms",
+                                       "out": str(work / ("build-table" if method == "table" else "build"))})
 
     cfg = build_cfg("blocks,channels")
     inputs = stages.load_inputs(cfg, say)
@@ -242,7 +249,10 @@ def main() -> None:
                     plan = ({"pruning_ratio": ratio, "planned_ms": ms} if ratio is not None else
                             {"unreachable": True, "reach": {"fastest swept ratio": ms}})
                 else:
-                    inputs.cfg = build_cfg("blocks" if method == "blocks" else "blocks,channels", budget)
+                    inputs.cfg = build_cfg("blocks" if method == "blocks" else "blocks,channels", budget, method)
+                    if method == "table":       # its own cache: none of the other searches' measurements
+                        own = work / "build-table" / "cache" / inputs.cache.folder.name
+                        inputs.cache = stages.BuildCache(own, say)
                     sp = stages.plan_space(inputs, say) if method == "blocks" else space
                     fit = stages.fit_budget(inputs, sp, say)
                     if not fit.outcome.fitting:
@@ -250,7 +260,8 @@ def main() -> None:
                     else:
                         chosen = fit.outcome.fitting[0]
                         plan = {"planned_ms": chosen.latency_ms, "final_ms": chosen.final_ms,
-                                "scoring_top1": chosen.top1, **breakdown(chosen.removed)}
+                                "scoring_top1": chosen.top1, "search_cost": fit.search_record(),
+                                **breakdown(chosen.removed)}
                 plan.setdefault("search_s", time.time() - t0)
                 results["runs"][plan_key] = {"plan": plan, "seeds": {}}
                 write_json_atomic(results_path, results, indent=1)
