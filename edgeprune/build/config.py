@@ -105,6 +105,8 @@ class SearchConfig:
         if self.confidence is not None and self.metric != "p50":
             raise EdgepruneError("--confidence and --metric p90 both say which figure meets the budget; give one")
         _all_of(self.strategies, (*STRATEGIES, *JOINT_STRATEGIES), "strategies")
+        if not self.search_minutes > 0:       # NaN too: every comparison with it is false
+            raise EdgepruneError(f"--search-minutes must be above 0, got {self.search_minutes}")
         bad = [p for p in self.proxies if p not in PROXIES]
         if bad:
             raise EdgepruneError(f"unknown proxies {bad}; use any of {', '.join(PROXIES)}")

@@ -315,7 +315,8 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
     blocks_floor = space.table_latency(space.candidates)
     block_names = [s for s in scfg.strategies if s in STRATEGIES]
     joint_names = [s for s in scfg.strategies if s in JOINT_STRATEGIES]
-    deadline = time.monotonic() + 60 * scfg.search_minutes
+    clock = lambda: on_main(time.monotonic)      # noqa: E731 - rank 0's clock: every rank stops in the same round
+    deadline = clock() + 60 * scfg.search_minutes
     searches: dict[str, TableOutcome] = {}
 
     def progress(p: Progress) -> None:
@@ -334,7 +335,7 @@ def fit_budget(inputs: Inputs, space: PlanSpace, say: Say) -> Fit:
             for name in joint_names:
                 outcome = JOINT_STRATEGIES[name](name, TableSpace(
                     space.moves, lambda st: space.latency(st.tokens()), states.measure, screen.measure, budget_ms,
-                    result.considered, deadline=deadline, on_progress=progress))
+                    result.considered, deadline=deadline, clock=clock, on_progress=progress))
                 searches[name] = outcome
                 if outcome.stopped:
                     say(f"{name} search: --search-minutes {scfg.search_minutes:g} ran out after {outcome.rounds} "

@@ -219,3 +219,23 @@ def test_a_rank_killed_mid_build_leaves_no_artifact_and_the_rerun_resumes(tmp_pa
     assert again.returncode == 0, again.stderr[-2000:]
     out = json.loads(again.stdout)
     assert out["removed"] and (tmp_path / "b" / "artifact" / "model.onnx").is_file()
+
+
+@needs_torchrun
+def test_the_table_search_plans_the_same_on_one_and_two_processes(tmp_path):
+    """A build over blocks and channels (the table search: screens and whole plans measured with the evaluation
+    split across the ranks, rank 0's clock for --search-minutes) reaches the same plan, measured alike."""
+    brightness_npz(tmp_path / "tiny.npz", 400, 200)
+    factories_importable()
+    args = ["build", "--model", "tinynets:tiny_wide_resnet", "--input-size", "16", "--data", str(tmp_path / "tiny.npz"),
+            "--device", "rpi4", "--budget", "0.9ms", "--levers", "blocks,channels", "--strategy", "table",
+            "--score-images", "64", "--batch-size", "16", "--finetune-epochs", "0", "--bench-runs", "5",
+            "--bench-rounds", "3", "--max-accuracy-drop", "100", "--shortlist", "1", "--json"]
+    one, two = run([*args, "--out", str(tmp_path / "one")], 1), run([*args, "--out", str(tmp_path / "two")], 2)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert a["removed"] == b["removed"] and a["removed"]
+    plans = lambda out: [(p["removed"], p["top1"], p["loss"]) for p in out["search"]["considered"]]   # noqa: E731
+    assert plans(a) == plans(b) and a["search_cost"] == b["search_cost"]
+    assert a["search_cost"]["joint"]["table"]["rounds"] >= 1

@@ -201,10 +201,19 @@ def test_factory_from_a_config_file_needs_trust_code(tmp_path, monkeypatch):
     ("--alpha", "2", "--alpha must be between 0 and 1"),
     ("--budget", "30", "has no unit"),
     ("--budget", "1e400ms", "finite"),
+    ("--search-minutes", "0", "--search-minutes must be above 0"),
+    ("--search-minutes", "nan", "--search-minutes must be above 0"),
 ])
 def test_flags_are_range_checked_like_files(tmp_path, flag, value, message):
     r = runner.invoke(app, ["build", flag, value, "--out", str(tmp_path / "x"), "--dry-run"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.output
+
+
+def test_the_joint_searches_are_strategies_and_the_table_search_is_the_default():
+    assert BuildConfig().search.strategies == ["latency-greedy", "accuracy-greedy", "knapsack", "table"]
+    assert BuildConfig.from_flags({"strategies": ["joint-greedy"]}).search.strategies == ["joint-greedy"]
+    with pytest.raises(EdgepruneError, match="unknown strategies"):
+        BuildConfig.from_flags({"strategies": ["tabel"]})
 
 
 def test_lever_settings_are_validated():

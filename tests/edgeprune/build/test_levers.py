@@ -62,6 +62,9 @@ def test_channels_meet_a_budget_blocks_alone_cannot(env, reach):
     r, out = _build(env, "--budget", f"{budget:.4f}ms", "--levers", "blocks,channels", out="c")
     assert r.exit_code == 0, r.output
     assert any(t.startswith("channels:") for t in out["removed"]) and "table" in out["search"]["best"]
+    cost = out["search_cost"]           # what the search cost: rounds, plans measured whole, moves screened, images
+    assert cost["joint"]["table"]["rounds"] >= 1 and cost["joint"]["table"]["screened"] > 0
+    assert cost["evaluations"] == out["search_evaluations"] > 0 and cost["image_passes"] > cost["evaluations"]
     art = Path(out["artifact"])
     assert checksum_problems(art) == []
     manifest = json.loads((art / "manifest.json").read_text())
@@ -69,6 +72,7 @@ def test_channels_meet_a_budget_blocks_alone_cannot(env, reach):
     assert manifest["source"]["plan"]["channel_steps"] and manifest["source"]["plan"]["levers"][-1] == "channels"
     assert manifest["verification"]["passed"] if "verification" in manifest else True
     assert "channel groups shrunk" in (art / "report.md").read_text()
+    assert f"Search cost: {cost['evaluations']} accuracy measurements" in (art / "report.md").read_text()
 
 
 def test_gradual_channel_removal_ships_the_same_structure(env, reach):
