@@ -145,6 +145,7 @@ class BuildResult:
     torch: dict[str, Any] | None = None     # where the torch work ran and in what precision (Inputs.torch_record)
     anchor: dict[str, Any] | None = None    # the original measured on the target against its prediction (stages.anchor)
     search_cost: dict[str, Any] | None = None   # plans measured and images run through (Fit.search_record)
+    stage_s: dict[str, float] | None = None     # wall time of the search and of the fine-tunes in this run
 
     @property
     def removed(self) -> list[str]:
@@ -169,6 +170,8 @@ class BuildResult:
         }
         if self.search_cost is not None:
             d["search_cost"] = self.search_cost
+        if self.stage_s is not None:
+            d["stage_s"] = self.stage_s
         if self.verify_arm is not None:
             d["verify_arm"] = self.verify_arm
         if self.int8 is not None:

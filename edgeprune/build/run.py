@@ -57,10 +57,14 @@ def _run_build(cfg: BuildConfig, say: stages.Say) -> BuildOutcome:
         say(message)
 
     space = stages.plan_space(inputs, talk)
+    t = time.monotonic()
     fit = stages.fit_budget(inputs, space, talk)
+    fit.seconds = time.monotonic() - t
     if not fit.outcome.fitting:
         return _unreachable(inputs, fit)
+    t = time.monotonic()
     tuned = stages.finetune_and_choose(inputs, space, fit.outcome, talk)
+    tuned.seconds = time.monotonic() - t
     drop = 100 * (tuned.accuracy.before - tuned.accuracy.final)
     if drop > cfg.search.max_accuracy_drop:
         return _too_lossy(inputs, fit, tuned, drop)
@@ -87,7 +91,8 @@ def _ship(cfg: BuildConfig, inputs: stages.Inputs, space, fit: stages.Fit, tuned
     result = BuildResult(inputs.profile.name, fit.outcome.search, fit.outcome.attempts, tuned.selection,
                          accuracy, latency, inputs.blocks, stages.parameters(inputs.loaded.model),
                          stages.parameters(tuned.model), stages.static_memory(artifact), tuned.finetune,
-                         fit.evaluations, search_cost=fit.search_record(), torch=inputs.torch_record(), anchor=fit.anchor_record)
+                         fit.evaluations, search_cost=fit.search_record(), torch=inputs.torch_record(), anchor=fit.anchor_record,
+                         stage_s={"search": round(fit.seconds, 1), "finetune": round(tuned.seconds, 1)})
     if fit.int8 is not None:
         result.int8 = {**fit.int8.to_dict(), **(int8.to_dict() if int8 is not None else {}),
                        "sizes": artifact.manifest.get("sizes"),

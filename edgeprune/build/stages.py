@@ -235,6 +235,7 @@ class Fit:
     anchor: Anchor | None = None                # a measuring target's reading of the predictions
     screen: StateOracle | None = None           # the joint searches' screening measurements
     searches: dict[str, TableOutcome] = field(default_factory=dict)   # each joint search's rounds and counts
+    seconds: float = 0.0                        # wall time of the search stage in this run (run.py)
 
     @property
     def anchor_record(self) -> dict[str, Any] | None:
@@ -425,6 +426,7 @@ class Tuned:
     model: nn.Module                    # the chosen plan, fine-tuned when the build fine-tunes
     accuracy: AccuracySection
     finetune: FinetuneConfig | None
+    seconds: float = 0.0                # wall time of fine-tune and choice in this run (run.py)
 
 
 def finetune_and_choose(inputs: Inputs, space: PlanSpace, fit: FitOutcome, say: Say) -> Tuned:

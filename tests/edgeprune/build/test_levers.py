@@ -65,6 +65,7 @@ def test_channels_meet_a_budget_blocks_alone_cannot(env, reach):
     cost = out["search_cost"]           # what the search cost: rounds, plans measured whole, moves screened, images
     assert cost["joint"]["table"]["rounds"] >= 1 and cost["joint"]["table"]["screened"] > 0
     assert cost["evaluations"] == out["search_evaluations"] > 0 and cost["image_passes"] > cost["evaluations"]
+    assert out["stage_s"]["search"] > 0 and out["stage_s"]["finetune"] >= 0
     art = Path(out["artifact"])
     assert checksum_problems(art) == []
     manifest = json.loads((art / "manifest.json").read_text())
