@@ -134,6 +134,14 @@ def summary(r: dict) -> list[str]:
             parts.append(f"joint {joint:.2%}; neither single lever reaches it")
         if gradual is not None:
             parts.append(f"gradual {gradual:.2%} against one-shot {joint:.2%}: {100 * (gradual - joint):+.2f} points")
+        table = _mean(runs["table"])
+        if table is not None:
+            seeds = sorted(set(runs["table"]["seeds"]) & set(runs["joint"]["seeds"]))
+            paired = sum(runs["table"]["seeds"][s]["ort_top1"] - runs["joint"]["seeds"][s]["ort_top1"]
+                         for s in seeds) / max(1, len(seeds))
+            ratio = runs["table"]["plan"]["search_s"] / runs["joint"]["plan"]["search_s"]
+            parts.append(f"table search {table:.2%} against the joint greedy: {100 * paired:+.2f} points on the same "
+                         f"seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)}), search time {ratio:.2f}x the greedy's")
         out.append(f"- {frac:.0%}: " + "; ".join(parts))
     return out
 
