@@ -117,7 +117,7 @@ class BlockLatencyTable:
                 "source": self.source, "block_ms": self.block_ms()}
 
 
-def _scopes(node: onnx.NodeProto) -> list[str]:
+def node_scopes(node: onnx.NodeProto) -> list[str]:
     for p in node.metadata_props:
         if p.key == SCOPE_KEY:
             try:
@@ -128,7 +128,7 @@ def _scopes(node: onnx.NodeProto) -> list[str]:
     return []
 
 
-def _owner(scopes: list[str], blocks: set[str]) -> str:
+def owning_block(scopes: list[str], blocks: set[str]) -> str:
     for s in reversed(scopes):
         if s in blocks:
             return s
@@ -141,7 +141,7 @@ def table_from_onnx(model: onnx.ModelProto, device: DeviceProfile | str,
     profile = as_profile(device)
     lm = require_model(profile)
     block_set = set(blocks)
-    owner_of_node = {n.name: _owner(_scopes(n), block_set) for n in model.graph.node}
+    owner_of_node = {n.name: owning_block(node_scopes(n), block_set) for n in model.graph.node}
     if blocks and not any(v != REST for v in owner_of_node.values()):
         raise EdgepruneError(
             "the ONNX model carries no module scopes (pkg.torch.onnx.name_scopes); export it "

@@ -196,7 +196,7 @@ def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
-def _pad(c: int, block: int) -> int:
+def pad_channels(c: int, block: int) -> int:
     return (c + block - 1) // block * block if block else c
 
 
@@ -248,7 +248,7 @@ class _Detector:
             return 0.0
         dims = list(s[0])
         if padded and self.block and t in self.nchwc and len(dims) >= 2:
-            dims[1] = _pad(dims[1], self.block)
+            dims[1] = pad_channels(dims[1], self.block)
         return float(math.prod(dims) if dims else 1) * _DTYPE_BYTES.get(s[1], 4)
 
     def act_bytes(self, tensors: Iterable[str]) -> float:
@@ -299,7 +299,7 @@ class _Detector:
             d = self.dims(t)
             out = self.nbytes(t)
             if d and len(d) >= 2:
-                out = out / d[1] * _pad(d[1], self.block)
+                out = out / d[1] * pad_channels(d[1], self.block)
             self.add(Kernel(f"ReorderInput({t})", "ReorderInput", "reorder",
                             in_bytes=self.nbytes(t), out_bytes=out, tensors=(t, t)), None, [])
 
@@ -425,15 +425,15 @@ class _Detector:
                 blocked = True
         if blocked:
             b = self.block
-            cout_p = _pad(cout, b)
+            cout_p = pad_channels(cout, b)
             if group == 1 and cin_g < b:
                 cin_p = cin_g                       # reads the NCHW input directly
                 self.need_nchw(x)
                 in_bytes = self.nbytes(x)
             else:
-                cin_p = _pad(cin_g, b) if group == 1 else cin_g
+                cin_p = pad_channels(cin_g, b) if group == 1 else cin_g
                 self.need_nchwc(x)
-                in_bytes = self.nbytes(x) / xd[1] * _pad(xd[1], b)
+                in_bytes = self.nbytes(x) / xd[1] * pad_channels(xd[1], b)
             out_elems = od[0] * cout_p * od[2] * od[3]
             geo = self.conv_geometry(node, xd, od, kh, kw)
             macs = conv_macs(xd, od, cout_p, cin_p, kh, kw, *geo)
@@ -465,7 +465,7 @@ class _Detector:
             self.absorb(k, node, outs[0], x)
             return True
         if self.block and x in self.nchwc:   # becomes a depthwise 1x1 NCHWc convolution
-            ch = _pad(self.nchwc[x], self.block)
+            ch = pad_channels(self.nchwc[x], self.block)
             od = self.dims(outs[0]) or [1, ch, 1, 1]
             k = Kernel(node.name, "BatchNormalization", "dwconv",
                        macs=float(od[0] * ch * math.prod(od[2:])),
@@ -570,7 +570,7 @@ class _Detector:
             self.need_nchwc(x)
         k = Kernel(node.name, node.op_type, "pool", macs=self.pool_macs(node, ins, outs),
                    in_bytes=self.act_bytes([x]),
-                   out_bytes=self.nbytes(outs[0]) / max(1, xd[1]) * _pad(xd[1], self.block),
+                   out_bytes=self.nbytes(outs[0]) / max(1, xd[1]) * pad_channels(xd[1], self.block),
                    nchwc=True)
         self.add(k, node, outs)
         self.mark_nchwc(outs[0], xd[1])

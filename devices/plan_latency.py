@@ -32,8 +32,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import onnx
 
-from edgeprune.devices.block_latency import REST, _owner, _scopes, export_for_blocks
-from edgeprune.devices.kernel_graph import CONV_KINDS, Kernel, _pad, detect_kernels, spill_fraction
+from edgeprune.devices.block_latency import REST, owning_block, node_scopes, export_for_blocks
+from edgeprune.devices.kernel_graph import CONV_KINDS, Kernel, pad_channels, detect_kernels, spill_fraction
 from edgeprune.devices.predictor import as_profile, band, kernel_cost_us, require_model
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.errors import EdgepruneError
@@ -116,7 +116,7 @@ class PlanLatencyTable:
     def _share(self, segments: Segments, widths: Mapping[str, int], padded: bool = True) -> float:
         kept, full = self._kept(segments, widths)
         block = self.block if padded else 0
-        return _pad(kept, block) / _pad(full, block) if full else 1.0
+        return pad_channels(kept, block) / pad_channels(full, block) if full else 1.0
 
     def predict(self, removed: Iterable[str] = (), keep: Iterable[str] = (), widths: Mapping[str, int] | None = None,
                 size: int | None = None) -> float:
@@ -134,7 +134,7 @@ class PlanLatencyTable:
             if c.narrows and widths:
                 kept, full = self._kept(c.cin, widths)
                 if kept < self.block:        # read unpadded (from a reordered copy if the input is blocked)
-                    fi = kept / _pad(full, self.block)
+                    fi = kept / pad_channels(full, self.block)
                     r = c.reorder
                     if r is not None:
                         reorders[r.tensor] = r.node_us + r.in_us * self._share(c.cin, widths) + r.out_us * kept / full
@@ -215,10 +215,10 @@ def table_from_onnx(proto: onnx.ModelProto, device: DeviceProfile | str, blocks:
     profile = as_profile(device)
     lm = require_model(profile)
     block_set = set(blocks)
-    if blocks and not any(_scopes(n) for n in proto.graph.node):
+    if blocks and not any(node_scopes(n) for n in proto.graph.node):
         raise EdgepruneError("the ONNX model carries no module scopes (pkg.torch.onnx.name_scopes); export it "
                              "with torch.onnx.export(..., dynamo=True) to price plans")
-    owner_of_node = {n.name: _owner(_scopes(n), block_set) for n in proto.graph.node}
+    owner_of_node = {n.name: owning_block(node_scopes(n), block_set) for n in proto.graph.node}
     first = proto.graph.input[0]
     dims = [d.dim_value for d in first.type.tensor_type.shape.dim]
 
@@ -249,7 +249,7 @@ def table_from_onnx(proto: onnx.ModelProto, device: DeviceProfile | str, blocks:
                 full = shapes[t_in][0]
                 plain = 4.0 * float(math.prod(full))
                 parts = _split(Kernel("ReorderOutput", "ReorderOutput", "reorder", out_bytes=plain,
-                                      in_bytes=plain / full[1] * _pad(full[1], b)), lm)
+                                      in_bytes=plain / full[1] * pad_channels(full[1], b)), lm)
                 reorder = Reorder(t_in, parts["node_us"], parts["in_us"], parts["out_us"])
             drops = k.op == "ReorderInput" and scaled and all(narrows(r) for r in blocked_readers.get(t_in, []))
             out.append(LayerCost(owner, cin, cout, k.kind in DENSE, w_bytes=k.w_bytes, padded=k.padded,
