@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def write_doc(results: dict, path: Path) -> None:
              "of Fashion-MNIST photos upscaled to 160-320 px; the cost is structural (rounds x moves x images), the "
              "plans' accuracy is not measured here. *measured* are whole plans on the 500 scoring photos (BatchNorm "
              "re-estimated on 256 training photos), *screened* moves on 128 (and 128); *image passes* counts every "
-             "photo run through the model.", "",
+             "photo run through the model." + (f" Searched at commit {m['commit']}." if m.get("commit") else ""), "",
              "| model | unpruned rpi4 ms | budget | moves | rounds | measured | screened | image passes | search s | "
              "in evaluations | image passes in evaluations | plan ms |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -106,11 +107,20 @@ def main() -> None:
             continue
         results["runs"][key] = one(model, float(budget), data, args.workdir)
         results["meta"] = {"date": datetime.date.today().isoformat(), "cpu": _cpu(), "threads": torch.get_num_threads(),
+                           "commit": _commit(),
                            "python": platform.python_version(), "torch": torch.__version__,
                            "command": f"OMP_NUM_THREADS=2 nice -n 5 .venv/bin/python benchmarks/studies/search_scale.py "
                                       f"--runs {args.runs}"}
         write_json_atomic(args.results, results)
         write_doc(results, args.doc)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 def _cpu() -> str:
