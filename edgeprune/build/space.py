@@ -34,6 +34,7 @@ from edgeprune.devices.block_latency import BlockLatencyTable
 from edgeprune.devices.plan_latency import PlanLatencyTable
 from edgeprune.devices.predictor import Prediction, predict
 from edgeprune.devices.profiles import DeviceProfile
+from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.onnx_export import ExportConfig, export_onnx
 from edgeprune.pipeline.autocast import OFF, Autocast
 from edgeprune.pipeline.blocks import Block, remove_blocks
@@ -135,8 +136,12 @@ class PlanSpace:
             s = PlanState.from_tokens(tokens)
             keep = [m for r in s.blocks for m in self.shortcuts.get(r, [])]
             widths = {g.name: g.kept(n) for g in self.groups if (n := s.steps.get(g.name))}
-            ms = self.plans.predict(s.blocks, keep, widths, s.resolution)
-            return self.scale * judged_prediction(ms, self.plans.expected_error, self.metric, self.confidence)
+            try:
+                ms = self.plans.predict(s.blocks, keep, widths, s.resolution)
+            except EdgepruneError:     # the graph does not infer at that input size: export the plan instead
+                self.plans = None
+            else:
+                return self.scale * judged_prediction(ms, self.plans.expected_error, self.metric, self.confidence)
         key = ",".join(sorted(tokens))
         if key not in self.latency_memo:
             p = plan_prediction(self.apply(tokens), self.input_shape_of(tokens), self.profile)
