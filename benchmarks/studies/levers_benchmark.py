@@ -163,7 +163,11 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
              "search had that much in hand; the search now re-estimates every plan. The MobileNetV2 joint-gradual rows "
              "were rerun after commit 6970fec: before it, a channel group named by a layer inside a removed block "
              "(a residual stage's) was dropped from the gradual fine-tune, so those models shipped less pruned "
-             "(17.01 ms against 16.63 ms at 75%).", ""]
+             "(17.01 ms against 16.63 ms at 75%). *table* rows are the table search (`--strategy table`, the default "
+             "joint search since it came) searched afresh in a build folder of their own, on an AMD EPYC shared with "
+             "other benchmark processes; the joint and other rows' search s were recorded earlier, on other "
+             "machines and loads, so the search times of *table* and *joint* rows are not comparable; the side-by-side "
+             "figure is below the tables where one was run.", ""]
     for f in results_files:
         r = json.loads(f.read_text())
         lines += [f"## {r['model']}", "",
