@@ -195,6 +195,12 @@ def write_doc(results_files: list[Path], doc: Path) -> None:
                          f"{', '.join(f'{t:.2%}' for t in tops) or '-'} | "
                          f"{(sum(tops) / len(tops)) if tops else float('nan'):.2%} | {plan['search_s']:.0f} | {ft:.0f} |")
         lines += ["", *summary(r)]
+        for sbs in r.get("side_by_side", []):     # search times of both searches measured in one run of the machine
+            lines += ["", f"**Side by side** ({sbs['date']}, {sbs['machine']}): at {sbs['fraction']:.0%} the table search "
+                          f"took {sbs['table_s']:.0f} s ({sbs['table_evaluations']} accuracy measurements) and the joint "
+                          f"greedy {sbs['joint_s']:.0f} s ({sbs['joint_evaluations']}), "
+                          f"{sbs['table_s'] / sbs['joint_s']:.2f}x, each in a fresh build folder, started together and run "
+                          f"concurrently on the same machine ({sbs['note']})."]
         missing = [f"{frac:.0%} {m} seed {seed}" for frac in FRACTIONS for m in METHODS for seed in SEEDS
                    if str(seed) not in r["runs"].get(f"{frac}/{m}", {}).get("seeds", {})
                    and not r["runs"].get(f"{frac}/{m}", {}).get("plan", {}).get("unreachable")]
