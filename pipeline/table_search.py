@@ -7,17 +7,19 @@ principle kept: a move's accuracy cost is measured, never guessed from a proxy):
 1. **Table.** For every move the levers offer from the current plan: the latency it saves (the
    build's latency model, cheap: ``devices.plan_latency``) and the accuracy it costs, *measured*
    on the screening images (``screen``: top-1 and loss of the plan with that one move).
-2. **Solve.** Aim this round at a latency between the current plan's and the budget (equal
-   ratios per round, the last round at the budget: a trust region, as NetAdapt's fixed steps) and
-   propose plans that reach it at the least summed cost: a greedy on cost per millisecond saved
-   (latency re-read after every move, so interactions between moves are priced exactly) ranked
-   once by top-1 lost and once by loss gained, and a multiple-choice knapsack over each move taken
-   0..n times. A move repeated n times costs n times its measured cost.
+2. **Solve.** Aim this round at a latency between the current plan's and the budget (about
+   :data:`ROUND_RATIO` of it per round, 3-12 rounds, the last at the budget: a trust region, as
+   NetAdapt's fixed steps) and propose plans that reach it at the least summed cost: a greedy on
+   cost per millisecond saved (latency re-read after every move, so interactions between moves are
+   priced exactly) ranked once by top-1 lost and once by loss gained, and a multiple-choice knapsack
+   on each. Each move is taken once per round (the table measured one step of it, and a group's
+   second step costs more than its first), more often only where once cannot reach the aim.
 3. **Measure whole.** Each proposal is measured in full (``measure``); the most accurate that
    reaches the round's aim becomes the current plan. Interactions the table cannot see are caught
    here: a plan is only ever chosen on its own measurement.
-4. **Refresh** only the moves whose part of the plan moved (a shrunk group's next step, a lower
-   input); every other move keeps its measured cost. A handful of rounds, not one per step.
+4. **Refresh** the moves whose part of the plan moved (a shrunk group's next step, a lower input)
+   and the cheaper half per ms saved (the moves the solver reaches for next, whose costs rise as
+   the plan shrinks); every other move keeps its measured cost until it comes into reach.
 
 Anytime: past ``deadline`` the search stops refreshing and solves for the budget at once with the
 table it has, measures those proposals and returns the best measured plan that fits
