@@ -72,17 +72,6 @@ class BlockLatencyTable:
     source: str = ""
     nested: dict[str, list[str]] = field(default_factory=dict)   # block -> blocks inside it
 
-    def _closure(self, removed: Iterable[str]) -> set[str]:
-        out: set[str] = set()
-        for b in removed:
-            if b not in self.costs or b == REST:
-                raise EdgepruneError(
-                    f"unknown block {b!r}; blocks of this model: {', '.join(self.blocks[:12])}"
-                    + (" ..." if len(self.blocks) > 12 else ""))
-            out.add(b)
-            out.update(self.nested.get(b, []))
-        return out
-
     def predict_without(self, removed: Iterable[str] = (), keep: Iterable[str] = ()) -> float:
         """Predicted latency (ms) of the model with ``removed`` blocks replaced by identity.
 
@@ -90,7 +79,7 @@ class BlockLatencyTable:
         by its shortcut: ``removed=["layer2.0"], keep=["layer2.0.shortcut"]``, with both
         names in the table's blocks).
         """
-        gone = self._closure(removed) - self._closure(keep)
+        gone = gone_blocks(removed, keep, self.blocks, self.nested)
         kept = [c for name, c in self.costs.items() if name not in gone]
         weights = sum(c.weight_bytes for c in kept)
         spill = spill_fraction(weights, self.cache_mb)
@@ -117,7 +106,7 @@ class BlockLatencyTable:
                 "source": self.source, "block_ms": self.block_ms()}
 
 
-def node_scopes(node: onnx.NodeProto) -> list[str]:
+def _scopes(node: onnx.NodeProto) -> list[str]:
     for p in node.metadata_props:
         if p.key == SCOPE_KEY:
             try:
@@ -128,11 +117,44 @@ def node_scopes(node: onnx.NodeProto) -> list[str]:
     return []
 
 
-def owning_block(scopes: list[str], blocks: set[str]) -> str:
+def _owner(scopes: list[str], blocks: set[str]) -> str:
     for s in reversed(scopes):
         if s in blocks:
             return s
     return REST
+
+
+def nested_blocks(blocks: Sequence[str]) -> dict[str, list[str]]:
+    """Block -> the blocks inside it (by module path)."""
+    return {b: [o for o in blocks if o != b and o.startswith(b + ".")] for b in blocks}
+
+
+def gone_blocks(removed: Iterable[str], keep: Iterable[str], blocks: Sequence[str],
+                nested: dict[str, list[str]]) -> set[str]:
+    """The blocks ``removed`` takes out with everything nested in them, less ``keep`` (and what it nests); an
+    unknown name is refused in one line."""
+    def closure(names: Iterable[str]) -> set[str]:
+        out: set[str] = set()
+        for b in names:
+            if b not in blocks or b == REST:
+                raise EdgepruneError(f"unknown block {b!r}; blocks of this model: {', '.join(blocks[:12])}"
+                                     + (" ..." if len(blocks) > 12 else ""))
+            out.add(b)
+            out.update(nested.get(b, []))
+        return out
+    return closure(removed) - closure(keep)
+
+
+def block_owners(model: onnx.ModelProto, blocks: Sequence[str], purpose: str) -> dict[str, str]:
+    """Node name -> the innermost of ``blocks`` its module scope lies in (REST: none); a model whose nodes lie in
+    none of them (exported without scopes) is refused in one line saying what the scopes were needed for."""
+    block_set = set(blocks)
+    owners = {n.name: _owner(_scopes(n), block_set) for n in model.graph.node}
+    if blocks and not any(v != REST for v in owners.values()):
+        raise EdgepruneError(
+            "the ONNX model carries no module scopes (pkg.torch.onnx.name_scopes); export it "
+            f"with torch.onnx.export(..., dynamo=True) to {purpose}")
+    return owners
 
 
 def table_from_onnx(model: onnx.ModelProto, device: DeviceProfile | str,
@@ -140,12 +162,7 @@ def table_from_onnx(model: onnx.ModelProto, device: DeviceProfile | str,
     """Build the table from an ONNX model exported by torch's dynamo exporter."""
     profile = as_profile(device)
     lm = require_model(profile)
-    block_set = set(blocks)
-    owner_of_node = {n.name: owning_block(node_scopes(n), block_set) for n in model.graph.node}
-    if blocks and not any(v != REST for v in owner_of_node.values()):
-        raise EdgepruneError(
-            "the ONNX model carries no module scopes (pkg.torch.onnx.name_scopes); export it "
-            "with torch.onnx.export(..., dynamo=True) to predict block removals")
+    owner_of_node = block_owners(model, blocks, "predict block removals")
     kernels = detect_kernels(model, lm.nchwc_block)
     costs: dict[str, BlockCost] = {b: BlockCost() for b in blocks}
     costs[REST] = BlockCost()
@@ -157,7 +174,7 @@ def table_from_onnx(model: onnx.ModelProto, device: DeviceProfile | str,
         c.spill_us += kernel_cost_us(k, lm, 1.0) - fixed
         c.weight_bytes += k.w_bytes
         c.kernels += 1
-    nested = {b: [o for o in blocks if o != b and o.startswith(b + ".")] for b in blocks}
+    nested = nested_blocks(blocks)
     return BlockLatencyTable(
         device=profile.name, blocks=list(blocks), costs=costs,
         run_overhead_us=lm.run_overhead_us, runtime_factor=lm.runtime_factor,

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import onnx
 
-from edgeprune.devices.block_latency import REST, owning_block, node_scopes, export_for_blocks
+from edgeprune.devices.block_latency import REST, block_owners, export_for_blocks, gone_blocks, nested_blocks
 from edgeprune.devices.kernel_graph import CONV_KINDS, Kernel, pad_channels, detect_kernels, spill_fraction
 from edgeprune.devices.predictor import as_profile, band, kernel_cost_us, require_model
 from edgeprune.devices.profiles import DeviceProfile
@@ -99,16 +99,6 @@ class PlanLatencyTable:
             self.layers[size] = self._build(size)
         return self.layers[size]
 
-    def _closure(self, names: Iterable[str]) -> set[str]:
-        out: set[str] = set()
-        for b in names:
-            if b not in self.nested:
-                raise EdgepruneError(f"unknown block {b!r}; blocks of this model: {', '.join(self.blocks[:12])}"
-                                     + (" ..." if len(self.blocks) > 12 else ""))
-            out.add(b)
-            out.update(self.nested[b])
-        return out
-
     @staticmethod
     def _kept(segments: Segments, widths: Mapping[str, int]) -> tuple[int, int]:
         return (sum(widths.get(g, c) if g is not None else c for g, c in segments), sum(c for _, c in segments))
@@ -122,7 +112,7 @@ class PlanLatencyTable:
                 size: int | None = None) -> float:
         """Predicted ms with ``removed`` blocks gone (``keep``: blocks nested in them that stay, a projection
         block's shortcut), each group of ``widths`` keeping that many channels, at input ``size`` (square)."""
-        gone = self._closure(removed) - self._closure(keep)
+        gone = gone_blocks(removed, keep, self.blocks, self.nested)
         widths = widths or {}
         fixed = spill_us = weights = 0.0
         reorders: dict[str, float] = {}
@@ -144,10 +134,6 @@ class PlanLatencyTable:
             weights += c.w_bytes * work
         us = self.run_overhead_us + fixed + sum(reorders.values()) + spill_fraction(weights, self.cache_mb) * spill_us
         return us * self.runtime_factor / 1e3
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "base_ms": self.predict(), "expected_error": self.expected_error,
-                "source": self.source, "sizes": sorted(self.layers)}
 
 
 def _split(k: Kernel, lm: Any) -> dict[str, float]:
@@ -214,11 +200,7 @@ def table_from_onnx(proto: onnx.ModelProto, device: DeviceProfile | str, blocks:
     the channel group its output channels belong to (a group's producers: convolutions, linear layers)."""
     profile = as_profile(device)
     lm = require_model(profile)
-    block_set = set(blocks)
-    if blocks and not any(node_scopes(n) for n in proto.graph.node):
-        raise EdgepruneError("the ONNX model carries no module scopes (pkg.torch.onnx.name_scopes); export it "
-                             "with torch.onnx.export(..., dynamo=True) to price plans")
-    owner_of_node = {n.name: owning_block(node_scopes(n), block_set) for n in proto.graph.node}
+    owner_of_node = block_owners(proto, blocks, "price plans")
     first = proto.graph.input[0]
     dims = [d.dim_value for d in first.type.tensor_type.shape.dim]
 
@@ -258,7 +240,7 @@ def table_from_onnx(proto: onnx.ModelProto, device: DeviceProfile | str, blocks:
         return out
 
     table = PlanLatencyTable(profile.name, list(blocks),
-                             {b: [o for o in blocks if o != b and o.startswith(b + ".")] for b in blocks},
+                             nested_blocks(blocks),
                              lm.nchwc_block, lm.run_overhead_us, lm.runtime_factor, lm.cache_mb, band(profile),
                              dims[2], source=f"predicted:{profile.name}", _build=build)
     table.layers_at(dims[2])

@@ -206,6 +206,13 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], multiple: int
     return sorted(groups, key=lambda g: g.name)
 
 
+def producers(groups: Sequence[ChannelGroup]) -> dict[str, str]:
+    """Module name -> the group whose channels it outputs (each group's convolutions and linear layers that
+    write its channels, its depthwise and normalisation layers that carry them): what a latency table needs to
+    trace a group through an exported graph (``devices.plan_latency``)."""
+    return {m: g.name for g in groups for m, role in g.members.items() if role in ("out", "both")}
+
+
 def _out_channels(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 

@@ -57,6 +57,7 @@ class AccuracyOracle:
         self.on_update = on_update or (lambda: None)
         self.evaluations = 0
         self.images = 0                 # images run through (a removal re-runs only the graph from its block on)
+        self._per_pass: int | None = None   # images in one pass over the batches (counted when first needed)
 
     @staticmethod
     def key(removed: Sequence[str]) -> str:
@@ -91,7 +92,7 @@ class AccuracyOracle:
         return tuple(self.memo[k])  # type: ignore[return-value]
 
     def _images(self) -> int:
-        if not hasattr(self, "_per_pass"):
+        if self._per_pass is None:
             self._per_pass = sum(len(b[0]) for b in self.batches)
         return self._per_pass
 

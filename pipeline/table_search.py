@@ -301,12 +301,19 @@ def table_search(name: str, space: TableSpace) -> TableOutcome:
 
 
 def _joint_greedy(name: str, space: TableSpace) -> TableOutcome:
-    """The joint greedy (``pipeline.joint``) on the same inputs: every move measured at every step."""
-    considered = len(space.considered)
-    plan = joint_greedy(name, JointSpace(space.moves, space.latency, space.measure, space.budget_ms, space.considered,
-                                         space.start, screen=space.screen, finalists=FINALISTS))
-    measured = len(space.considered) - considered
-    return TableOutcome(plan, 0, False, measured, 0)
+    """The joint greedy (``pipeline.joint``) on the same inputs: every move screened at every step, the
+    finalists measured whole; ``measured`` and ``screened`` count every plan it asks for (cached ones too)."""
+    counts = {"measure": 0, "screen": 0}
+
+    def counted(kind: str, fn: Measure) -> Measure:
+        def measure(states: Sequence[PlanState]) -> list[tuple[float, float]]:
+            counts[kind] += len(states)
+            return fn(states)
+        return measure
+    plan = joint_greedy(name, JointSpace(space.moves, space.latency, counted("measure", space.measure), space.budget_ms,
+                                         space.considered, space.start, screen=counted("screen", space.screen),
+                                         finalists=FINALISTS))
+    return TableOutcome(plan, 0, False, counts["measure"], counts["screen"])
 
 
 #: searches over every enabled lever (the build runs those named in --strategy when levers beyond blocks are on)

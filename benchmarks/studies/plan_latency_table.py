@@ -33,7 +33,7 @@ from edgeprune.build.space import plan_prediction
 from edgeprune.devices.plan_latency import plan_latency_table
 from edgeprune.files import write_json_atomic
 from edgeprune.pipeline.blocks import discover, remove_blocks
-from edgeprune.pipeline.channels import channel_groups, channel_orders, prune_channels
+from edgeprune.pipeline.channels import channel_groups, channel_orders, producers, prune_channels
 from edgeprune.pipeline.importance import candidates_for
 from edgeprune.pipeline.levers import resolution_steps
 from edgeprune.pipeline.models import ModelSpec, load_model
@@ -59,12 +59,11 @@ def study(name: str, plans: int, seed: int) -> dict:
     candidates = [b.name for b in candidates_for(blocks, False)]
     groups = channel_groups(model, shape)
     orders = channel_orders(model, groups, shape, "magnitude")
-    out_groups = {m: g.name for g in groups for m, role in g.members.items() if role in ("out", "both")}
     sizes = resolution_steps(shape[2], max(1, shape[2] // 2), 8)
     tables, built = {}, {}
     for device in DEVICES:
         t = time.perf_counter()
-        tables[device] = plan_latency_table(model, (torch.zeros(shape),), device, [b.name for b in blocks], out_groups)
+        tables[device] = plan_latency_table(model, (torch.zeros(shape),), device, [b.name for b in blocks], producers(groups))
         built[device] = time.perf_counter() - t
     rng = random.Random(seed)
     rows = []

@@ -24,7 +24,7 @@ import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -108,9 +108,12 @@ class PlanSpace:
         """Predicted ms of the model minus ``removed`` blocks from the per-block table (fast): what the
         block strategies plan with (``metric`` p90: the band's upper edge; with ``confidence``, the figure
         the device meets with that chance), read at the target's ``scale``."""
-        keep = [m for r in removed for m in self.shortcuts.get(r, [])]
-        return self.scale * judged_prediction(self.table.predict_without(removed, keep), self.table.expected_error,
-                                              self.metric, self.confidence)
+        ms = self.table.predict_without(removed, self.kept_shortcuts(removed))
+        return self.scale * judged_prediction(ms, self.table.expected_error, self.metric, self.confidence)
+
+    def kept_shortcuts(self, removed: Iterable[str]) -> list[str]:
+        """What removed projection blocks leave behind: their shortcut paths (the latency tables' ``keep``)."""
+        return [m for r in removed for m in self.shortcuts.get(r, [])]
 
     def gradual(self, tokens: Sequence[str]) -> tuple[nn.Module, ChannelMasks]:
         """The plan's blocks removed, its channels still there but masked (``ChannelMasks``), for a
@@ -134,10 +137,9 @@ class PlanSpace:
             return self.table_latency(tokens)
         if self.plans is not None:
             s = PlanState.from_tokens(tokens)
-            keep = [m for r in s.blocks for m in self.shortcuts.get(r, [])]
             widths = {g.name: g.kept(n) for g in self.groups if (n := s.steps.get(g.name))}
             try:
-                ms = self.plans.predict(s.blocks, keep, widths, s.resolution)
+                ms = self.plans.predict(s.blocks, self.kept_shortcuts(s.blocks), widths, s.resolution)
             except EdgepruneError:     # the graph does not infer at that input size: export the plan instead
                 self.plans = None
             else:

@@ -47,7 +47,7 @@ from edgeprune.exporters.verify import VerifyConfig, random_inputs
 from edgeprune.files import save_torch_atomic
 from edgeprune.pipeline.autocast import Autocast, resolve_autocast
 from edgeprune.pipeline.blocks import Block, discover, shortcut_modules
-from edgeprune.pipeline.channels import ChannelGroup, channel_groups, channel_orders
+from edgeprune.pipeline.channels import ChannelGroup, channel_groups, channel_orders, producers
 from edgeprune.pipeline.data import DataBundle, load_data_for
 from edgeprune.pipeline.distributed import barrier, on_main, world
 from edgeprune.pipeline.evaluate import evaluate, resolve_device
@@ -160,8 +160,7 @@ def plan_space(inputs: Inputs, say: Say) -> PlanSpace:
             f"of {scfg.channel_multiple}, {scfg.channel_criterion} order)")
     exported = export_for_blocks(model, (torch.zeros(shape),))      # the one export both tables are read from
     table = block_table(exported, inputs.profile, names)
-    out_groups = {m: g.name for g in groups for m, role in g.members.items() if role in ("out", "both")}
-    plans = plan_table(exported, inputs.profile, names, out_groups)
+    plans = plan_table(exported, inputs.profile, names, producers(groups))
     size = min(shape[2], shape[3])
     floor = scfg.min_resolution if "resolution" in scfg.levers and scfg.min_resolution else max(1, size // 2)
     sizes = resolution_steps(size, floor, scfg.resolution_step)

@@ -13,7 +13,7 @@ from edgeprune.devices.block_latency import export_for_blocks
 from edgeprune.devices.plan_latency import plan_latency_table, table_from_onnx
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.blocks import discover, remove_blocks
-from edgeprune.pipeline.channels import channel_groups, channel_orders, prune_channels
+from edgeprune.pipeline.channels import channel_groups, channel_orders, producers, prune_channels
 from edgeprune.pipeline.importance import candidates_for
 from edgeprune.pipeline.resnet_cifar import CifarResNet
 
@@ -53,12 +53,11 @@ def setup(request):
     blocks = discover(model, shape)
     groups = channel_groups(model, shape)
     orders = channel_orders(model, groups, shape, "magnitude")
-    out_groups = {m: g.name for g in groups for m, role in g.members.items() if role in ("out", "both")}
     exported = export_for_blocks(model, (torch.zeros(shape),))
     # the host profile's NCHWc fusions of a ReLU6 (Clip) differ between the dynamo graph the table reads and the
     # TorchScript one the reference exports (2-3% here; docs/plan-latency-table.md): the host is checked on the ResNet
     devices = ("rpi4", "host") if request.param is res_net else ("rpi4",)
-    tables = {d: table_from_onnx(exported, d, [b.name for b in blocks], out_groups) for d in devices}
+    tables = {d: table_from_onnx(exported, d, [b.name for b in blocks], producers(groups)) for d in devices}
     return model, shape, blocks, groups, orders, tables
 
 
